@@ -1,0 +1,1 @@
+"""Prefect flows and the CLI; both call the engine in `pipelines`, neither holds pipeline logic."""

@@ -1,0 +1,124 @@
+"""Decode + resample: any container in, mono float32 at the rates the job needs out.
+
+libsndfile (soundfile) decodes WAV/FLAC/OGG/MP3/SPH without FFmpeg's per-frame overhead;
+PyAV (FFmpeg) takes everything else (Opus in MP4, M4A/AAC, odd WAV codecs).
+Resampling uses soxr on the CPU and torchaudio when a CUDA device is present.
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import BinaryIO
+
+import av
+import numpy as np
+import soundfile as sf
+import soxr
+
+from schemas.config import AudioConfig
+
+ASR_RATE = 16000  # what Silero VAD and Whisper read
+
+
+class DecodeError(ValueError):
+    """The file is not decodable audio; its message is the reject reason."""
+
+
+@dataclass
+class Waveform:
+    samples: np.ndarray  # mono float32
+    rate: int
+
+    @property
+    def seconds(self) -> float:
+        return len(self.samples) / self.rate if self.rate else 0.0
+
+
+def decode(fh: BinaryIO) -> Waveform:
+    """Decode a whole file to mono float32 at its own rate."""
+    try:
+        data, rate = sf.read(fh, dtype="float32", always_2d=True)
+    except Exception:  # noqa: BLE001 - libsndfile refuses many valid files; FFmpeg may not
+        fh.seek(0)
+        data, rate = _decode_av(fh)
+    if data.size == 0:
+        raise DecodeError("no audio samples")
+    mono = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
+    if not np.isfinite(mono).all():
+        raise DecodeError("non-finite samples (NaN or Inf)")
+    return Waveform(np.ascontiguousarray(mono), int(rate))
+
+
+def _decode_av(fh: BinaryIO) -> tuple[np.ndarray, int]:
+    try:
+        with av.open(fh) as container:
+            stream = next((s for s in container.streams if s.type == "audio"), None)
+            if stream is None:
+                raise DecodeError("no audio stream")
+            resampler = av.AudioResampler(format="flt", layout=stream.layout.name)
+            chunks = [
+                out.to_ndarray().reshape(-1, stream.channels or 1)
+                for frame in container.decode(stream)
+                for out in resampler.resample(frame)
+            ]
+            rate = stream.codec_context.sample_rate
+    except DecodeError:
+        raise
+    except Exception as err:  # noqa: BLE001 - every FFmpeg failure is a reject reason
+        raise DecodeError(f"undecodable: {type(err).__name__}: {err}"[:300]) from err
+    if not chunks:
+        raise DecodeError("no audio samples")
+    return np.concatenate(chunks).astype(np.float32, copy=False), int(rate)
+
+
+class Resampler:
+    """Changes the rate of mono float32 audio; torchaudio on CUDA when asked or available."""
+
+    def __init__(self, config: AudioConfig):
+        self.backend = _pick_backend(config.resampler)
+
+    def __call__(self, wave: Waveform, rate: int) -> Waveform:
+        if wave.rate == rate:
+            return wave
+        if self.backend == "torch":
+            return Waveform(_resample_torch(wave.samples, wave.rate, rate), rate)
+        out = soxr.resample(wave.samples, wave.rate, rate, quality="HQ")
+        return Waveform(np.asarray(out, dtype=np.float32), rate)
+
+
+def _pick_backend(choice: str) -> str:
+    if choice != "auto":
+        return choice
+    return "torch" if _cuda_available() else "soxr"
+
+
+@lru_cache(maxsize=1)
+def _cuda_available() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+def _resample_torch(samples: np.ndarray, src: int, dst: int) -> np.ndarray:
+    import torch
+    import torchaudio.functional as F
+
+    device = "cuda" if _cuda_available() else "cpu"
+    tensor = torch.from_numpy(samples).to(device)
+    return F.resample(tensor, src, dst).cpu().numpy().astype(np.float32, copy=False)
+
+
+def peak_normalize(samples: np.ndarray, peak: float) -> np.ndarray:
+    top = float(np.abs(samples).max(initial=0.0))
+    return samples if top == 0.0 else (samples * (peak / top)).astype(np.float32)
+
+
+def encode(samples: np.ndarray, rate: int, fmt: str) -> bytes:
+    """16-bit FLAC or WAV bytes, the payload of a shard sample."""
+    buf = io.BytesIO()
+    sf.write(buf, np.clip(samples, -1.0, 1.0), rate, format=fmt.upper(), subtype="PCM_16")
+    return buf.getvalue()

@@ -1,0 +1,207 @@
+"""The engine: discover, plan units, and stream them through Ray — CPU prep tasks, ASR actors, commits.
+
+Stages overlap across units: while an ASR actor transcribes unit N, CPU workers decode unit N+1
+and a commit task writes unit N-1. A bounded number of units is in flight, so memory stays flat
+however large the input is.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Callable, Optional
+
+import pyarrow as pa
+import ray
+
+from pipelines import storage
+from pipelines.asr import AsrResult, Transcriber
+from pipelines.commit import UnitCommitter
+from pipelines.discover import Discover, manifest_hours
+from pipelines.ledger import Ledger
+from pipelines.prepare import Preparer, SourceFile
+from pipelines.units import WorkUnit, plan_units
+from pipelines.versions import versions
+from schemas.config import AsrConfig, EngineConfig, JobConfig
+
+log = logging.getLogger("voxmill")
+
+ProgressFn = Callable[[float, float, int, int], None]  # done s, total s, units done, units total
+
+
+@dataclass
+class Resources:
+    cpus: int
+    gpus: int
+    prep_workers: int
+    asr_actors: int
+
+    @property
+    def max_in_flight(self) -> int:
+        return self.prep_workers + 2 * self.asr_actors
+
+
+def connect_ray(config: EngineConfig) -> None:
+    """A cluster when `ray_address` or RAY_ADDRESS is set, else a local Ray on this machine."""
+    if ray.is_initialized():
+        return
+    address = config.ray_address or os.environ.get("RAY_ADDRESS")
+    ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING,
+             configure_logging=False, ignore_reinit_error=True)
+
+
+def plan_resources(config: EngineConfig) -> Resources:
+    available = ray.cluster_resources()
+    cpus, gpus = int(available.get("CPU", 1)), int(available.get("GPU", 0))
+    asr = config.asr_actors or max(1, gpus)
+    prep = config.prep_workers or max(1, cpus - asr)
+    return Resources(cpus, gpus, prep, asr)
+
+
+def _prepare(config: JobConfig, unit: int, files: list[SourceFile]):
+    preparer = Preparer(config)
+    preparer.setup()
+    return preparer(unit, files)
+
+
+class _AsrWorker:
+    """Ray actor: loads the model once, then transcribes batches of segments."""
+
+    def __init__(self, config: AsrConfig):
+        self.transcriber = Transcriber(config)
+        self.transcriber.setup()
+
+    def transcribe(self, audios) -> tuple[list[AsrResult], float]:
+        started = time.perf_counter()
+        return self.transcriber(audios), time.perf_counter() - started
+
+
+def _commit(config: JobConfig, prepared, transcribed, digest: str) -> dict:
+    results, asr_seconds = transcribed
+    prepared.stage_seconds["asr"] += asr_seconds
+    return UnitCommitter(config)(prepared, results, digest)
+
+
+class _Scheduler:
+    """Submits units as prep -> ASR -> commit chains, at most `max_in_flight` at a time."""
+
+    def __init__(self, config: JobConfig, resources: Resources):
+        self.config = config
+        self.resources = resources
+        self.prepare = ray.remote(_prepare).options(num_cpus=1, num_returns=2, max_retries=2)
+        self.commit = ray.remote(_commit).options(num_cpus=0, max_retries=2)
+        gpu = resources.gpus > 0
+        actor = ray.remote(_AsrWorker).options(num_cpus=1, num_gpus=1 if gpu else 0, max_restarts=2,
+                                               max_task_retries=2)
+        self.actors = [actor.remote(config.asr) for _ in range(resources.asr_actors)]
+        self.load = Counter({i: 0 for i in range(len(self.actors))})
+
+    def submit(self, unit: WorkUnit):
+        audios, prepared = self.prepare.remote(self.config, unit.index, unit.files)
+        slot = min(self.load, key=self.load.__getitem__)
+        self.load[slot] += 1
+        transcribed = self.actors[slot].transcribe.remote(audios)
+        return self.commit.remote(self.config, prepared, transcribed, unit.digest), slot
+
+    def release(self, slot: int) -> None:
+        self.load[slot] -= 1
+
+    def close(self) -> None:
+        for actor in self.actors:
+            ray.kill(actor)
+
+
+def process_units(config: JobConfig, units: list[WorkUnit], resources: Resources,
+                  progress: Optional[ProgressFn] = None, done_seconds: float = 0.0,
+                  total_seconds: float = 0.0) -> tuple[list[dict], list[dict]]:
+    """Run units through Ray; returns (reports, failures). A failed unit never stops the others."""
+    scheduler = _Scheduler(config, resources)
+    queue, running, reports, failures = list(units), {}, [], []
+    try:
+        while queue or running:
+            while queue and len(running) < resources.max_in_flight:
+                unit = queue.pop(0)
+                ref, slot = scheduler.submit(unit)
+                running[ref] = (unit, slot)
+            ready, _ = ray.wait(list(running), num_returns=1)
+            unit, slot = running.pop(ready[0])
+            scheduler.release(slot)
+            try:
+                reports.append(ray.get(ready[0]))
+            except Exception as err:  # noqa: BLE001 - recorded, the unit stays pending for a rerun
+                log.error("unit %d failed: %s", unit.index, err)
+                failures.append({"unit": unit.index, "error": f"{type(err).__name__}: {err}"[:2000]})
+            done_seconds += unit.seconds
+            if progress:
+                progress(done_seconds, total_seconds, len(reports) + len(failures), len(units))
+    finally:
+        scheduler.close()
+    return reports, failures
+
+
+def run_job(config: JobConfig, progress: Optional[ProgressFn] = None,
+            manifest: Optional[pa.Table] = None) -> dict:
+    """The whole job; writes OUTPUT/summary.json and returns it."""
+    started_at, clock = datetime.now(timezone.utc), time.perf_counter()
+    if manifest is None:
+        manifest = Discover(config.discover)(config.input)
+    discover_seconds = time.perf_counter() - clock
+    units = plan_units(manifest, config.engine)
+    ledger = Ledger(config.output)
+    records = ledger.done()
+    finished = {u.index: ledger.lookup(records, u.index, u.digest) for u in units}
+    todo = [u for u in units if not finished[u.index]]
+    previous = [r for r in finished.values() if r]
+    connect_ray(config.engine)
+    resources = plan_resources(config.engine)
+    log.info("%d units (%d already done) on %s", len(units), len(previous), resources)
+    total = sum(u.seconds for u in units)
+    reports, failures = process_units(config, todo, resources, progress,
+                                      done_seconds=total - sum(u.seconds for u in todo), total_seconds=total)
+    summary = build_summary(config, manifest, units, previous, reports, failures, resources,
+                            started_at, time.perf_counter() - clock, discover_seconds)
+    storage.write_json(storage.join(config.output, "summary.json"), summary)
+    return summary
+
+
+def build_summary(config: JobConfig, manifest: pa.Table, units: list[WorkUnit], previous: list[dict],
+                  reports: list[dict], failures: list[dict], resources: Resources,
+                  started_at: datetime, wall_seconds: float, discover_seconds: float) -> dict:
+    everything = previous + reports
+    stage_seconds = Counter({"discover": discover_seconds})
+    for report in reports:
+        stage_seconds.update(report["stage_seconds"])
+    processed = sum(r["input_seconds"] for r in reports)
+    return {
+        "voxmill_version": versions()["voxmill"],
+        "started_at": started_at.isoformat(),
+        "finished_at": datetime.now(timezone.utc).isoformat(),
+        "wall_seconds": wall_seconds,
+        "complete": not failures,
+        "counts": {
+            "input_files": manifest.num_rows,
+            "units": len(units),
+            "units_processed": len(reports),
+            "units_resumed": len(previous),
+            "units_failed": len(failures),
+            "samples": sum(r["samples"] for r in everything),
+            "shards": sum(len(r["shards"]) for r in everything),
+            "rejects": sum(r["rejects"] for r in everything),
+        },
+        "reject_reasons": dict(sum((Counter(r["reject_reasons"]) for r in everything), Counter())),
+        "manifest_hours": manifest_hours(manifest),
+        "input_hours": sum(r["input_seconds"] for r in everything) / 3600,
+        "output_hours": sum(r["output_seconds"] for r in everything) / 3600,
+        "this_run": {
+            "input_hours": processed / 3600,
+            "audio_seconds_per_second": processed / wall_seconds if wall_seconds else 0.0,
+        },
+        "stage_seconds": dict(stage_seconds),
+        "resources": vars(resources),
+        "failures": failures,
+        "config": config.model_dump(mode="json"),
+        "versions": versions(),
+    }

@@ -1,0 +1,146 @@
+"""Prepare: decode, resample, VAD-segment and encode one work unit's files on a CPU worker.
+
+The output splits in two so Ray moves only what each consumer needs: 16 kHz segment audio
+for the ASR actors, and encoded output audio plus metadata for the shard writer.
+"""
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pipelines import storage
+from pipelines.audio import ASR_RATE, DecodeError, Resampler, Waveform, decode, encode, peak_normalize
+from pipelines.keys import segment_key
+from pipelines.vad import Segmenter, Span
+from schemas.config import JobConfig
+
+
+@dataclass
+class SourceFile:
+    id: str
+    uri: str
+    duration: float | None = None
+    error: str | None = None
+
+
+@dataclass
+class PreparedSegment:
+    key: str
+    source_id: str
+    source_uri: str
+    start: float
+    end: float
+    audio: bytes  # encoded output audio (FLAC/WAV)
+
+
+@dataclass
+class PreparedUnit:
+    unit: int
+    segments: list[PreparedSegment] = field(default_factory=list)
+    rejects: list[dict] = field(default_factory=list)
+    input_seconds: float = 0.0
+    stage_seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+
+
+class Preparer:
+    """One unit of files in; speech segments (and rejects with reasons) out."""
+
+    def __init__(self, config: JobConfig):
+        self.audio = config.audio
+        self.shard_format = config.shards.audio_format
+        self.resample = Resampler(config.audio)
+        self.segment = Segmenter(config.vad)
+
+    def setup(self) -> None:
+        self.segment.setup()
+
+    def __call__(self, unit: int, files: list[SourceFile]) -> tuple[list[np.ndarray], PreparedUnit]:
+        prepared = PreparedUnit(unit)
+        asr_audio: list[np.ndarray] = []
+        for source in files:
+            asr_audio.extend(self._prepare_file(source, prepared))
+        return asr_audio, prepared
+
+    def _prepare_file(self, source: SourceFile, out: PreparedUnit) -> list[np.ndarray]:
+        if source.error:
+            out.rejects.append(reject_row(source, out.unit, "discover", source.error))
+            return []
+        clock = _Clock(out.stage_seconds)
+        try:
+            with clock("decode"):
+                wave = self._decode(source.uri)
+        except (DecodeError, OSError) as err:
+            out.rejects.append(reject_row(source, out.unit, "decode", str(err) or type(err).__name__))
+            return []
+        out.input_seconds += wave.seconds
+        with clock("resample"):
+            speech = self.resample(wave, ASR_RATE)
+            target = self.resample(wave, self.audio.sample_rate)
+        with clock("vad"):
+            spans, short = self.segment(speech.samples)
+        for span in short:
+            out.rejects.append(reject_row(source, out.unit, "vad", "too short", span))
+        if not spans:
+            out.rejects.append(reject_row(source, out.unit, "vad", "no speech found", duration=wave.seconds))
+        with clock("encode"):
+            out.segments.extend(self._encode(source, target, span) for span in spans)
+        return [_cut(speech, span) for span in spans]
+
+    def _decode(self, uri: str) -> Waveform:
+        fs, path = storage.filesystem(uri)
+        with fs.open(path, "rb") as fh:
+            return decode(fh)
+
+    def _encode(self, source: SourceFile, target: Waveform, span: Span) -> PreparedSegment:
+        samples = _cut(target, span)
+        if self.audio.peak_normalize:
+            samples = peak_normalize(samples, self.audio.peak_normalize)
+        return PreparedSegment(
+            key=segment_key(source.id, span.start, span.end),
+            source_id=source.id,
+            source_uri=source.uri,
+            start=span.start,
+            end=span.end,
+            audio=encode(samples, target.rate, self.shard_format),
+        )
+
+
+def _cut(wave: Waveform, span: Span) -> np.ndarray:
+    return wave.samples[round(span.start * wave.rate) : round(span.end * wave.rate)]
+
+
+def reject_row(
+    source: SourceFile, unit: int, stage: str, reason: str, span: Span | None = None,
+    duration: float | None = None, key: str | None = None,
+) -> dict:
+    return {
+        "source_id": source.id,
+        "source_uri": source.uri,
+        "unit": unit,
+        "key": key,
+        "stage": stage,
+        "reason": reason,
+        "start": span.start if span else None,
+        "end": span.end if span else None,
+        "duration": span.seconds if span else (duration if duration is not None else source.duration),
+    }
+
+
+class _Clock:
+    """Adds the seconds spent in a `with` block to a per-stage total."""
+
+    def __init__(self, totals: dict[str, float]):
+        self.totals = totals
+
+    def __call__(self, stage: str) -> "_Clock":
+        self._stage = stage
+        return self
+
+    def __enter__(self) -> None:
+        self._start = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        self.totals[self._stage] += time.perf_counter() - self._start

@@ -1,0 +1,93 @@
+"""The job config: one validated model, loaded from YAML or built from CLI flags.
+
+Each nested section is the slice of config that exactly one stage receives, so a value
+flows from here to the single place that uses it.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+AUDIO_EXTENSIONS = ("flac", "wav", "mp3", "opus", "ogg", "m4a", "sph")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DiscoverConfig(_Section):
+    extensions: tuple[str, ...] = AUDIO_EXTENSIONS
+
+
+class AudioConfig(_Section):
+    sample_rate: int = Field(24000, ge=8000, le=192000, description="output rate of the shards")
+    peak_normalize: Optional[float] = Field(
+        None, gt=0, le=1.0, description="scale each segment so its peak is this; off when unset"
+    )
+    resampler: Literal["auto", "soxr", "torch"] = "auto"
+
+
+class VadConfig(_Section):
+    min_seconds: float = Field(1.0, ge=0)
+    max_seconds: float = Field(20.0, gt=1, le=30, description="Whisper reads at most 30 s")
+    pad_ms: int = Field(200, ge=0)
+    merge_gap_seconds: float = Field(0.3, ge=0, description="gaps shorter than this are bridged")
+    min_silence_ms: int = Field(500, ge=0)
+    threshold: float = Field(0.5, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _check_bounds(self) -> "VadConfig":
+        if self.min_seconds >= self.max_seconds:
+            raise ValueError("vad.min_seconds must be below vad.max_seconds")
+        return self
+
+
+class AsrConfig(_Section):
+    model: Optional[str] = Field(
+        None, description="faster-whisper model name or path; unset = bundled tiny.en"
+    )
+    language: Optional[str] = Field(None, description="unset = auto-detect (multilingual models)")
+    beam_size: int = Field(1, ge=1, le=16)
+    compute_type: str = "default"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    batch_size: int = Field(8, ge=1, le=256)
+    cpu_threads: int = Field(0, ge=0, description="0 = CTranslate2 default")
+
+
+class ShardConfig(_Section):
+    audio_format: Literal["flac", "wav"] = "flac"
+    max_bytes: int = Field(1_000_000_000, ge=1_000_000)
+    max_samples: int = Field(100_000, ge=1)
+
+
+class EngineConfig(_Section):
+    unit_minutes: float = Field(30.0, gt=0, description="audio per work unit (resume granularity)")
+    unit_max_files: int = Field(2000, ge=1)
+    prep_workers: Optional[int] = Field(None, ge=1, description="unset = CPUs left after ASR")
+    asr_actors: Optional[int] = Field(None, ge=1, description="unset = one per GPU, else 1")
+    ray_address: Optional[str] = Field(None, description="unset = RAY_ADDRESS or local ray.init()")
+
+
+class JobConfig(_Section):
+    """Everything one job needs; `input` and `output` are fsspec URLs."""
+
+    input: str
+    output: str
+    discover: DiscoverConfig = DiscoverConfig()
+    audio: AudioConfig = AudioConfig()
+    vad: VadConfig = VadConfig()
+    asr: AsrConfig = AsrConfig()
+    shards: ShardConfig = ShardConfig()
+    engine: EngineConfig = EngineConfig()
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **overrides: object) -> "JobConfig":
+        """Load a YAML job file; non-None `overrides` (e.g. CLI flags) win over the file."""
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: a job file must be a YAML mapping")
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.model_validate(data)
