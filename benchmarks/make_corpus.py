@@ -421,7 +421,8 @@ def render(plan: Plan) -> np.ndarray:
                 "left": (1.0, 0.0)}[plan.stereo]
         x = np.stack([x * a, x * b], axis=1)
     if plan.noise_db is not None:
-        x = x + g.standard_normal(x.shape, dtype=np.float32) * np.float32(10 ** (plan.noise_db / 20))
+        level = np.float32(10 ** (plan.noise_db / 20))
+        x = x + g.standard_normal(x.shape, dtype=np.float32) * level
     return x
 
 
@@ -518,7 +519,10 @@ def main(argv: Optional[list[str]] = None) -> int:
                     help="replace OUT_DIR if it holds a previous corpus")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
-    ref = make_corpus(args.out_dir, args.shape, args.minutes, args.seed, args.overwrite)
+    try:
+        ref = make_corpus(args.out_dir, args.shape, args.minutes, args.seed, args.overwrite)
+    except (FileExistsError, ValueError) as e:
+        ap.error(str(e))
     print(f"{summarize(ref)} ({time.perf_counter() - t0:.1f} s)")
     return 0
 

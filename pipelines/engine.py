@@ -70,8 +70,9 @@ def _prepare(config: JobConfig, unit: int, files: list[SourceFile]):
 class _AsrWorker:
     """Ray actor: loads the model once, then transcribes batches of segments."""
 
-    def __init__(self, config: AsrConfig):
-        self.transcriber = Transcriber(config)
+    def __init__(self, config: AsrConfig, cpu_threads: int):
+        # Ray pins OMP threads to the actor's CPU request; CTranslate2 needs them told explicitly.
+        self.transcriber = Transcriber(config.model_copy(update={"cpu_threads": config.cpu_threads or cpu_threads}))
         self.transcriber.setup()
 
     def transcribe(self, audios) -> tuple[list[AsrResult], float]:
@@ -96,7 +97,8 @@ class _Scheduler:
         gpu = resources.gpus > 0
         actor = ray.remote(_AsrWorker).options(num_cpus=1, num_gpus=1 if gpu else 0, max_restarts=2,
                                                max_task_retries=2)
-        self.actors = [actor.remote(config.asr) for _ in range(resources.asr_actors)]
+        threads = max(1, resources.cpus // resources.asr_actors)
+        self.actors = [actor.remote(config.asr, threads) for _ in range(resources.asr_actors)]
         self.load = Counter({i: 0 for i in range(len(self.actors))})
 
     def submit(self, unit: WorkUnit):
@@ -120,6 +122,8 @@ def process_units(config: JobConfig, units: list[WorkUnit], resources: Resources
     """Run units through Ray; returns (reports, failures). A failed unit never stops the others."""
     scheduler = _Scheduler(config, resources)
     queue, running, reports, failures = list(units), {}, [], []
+    if progress:
+        progress(done_seconds, total_seconds, 0, len(units))
     try:
         while queue or running:
             while queue and len(running) < resources.max_in_flight:

@@ -83,11 +83,29 @@ class JobConfig(_Section):
     shards: ShardConfig = ShardConfig()
     engine: EngineConfig = EngineConfig()
 
-    @classmethod
-    def from_yaml(cls, path: str | Path, **overrides: object) -> "JobConfig":
-        """Load a YAML job file; non-None `overrides` (e.g. CLI flags) win over the file."""
-        data = yaml.safe_load(Path(path).read_text()) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: a job file must be a YAML mapping")
-        data.update({k: v for k, v in overrides.items() if v is not None})
-        return cls.model_validate(data)
+
+def load_job_config(
+    input: Optional[str] = None,
+    output: Optional[str] = None,
+    config_path: Optional[str] = None,
+    overrides: Optional[dict[str, object]] = None,
+) -> JobConfig:
+    """One way to build a JobConfig for the CLI and the flow: YAML file, then flags on top.
+
+    `overrides` uses dotted keys (`{"audio.sample_rate": 16000}`); None values are ignored.
+    """
+    data: dict = {}
+    if config_path:
+        loaded = yaml.safe_load(Path(config_path).read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{config_path}: a job file must be a YAML mapping")
+        data = loaded
+    for dotted, value in {"input": input, "output": output, **(overrides or {})}.items():
+        if value is None:
+            continue
+        *sections, leaf = dotted.split(".")
+        target = data
+        for section in sections:
+            target = target.setdefault(section, {})
+        target[leaf] = value
+    return JobConfig.model_validate(data)

@@ -1,0 +1,295 @@
+"""Throughput of voxmill's stages, the whole job, and a naive per-file baseline, in one run.
+
+Every number is audio seconds of INPUT per wall second (x realtime) over the same corpus.
+
+CLI: ``python benchmarks/throughput.py [--shape mixed] [--minutes 30]
+[--workdir /tmp/voxmill-bench] [--skip-naive]``; writes ``WORKDIR/throughput.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.make_corpus import SHAPES, make_corpus, summarize  # noqa: E402
+from pipelines.asr import Transcriber, default_model_path  # noqa: E402
+from pipelines.audio import ASR_RATE, DecodeError, Resampler, Waveform, decode, encode  # noqa: E402
+from pipelines.vad import Segmenter, Span  # noqa: E402
+from schemas.config import AsrConfig, AudioConfig, JobConfig, VadConfig  # noqa: E402
+
+OUT_RATE = AudioConfig().sample_rate  # 24 kHz shard audio
+
+
+@dataclass
+class Row:
+    """One measured stage: wall seconds spent on `audio_seconds` of input audio."""
+
+    name: str
+    seconds: float
+    audio_seconds: float
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def speed(self) -> float:
+        return self.audio_seconds / self.seconds if self.seconds else 0.0
+
+
+class Stopwatch:
+    """Accumulates the seconds spent inside `with watch:` blocks."""
+
+    def __init__(self) -> None:
+        self.total = 0.0
+
+    def __enter__(self) -> None:
+        self._t = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        self.total += time.perf_counter() - self._t
+
+
+# ----------------------------------------------------------------------------- corpus
+
+
+def ensure_corpus(workdir: Path, shape: str, minutes: float) -> Path:
+    """The corpus directory, built by make_corpus unless a finished one is already there."""
+    corpus = workdir / f"corpus-{shape}-{minutes:g}min"
+    refs = corpus / "references.jsonl"
+    if not refs.exists():
+        t = time.perf_counter()
+        make_corpus(corpus, shape, minutes, seed=0, overwrite=corpus.exists())
+        print(f"built corpus in {time.perf_counter() - t:.0f} s")
+    print(summarize(refs))
+    return corpus
+
+
+def audio_files(corpus: Path) -> list[Path]:
+    rows = [json.loads(line) for line in (corpus / "references.jsonl").read_text().splitlines()]
+    return sorted(corpus / r["file"] for r in rows)
+
+
+def decode_path(path: Path) -> Optional[Waveform]:
+    """`pipelines.audio.decode`, or None for a file the pipeline would reject."""
+    try:
+        with open(path, "rb") as fh:
+            return decode(fh)
+    except (DecodeError, OSError):
+        return None
+
+
+# ----------------------------------------------------------------------------- stages
+
+
+def bench_decode(files: list[Path]) -> tuple[Row, list[Waveform]]:
+    watch, waves = Stopwatch(), []
+    for path in files:
+        with watch:
+            wave = decode_path(path)
+        if wave is not None:
+            waves.append(wave)
+    total = sum(w.seconds for w in waves)
+    return Row("decode only", watch.total, total, {"files": len(files), "decoded": len(waves)}), waves
+
+
+def bench_resample(files: list[Path], backend: str) -> tuple[Row, Row, list[Waveform]]:
+    """Decode again and resample each file to 24 kHz and 16 kHz; returns (decode+resample, resample
+    alone, the 16 kHz waves). The 24 kHz output is dropped to keep memory flat."""
+    resample = Resampler(AudioConfig(resampler=backend))
+    dec, res, speech = Stopwatch(), Stopwatch(), []
+    for path in files:
+        with dec:
+            wave = decode_path(path)
+        if wave is None:
+            continue
+        with res:
+            resample(wave, OUT_RATE)
+            speech.append(resample(wave, ASR_RATE))
+    total = sum(w.seconds for w in speech)
+    both = Row(f"decode + resample ({backend})", dec.total + res.total, total)
+    return both, Row(f"  resample alone ({backend})", res.total, total), speech
+
+
+def bench_vad(speech: list[Waveform]) -> tuple[Row, list[list[Span]]]:
+    segmenter = Segmenter(VadConfig())
+    segmenter.setup()
+    watch, spans = Stopwatch(), []
+    with watch:
+        for wave in speech:
+            spans.append(segmenter(wave.samples)[0])
+    count = sum(map(len, spans))
+    return Row("VAD (Silero)", watch.total, sum(w.seconds for w in speech), {"segments": count}), spans
+
+
+def cut(samples: np.ndarray, rate: int, span: Span) -> np.ndarray:
+    return samples[round(span.start * rate) : round(span.end * rate)]
+
+
+def bench_encode(files: list[Path], spans: list[list[Span]], input_seconds: float) -> Row:
+    """FLAC-encode each segment from 24 kHz audio (resampled here, untimed)."""
+    resample, watch, out_bytes = Resampler(AudioConfig(resampler="soxr")), Stopwatch(), 0
+    waves = (w for w in map(decode_path, files) if w is not None)
+    for wave, file_spans in zip(waves, spans, strict=True):
+        target = resample(wave, OUT_RATE)
+        with watch:
+            for span in file_spans:
+                out_bytes += len(encode(cut(target.samples, OUT_RATE, span), OUT_RATE, "flac"))
+    return Row("encode (FLAC 24 kHz)", watch.total, input_seconds, {"bytes": out_bytes})
+
+
+def bench_asr(speech: list[Waveform], spans: list[list[Span]], input_seconds: float) -> Row:
+    """Batched Transcriber over every VAD segment (model load reported apart)."""
+    segments = [cut(w.samples, ASR_RATE, s) for w, ss in zip(speech, spans) for s in ss]
+    transcriber = Transcriber(AsrConfig())
+    load = time.perf_counter()
+    transcriber.setup()
+    load = time.perf_counter() - load
+    watch = Stopwatch()
+    with watch:
+        results = transcriber(segments)
+    seg_seconds = sum(len(s) for s in segments) / ASR_RATE
+    extra = {"model_load_seconds": load, "segment_seconds": seg_seconds,
+             "segments": len(segments), "empty": sum(not r.text for r in results)}
+    return Row("ASR (batched tiny.en)", watch.total, input_seconds, extra)
+
+
+def bench_job(corpus: Path, workdir: Path) -> Row:
+    """`run_job` end to end into a fresh output folder (Ray start-up and model load included)."""
+    import ray
+
+    from pipelines.engine import run_job
+
+    out = workdir / "job-out"
+    shutil.rmtree(out, ignore_errors=True)
+    t = time.perf_counter()
+    summary = run_job(JobConfig(input=str(corpus), output=str(out)))
+    wall = time.perf_counter() - t
+    ray.shutdown()
+    extra = {k: summary[k] for k in ("wall_seconds", "stage_seconds", "counts", "resources")}
+    return Row("whole job (run_job)", wall, summary["this_run"]["input_hours"] * 3600, extra)
+
+
+# ----------------------------------------------------------------------------- naive baseline
+
+
+def naive_baseline(files: list[Path], workdir: Path, beam_size: int) -> Row:
+    """Per file: ffmpeg to 16 kHz mono WAV, WhisperModel.transcribe, append to a tar."""
+    from faster_whisper import WhisperModel
+
+    t = time.perf_counter()
+    model = WhisperModel(default_model_path())
+    audio_seconds, tar_path = 0.0, workdir / "naive.tar"
+    with tarfile.open(tar_path, "w") as tar, tempfile.TemporaryDirectory() as tmp:
+        for i, path in enumerate(files):
+            wav = Path(tmp) / "x.wav"
+            ffmpeg = ["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-i", str(path),
+                      "-ac", "1", "-ar", "16000", str(wav)]
+            if subprocess.run(ffmpeg, capture_output=True).returncode != 0:
+                continue
+            segments, info = model.transcribe(str(wav), beam_size=beam_size)
+            text = " ".join(s.text.strip() for s in segments)
+            audio_seconds += info.duration
+            key = f"{i:06d}"
+            _tar_add(tar, f"{key}.wav", wav.read_bytes())
+            _tar_add(tar, f"{key}.json", json.dumps({"file": str(path), "text": text}).encode())
+    return Row("naive loop (ffmpeg+transcribe)", time.perf_counter() - t, audio_seconds)
+
+
+def _tar_add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime = len(data), int(time.time())
+    tar.addfile(info, io.BytesIO(data))
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def table(rows: list[Row]) -> str:
+    lines = [f"| {'stage':34} | {'wall s':>8} | {'audio s':>8} | {'x realtime':>10} |",
+             f"|{'-' * 36}|{'-' * 10}|{'-' * 10}|{'-' * 12}|"]
+    lines += [f"| {r.name:34} | {r.seconds:8.1f} | {r.audio_seconds:8.0f} | {r.speed:10.1f} |"
+              for r in rows]
+    return "\n".join(lines)
+
+
+def ratio(rows: dict[str, Row], top: str, bottom: str) -> Optional[float]:
+    if top not in rows or bottom not in rows or not rows[bottom].speed:
+        return None
+    return rows[top].speed / rows[bottom].speed
+
+
+def step(label: str, fn: Callable, *args):
+    print(f"... {label}", flush=True)
+    return fn(*args)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--shape", choices=SHAPES, default="mixed")
+    ap.add_argument("--minutes", type=float, default=30.0)
+    ap.add_argument("--workdir", type=Path, default=Path("/tmp/voxmill-bench"))
+    ap.add_argument("--skip-naive", action="store_true")
+    args = ap.parse_args(argv)
+    args.workdir.mkdir(parents=True, exist_ok=True)
+
+    corpus = ensure_corpus(args.workdir, args.shape, args.minutes)
+    files = audio_files(corpus)
+    decode_row, _ = step("decode", bench_decode, files)
+    soxr_row, soxr_alone, speech = step("decode+resample soxr", bench_resample, files, "soxr")
+    torch_row, torch_alone, _ = step("decode+resample torch", bench_resample, files, "torch")
+    vad_row, spans = step("vad", bench_vad, speech)
+    input_seconds = decode_row.audio_seconds
+    encode_row = step("encode", bench_encode, files, spans, input_seconds)
+    asr_row = step("asr", bench_asr, speech, spans, input_seconds)
+    del speech
+    job_row = step("whole job", bench_job, corpus, args.workdir)
+    rows = [decode_row, soxr_row, soxr_alone, torch_row, torch_alone, vad_row, encode_row,
+            asr_row, job_row]
+    if not args.skip_naive:
+        rows.append(step("naive baseline", naive_baseline, files, args.workdir, AsrConfig().beam_size))
+
+    by_name = {r.name: r for r in rows}
+    best = max((soxr_row, torch_row), key=lambda r: r.speed)
+    ratios = {
+        "job_over_naive": ratio(by_name, job_row.name, "naive loop (ffmpeg+transcribe)"),
+        "resample_path_over_decode": ratio(by_name, best.name, decode_row.name),
+        "soxr_resample_path_over_decode": ratio(by_name, soxr_row.name, decode_row.name),
+        "torch_resample_path_over_decode": ratio(by_name, torch_row.name, decode_row.name),
+    }
+    print("\n" + table(rows) + "\n")
+    print(f"job stage_seconds: { {k: round(v, 1) for k, v in job_row.extra['stage_seconds'].items()} }")
+    print(f"ASR model load {asr_row.extra['model_load_seconds']:.1f} s, "
+          f"{asr_row.extra['segments']} segments, {asr_row.extra['segment_seconds']:.0f} s of speech")
+    for name, target in (("job_over_naive", 2.0), ("resample_path_over_decode", 0.8)):
+        value = ratios[name]
+        shown = "n/a" if value is None else f"{value:.2f}"
+        print(f"{name}: {shown} (target >= {target})")
+
+    report = {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "corpus": str(corpus),
+        "rows": [{"name": r.name.strip(), "seconds": r.seconds, "audio_seconds": r.audio_seconds,
+                  "x_realtime": r.speed, **r.extra} for r in rows],
+        "ratios": ratios,
+    }
+    (args.workdir / "throughput.json").write_text(json.dumps(report, indent=2, default=str))
+    print(f"wrote {args.workdir / 'throughput.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
