@@ -1,0 +1,61 @@
+"""Shared fixtures: a copy of the bundled real clips, one local Ray, one finished job to inspect."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import ray
+
+from pipelines.engine import run_job
+from schemas.config import JobConfig, load_job_config
+
+DEMO = Path(__file__).resolve().parent.parent / "demo" / "real-speech"
+NO_SPEECH = {"stereo.mp3", "stereo.opus", "stereo.sph"}
+
+
+def references() -> dict[str, dict]:
+    lines = (DEMO / "references.jsonl").read_text().splitlines()
+    return {row["file"]: row for row in map(json.loads, lines)}
+
+
+@pytest.fixture(scope="session")
+def clips(tmp_path_factory) -> Path:
+    """A private copy of the real clips (tests never write next to the originals)."""
+    target = tmp_path_factory.mktemp("clips") / "real-speech"
+    shutil.copytree(DEMO, target)
+    return target
+
+
+@pytest.fixture(scope="session")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True)
+    yield
+    ray.shutdown()
+
+
+def small_units_config(input_url: str, output_url: str, **overrides: object) -> JobConfig:
+    """Units of ~15 s of audio, so the 11 clips spread over several units and shards."""
+    return load_job_config(input_url, output_url, overrides={"engine.unit_minutes": 0.25, **overrides})
+
+
+@pytest.fixture(scope="session")
+def finished_job(clips, local_ray, tmp_path_factory) -> tuple[JobConfig, dict]:
+    output = tmp_path_factory.mktemp("job") / "out"
+    config = small_units_config(str(clips), str(output))
+    return config, run_job(config)
+
+
+def load_torchcodec() -> None:
+    """HF `datasets` decodes audio with torchcodec, whose PyPI wheel links NVIDIA NPP; torch does
+    not put that library on the loader path, so load it first (no-op where it is already found)."""
+    import ctypes
+    import glob
+    import os
+
+    import torch
+
+    lib_dir = os.path.join(os.path.dirname(os.path.dirname(torch.__file__)), "nvidia", "cu13", "lib")
+    for lib in sorted(glob.glob(os.path.join(lib_dir, "libnpp*.so.*"))):
+        ctypes.CDLL(lib, mode=ctypes.RTLD_GLOBAL)

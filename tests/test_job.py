@@ -1,0 +1,120 @@
+"""The whole job on the real clips: transcripts, audio, accounting, and both shard readers."""
+from __future__ import annotations
+
+import io
+import json
+import re
+from pathlib import Path
+
+import jiwer
+import numpy as np
+import pyarrow.dataset as ds
+import soundfile as sf
+import webdataset as wds
+
+from pipelines.engine import run_job
+from tests.conftest import NO_SPEECH, load_torchcodec, references
+
+
+def _norm(text: str) -> str:
+    return " ".join(re.sub(r"[^a-z0-9' ]", " ", text.lower()).split())
+
+
+def _index(output: str):
+    return ds.dataset(f"{output}/index", format="parquet").to_table()
+
+
+def _shard_samples(output: str) -> dict[str, dict]:
+    urls = sorted(str(p) for p in Path(output, "shards").glob("shard-*.tar"))
+    return {s["__key__"]: s for s in wds.WebDataset(urls, shardshuffle=False)}
+
+
+def test_transcripts_match_references(finished_job):
+    config, _ = finished_job
+    index = _index(config.output).to_pylist()
+    refs = {name: row["text"] for name, row in references().items() if row["text"]}
+    hyps = {}
+    for name in refs:
+        rows = sorted((r for r in index if Path(r["source_uri"]).name == name), key=lambda r: r["start"])
+        hyps[name] = " ".join(r["text"] for r in rows)
+    wer = jiwer.wer([_norm(refs[n]) for n in refs], [_norm(hyps[n]) for n in refs])
+    assert wer < 0.2, (wer, hyps)
+    assert _norm(hyps["2412-153948-0000.flac"]).startswith("if the reader will excuse me")
+
+
+def test_test_tones_give_no_sample_but_a_reject(finished_job):
+    config, _ = finished_job
+    sources = {Path(u).name for u in _index(config.output).column("source_uri").to_pylist()}
+    assert not sources & NO_SPEECH
+    rejects = ds.dataset(f"{config.output}/rejects", format="parquet").to_table().to_pylist()
+    rejected = {Path(r["source_uri"]).name: r for r in rejects}
+    for name in NO_SPEECH:
+        assert rejected[name]["stage"] == "vad" and rejected[name]["reason"] == "no speech found"
+
+
+def test_every_input_is_accounted_for_and_keys_are_unique(finished_job, clips):
+    config, summary = finished_job
+    index = _index(config.output)
+    keys = index.column("key").to_pylist()
+    assert len(keys) == len(set(keys)) == summary["counts"]["samples"] > 0
+    rejects = ds.dataset(f"{config.output}/rejects", format="parquet").to_table()
+    seen = set(index.column("source_uri").to_pylist()) | set(rejects.column("source_uri").to_pylist())
+    inputs = {str(p) for p in clips.iterdir() if p.suffix not in {".md", ".jsonl"}}
+    assert seen == inputs
+    assert summary["counts"]["units"] > 2 and summary["counts"]["shards"] == len(list(Path(config.output, "shards").iterdir()))
+
+
+def test_shard_audio_is_mono_at_target_rate_and_keeps_segment_duration(finished_job):
+    config, _ = finished_job
+    samples = _shard_samples(config.output)
+    index = {r["key"]: r for r in _index(config.output).to_pylist()}
+    assert set(samples) == set(index)
+    for key, sample in samples.items():
+        audio, rate = sf.read(io.BytesIO(sample["flac"]), dtype="float32")
+        meta = json.loads(sample["json"])
+        assert rate == config.audio.sample_rate == meta["sample_rate"] and audio.ndim == 1
+        assert abs(len(audio) / rate - (meta["end"] - meta["start"])) <= 0.010
+        assert meta["text"] == index[key]["text"] and meta["source_uri"] == index[key]["source_uri"]
+        assert np.abs(audio).max() > 0.01
+
+
+def test_output_segment_is_the_source_audio_at_its_times(finished_job, clips):
+    config, _ = finished_job
+    row = next(r for r in _index(config.output).to_pylist() if r["source_uri"].endswith("2412-153948-0000.flac"))
+    audio, rate = sf.read(io.BytesIO(_shard_samples(config.output)[row["key"]]["flac"]), dtype="float32")
+    source, src_rate = sf.read(clips / "2412-153948-0000.flac", dtype="float32")
+    cut = source[round(row["start"] * src_rate): round(row["end"] * src_rate)]
+    resampled = np.interp(np.arange(len(cut)) * rate / src_rate, np.arange(len(audio)), audio)
+    assert np.corrcoef(cut, resampled)[0, 1] > 0.95
+
+
+def test_huggingface_datasets_loads_the_shards(finished_job):
+    load_torchcodec()
+    from datasets import load_dataset
+
+    config, summary = finished_job
+    files = sorted(str(p) for p in Path(config.output, "shards").glob("*.tar"))
+    data = load_dataset("webdataset", data_files={"train": files}, split="train")
+    assert len(data) == summary["counts"]["samples"]
+    row = data[0]
+    assert row["json"]["text"] and row["flac"]["sampling_rate"] == config.audio.sample_rate
+
+
+def test_summary_reports_counts_hours_and_stages(finished_job):
+    config, summary = finished_job
+    on_disk = json.loads(Path(config.output, "summary.json").read_text())
+    assert on_disk["counts"] == summary["counts"] and summary["complete"]
+    assert summary["counts"]["input_files"] == 11 and summary["counts"]["rejects"] >= 3
+    assert 0.015 < summary["input_hours"] < 0.02 and 0 < summary["output_hours"] < summary["input_hours"]
+    assert {"decode", "resample", "vad", "asr", "write"} <= set(summary["stage_seconds"])
+    assert summary["config"]["audio"]["sample_rate"] == 24000 and summary["versions"]["faster-whisper"]
+
+
+def test_rerun_skips_done_units_and_changes_nothing(finished_job):
+    config, first = finished_job
+    before = {p: p.read_bytes() for p in Path(config.output, "shards").iterdir()}
+    again = run_job(config)
+    assert again["counts"]["units_processed"] == 0
+    assert again["counts"]["units_resumed"] == first["counts"]["units"]
+    assert again["counts"]["samples"] == first["counts"]["samples"]
+    assert {p: p.read_bytes() for p in Path(config.output, "shards").iterdir()} == before
