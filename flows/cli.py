@@ -16,6 +16,7 @@ from rich.text import Text
 
 from pipelines.discover import InputError
 from pipelines.engine import run_job
+from pipelines.storage import OutputError
 from schemas.config import load_job_config
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Raw speech in, WebDataset shards out.")
@@ -57,8 +58,8 @@ def run(
         raise typer.Exit(2)
     try:
         summary = _run_with_progress(job)
-    except InputError as err:
-        console.print(f"[red]input error:[/red] {err}")
+    except (InputError, OutputError) as err:
+        console.print(f"[red]{type(err).__name__}:[/red] {err}")
         raise typer.Exit(2)
     if json_out:
         sys.stdout.write(json.dumps(summary, indent=2, default=str) + "\n")

@@ -49,7 +49,7 @@ def connect_ray(config: EngineConfig) -> None:
     if ray.is_initialized():
         return
     address = config.ray_address or os.environ.get("RAY_ADDRESS")
-    ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING,
+    ray.init(address=address or None, include_dashboard=False, logging_level=logging.WARNING,
              configure_logging=False, ignore_reinit_error=True)
 
 
@@ -153,6 +153,7 @@ def run_job(config: JobConfig, progress: Optional[ProgressFn] = None,
     if manifest is None:
         manifest = Discover(config.discover)(config.input)
     discover_seconds = time.perf_counter() - clock
+    storage.ensure_writable(config.output)
     units = plan_units(manifest, config.engine)
     ledger = Ledger(config.output)
     records = ledger.done()

@@ -91,3 +91,18 @@ def list_files(url: str, suffix: str = "") -> list[str]:
         return []
     names = [p for p in fs.ls(path, detail=False) if p.endswith(suffix) and ".tmp-" not in p]
     return sorted(to_url(fs, p) for p in names)
+
+
+class OutputError(OSError):
+    """The output cannot be written (missing bucket, no permission): raised before any work."""
+
+
+def ensure_writable(url: str) -> None:
+    """Write and delete a probe under `url`, so a bad bucket or credential fails up front."""
+    probe = join(url, f"_probe-{uuid.uuid4().hex}")
+    try:
+        write_bytes(probe, b"ok")
+        fs, path = filesystem(probe)
+        fs.rm(path)
+    except Exception as err:  # noqa: BLE001 - every backend raises its own type
+        raise OutputError(f"cannot write to output {url}: {type(err).__name__}: {err}") from err

@@ -1,6 +1,21 @@
 """Shared fixtures: a copy of the bundled real clips, one local Ray, one finished job to inspect."""
 from __future__ import annotations
 
+import os
+import socket
+
+# Ray workers read fsspec's S3 settings from the environment at import, so point `s3://` at the
+# loopback moto server (see test_s3.py) before anything starts; fake credentials only.
+with socket.socket() as _sock:
+    _sock.bind(("127.0.0.1", 0))
+    S3_PORT = _sock.getsockname()[1]
+os.environ.update({
+    "FSSPEC_S3_ENDPOINT_URL": f"http://127.0.0.1:{S3_PORT}",
+    "AWS_ACCESS_KEY_ID": "voxmill-test-key",
+    "AWS_SECRET_ACCESS_KEY": "voxmill-test-secret",
+    "AWS_DEFAULT_REGION": "us-east-1",
+})
+
 import json
 import shutil
 from pathlib import Path

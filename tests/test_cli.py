@@ -1,0 +1,42 @@
+"""`voxmill run` as a user types it: YAML config, flags, summary, exit codes, clear errors."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+VOXMILL = [sys.executable, "-m", "flows.cli"]
+
+
+def _run(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    return subprocess.run([*VOXMILL, *args], capture_output=True, text=True, timeout=600, env=env, **kwargs)
+
+
+def test_run_from_yaml_with_flag_override(clips, tmp_path):
+    source = tmp_path / "in"
+    source.mkdir()
+    for name in ("LJ002-0035.wav", "stereo.opus"):
+        (source / name).write_bytes((clips / name).read_bytes())
+    job = tmp_path / "job.yaml"
+    job.write_text(f"input: {source}\noutput: {tmp_path / 'out'}\nshards: {{audio_format: wav}}\n")
+    done = _run("run", "--config", str(job), "--sample-rate", "22050", "--json")
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout)
+    assert summary["counts"]["samples"] == 1 and summary["counts"]["rejects"] == 1
+    assert summary["config"]["audio"]["sample_rate"] == 22050
+    shard = next(Path(tmp_path / "out/shards").glob("*.tar"))
+    with tarfile.open(shard) as tar:
+        assert sorted(n.rsplit(".", 1)[1] for n in tar.getnames()) == ["json", "wav"]
+
+
+def test_clear_errors_and_exit_code_2(tmp_path):
+    missing = _run("run", "--input", str(tmp_path / "nope"), "--output", str(tmp_path / "out"))
+    assert missing.returncode == 2 and "input not found" in missing.stderr
+    bad = tmp_path / "job.yaml"
+    bad.write_text("input: x\noutput: y\nasr: {beam_size: 0}\n")
+    invalid = _run("run", "--config", str(bad))
+    assert invalid.returncode == 2 and "beam_size" in invalid.stderr
