@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Creates .venv and installs voxmill into it (with test extras when called with "test").
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-python3}"
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+.venv/bin/python -m pip install --quiet --upgrade pip
+if [ "${1:-}" = "test" ]; then
+  # HF datasets decodes audio through torchcodec, which needs the system FFmpeg libraries.
+  if ! ldconfig -p | grep -q libavutil; then
+    SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq && $SUDO apt-get install -y -qq --no-install-recommends ffmpeg >/dev/null
+  fi
+  .venv/bin/python -m pip install --quiet -e ".[test]"
+else
+  .venv/bin/python -m pip install --quiet -e .
+fi
