@@ -15,7 +15,9 @@ from rich.table import Table
 from rich.text import Text
 
 from pipelines.discover import InputError
+from pipelines import history
 from pipelines.engine import run_job
+from pipelines.planning import LimitExceeded, check_limits, load_manifest, load_profile, manifest_batches, parse_duration, plan_job
 from pipelines.storage import OutputError
 from schemas.config import load_job_config
 
@@ -46,19 +48,23 @@ def run(
     language: Optional[str] = typer.Option(None, help="language code; unset = auto-detect"),
     audio_format: Optional[str] = typer.Option(None, help="flac or wav in the shards [flac]"),
     json_out: bool = typer.Option(False, "--json", help="print the summary as JSON on stdout"),
+    skip_plan: bool = typer.Option(False, "--no-plan", help="start without estimating first"),
 ) -> None:
-    """Transcribe and shard INPUT into OUTPUT (resumes a run that was stopped)."""
+    """Transcribe and shard INPUT into OUTPUT (resumes a run that was stopped).
+
+    Prints the plan (wall time, cost) first and refuses to start past max_wall_hours/max_cost.
+    """
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     overrides = {"audio.sample_rate": sample_rate, "asr.model": model, "asr.language": language,
                  "shards.audio_format": audio_format}
+    job = _job_config(input, output, config, overrides)
     try:
-        job = load_job_config(input, output, str(config) if config else None, overrides)
-    except (ValidationError, ValueError) as err:
-        console.print(f"[red]invalid job config:[/red] {err}")
-        raise typer.Exit(2)
-    try:
-        summary = _run_with_progress(job)
-    except (InputError, OutputError) as err:
+        plan, manifest = (None, None) if skip_plan else plan_job(job)
+        if plan is not None:
+            _print_plan(plan)
+            check_limits(job, plan)
+        summary = _run_with_progress(job, manifest, plan.model_dump(mode="json") if plan else None)
+    except (InputError, OutputError, LimitExceeded) as err:
         console.print(f"[red]{type(err).__name__}:[/red] {err}")
         raise typer.Exit(2)
     if json_out:
@@ -69,7 +75,90 @@ def run(
         raise typer.Exit(1)
 
 
-def _run_with_progress(job) -> dict:
+def _job_config(input, output, config, overrides):
+    try:
+        return load_job_config(input, output, str(config) if config else None, overrides)
+    except (ValidationError, ValueError) as err:
+        console.print(f"[red]invalid job config:[/red] {err}")
+        raise typer.Exit(2)
+
+
+@app.command()
+def plan(
+    input: Optional[str] = typer.Option(None, "--input", "-i", help="fsspec URL, folder or glob of audio"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML job file", exists=True),
+    manifest: Optional[Path] = typer.Option(None, help="plan from a saved manifest (Parquet) instead"),
+    gpus: Optional[int] = typer.Option(None, help="what-if: GPUs [the profiled machine's]"),
+    cpus: Optional[int] = typer.Option(None, help="what-if: CPU cores [the profiled machine's]"),
+    deadline: Optional[str] = typer.Option(None, help="smallest resources finishing within, e.g. 24h"),
+    profile: Optional[str] = typer.Option(None, help="hardware profile name or JSON [calibrate here]"),
+    recalibrate: bool = typer.Option(False, help="measure this machine again"),
+    history_view: bool = typer.Option(False, "--history", help="show estimate vs actual of past runs"),
+    json_out: bool = typer.Option(False, "--json", help="machine-readable plan on stdout"),
+) -> None:
+    """Estimate wall time, resources and cost of a job before it starts."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    job = _job_config(input or (str(manifest) if manifest else None), "plan-only", config,
+                      {"plan.profile": profile})
+    if history_view:
+        _print_history(history.read(job.plan.history_path))
+        return
+    try:
+        calibration = load_profile(job, profile) if (manifest and profile) else None
+        table = None
+        if manifest:
+            table = manifest_batches(str(manifest)) if calibration else load_manifest(str(manifest))
+        result, _ = plan_job(job, table, cpus=cpus, gpus=gpus, calibration=calibration, recalibrate=recalibrate,
+                             deadline_seconds=parse_duration(deadline) if deadline else None)
+    except (InputError, LimitExceeded, FileNotFoundError, ValueError) as err:
+        console.print(f"[red]{type(err).__name__}:[/red] {err}")
+        raise typer.Exit(2)
+    if json_out:
+        sys.stdout.write(result.model_dump_json(indent=2) + "\n")
+    else:
+        _print_plan(result)
+
+
+def _print_plan(plan) -> None:
+    size = plan.input
+    hours = f"{size.audio_seconds / 3600:.3f} h"
+    if size.method == "sampled":
+        hours += f" ({size.audio_seconds_low / 3600:.1f}-{size.audio_seconds_high / 3600:.1f} h, {size.headers_read} headers sampled)"
+    table = Table(title="voxmill plan", show_header=True)
+    for column in ("stage", "workers", "audio s/s", "hours", "utilisation"):
+        table.add_column(column)
+    for stage in plan.stages:
+        table.add_row(stage.name, str(stage.workers), f"{stage.audio_seconds_per_second:.1f}",
+                      f"{stage.seconds / 3600:.3f}", f"{stage.utilisation:.0%}")
+    out = Console(stderr=True)
+    out.print(f"input: {size.files} files, {size.bytes / 1e9:.2f} GB, {hours}")
+    out.print(f"profile: {plan.hardware.name} ({plan.hardware.source}); speech {plan.data.speech_fraction:.0%}")
+    out.print(table)
+    resources = plan.resources
+    out.print(f"[bold]wall time {_hms(plan.wall_seconds)}[/bold] ({_hms(plan.wall_seconds_low)}-"
+              f"{_hms(plan.wall_seconds_high)}) on {resources['gpus']} GPU, {resources['cpus']} CPU; "
+              f"bottleneck {plan.bottleneck}; {plan.gpu_hours:.2f} GPU-h, {plan.cpu_hours:.2f} CPU-h, "
+              f"cost {plan.cost:.2f}; ~{plan.shards} shards, {plan.output_bytes / 1e9:.2f} GB"
+              + (f"; history x{plan.correction:.2f} from {plan.history_runs} runs" if plan.history_runs else ""))
+
+
+def _hms(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def _print_history(records: list[dict]) -> None:
+    table = Table(title="voxmill history: estimate vs actual")
+    for column in ("finished", "output", "input h", "predicted", "actual", "error"):
+        table.add_column(column)
+    for r in records:
+        error = r["predicted_wall_seconds"] / r["actual_wall_seconds"] - 1
+        table.add_row(r["at"][:19], r["output"], f"{r['input_hours']:.3f}", _hms(r["predicted_wall_seconds"]),
+                      _hms(r["actual_wall_seconds"]), f"{error:+.0%}")
+    Console().print(table)
+
+
+def _run_with_progress(job, manifest=None, plan=None) -> dict:
     columns = [TextColumn("[bold]voxmill"), BarColumn(), _HoursColumn(), TextColumn("ETA"), TimeRemainingColumn()]
     with Progress(*columns, console=console, transient=False) as bar:
         task = bar.add_task("audio", total=None)
@@ -77,7 +166,7 @@ def _run_with_progress(job) -> dict:
         def on_progress(done: float, total: float, units_done: int, units_total: int) -> None:
             bar.update(task, completed=done, total=total or 1)
 
-        return run_job(job, progress=on_progress)
+        return run_job(job, progress=on_progress, manifest=manifest, plan=plan)
 
 
 def _print_summary(summary: dict, output: str) -> None:

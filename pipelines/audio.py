@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import BinaryIO
+from typing import BinaryIO, Optional
 
 import av
 import numpy as np
@@ -35,19 +35,29 @@ class Waveform:
         return len(self.samples) / self.rate if self.rate else 0.0
 
 
-def decode(fh: BinaryIO) -> Waveform:
-    """Decode a whole file to mono float32 at its own rate."""
+def decode(fh: BinaryIO, offset: float = 0.0, limit: Optional[float] = None) -> Waveform:
+    """Decode a file (or `limit` seconds from `offset`, for calibration) to mono float32."""
     try:
-        data, rate = sf.read(fh, dtype="float32", always_2d=True)
+        data, rate = _decode_sf(fh, offset, limit)
     except Exception:  # noqa: BLE001 - libsndfile refuses many valid files; FFmpeg may not
         fh.seek(0)
         data, rate = _decode_av(fh)
+        data = data[round(offset * rate): round((offset + limit) * rate) if limit else None]
     if data.size == 0:
         raise DecodeError("no audio samples")
     mono = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
     if not np.isfinite(mono).all():
         raise DecodeError("non-finite samples (NaN or Inf)")
     return Waveform(np.ascontiguousarray(mono), int(rate))
+
+
+def _decode_sf(fh: BinaryIO, offset: float, limit: Optional[float]) -> tuple[np.ndarray, int]:
+    with sf.SoundFile(fh) as audio:
+        rate = audio.samplerate
+        if offset:
+            audio.seek(round(offset * rate))
+        frames = round(limit * rate) if limit else -1
+        return audio.read(frames, dtype="float32", always_2d=True), rate
 
 
 def _decode_av(fh: BinaryIO) -> tuple[np.ndarray, int]:

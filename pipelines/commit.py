@@ -43,6 +43,8 @@ class UnitCommitter:
             "input_seconds": prepared.input_seconds,
             "output_seconds": sum(r["duration"] for r, _ in rows),
             "samples": len(rows),
+            "segments": len(prepared.segments),
+            "speech_seconds": sum(s.end - s.start for s in prepared.segments),
             "shards": sorted(set(placed.values())),
             "rejects": len(rejects),
             "reject_reasons": dict(Counter(f"{r['stage']}: {r['reason']}" for r in rejects)),

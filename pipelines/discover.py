@@ -40,7 +40,10 @@ class Discover:
         self.probe_threads = probe_threads
 
     def __call__(self, input_url: str) -> pa.Table:
-        fs, found = self.list_audio(input_url)
+        return self.manifest(*self.list_audio(input_url))
+
+    def manifest(self, fs: fsspec.AbstractFileSystem, found: list[tuple[str, int]]) -> pa.Table:
+        """Probe the headers of listed (path, bytes) files in parallel threads."""
         with ThreadPoolExecutor(self.probe_threads) as pool:
             rows = list(pool.map(lambda item: self._row(fs, *item), found))
         return pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)

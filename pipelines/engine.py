@@ -17,7 +17,7 @@ from typing import Callable, Optional
 import pyarrow as pa
 import ray
 
-from pipelines import storage
+from pipelines import history, storage
 from pipelines.asr import AsrResult, Transcriber
 from pipelines.commit import UnitCommitter
 from pipelines.discover import Discover, manifest_hours
@@ -53,12 +53,20 @@ def connect_ray(config: EngineConfig) -> None:
              configure_logging=False, ignore_reinit_error=True)
 
 
-def plan_resources(config: EngineConfig) -> Resources:
-    available = ray.cluster_resources()
-    cpus, gpus = int(available.get("CPU", 1)), int(available.get("GPU", 0))
-    asr = config.asr_actors or max(1, gpus)
+def resources_for(cpus: int, gpus: int, config: EngineConfig, nodes: int = 1) -> Resources:
+    """How the engine spreads over a cluster; the estimator models the same split.
+
+    One ASR actor per GPU; without GPUs, one per node using that node's cores.
+    """
+    asr = config.asr_actors or (gpus if gpus else max(1, nodes))
     prep = config.prep_workers or max(1, cpus - asr)
     return Resources(cpus, gpus, prep, asr)
+
+
+def plan_resources(config: EngineConfig) -> Resources:
+    available = ray.cluster_resources()
+    nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
+    return resources_for(int(available.get("CPU", 1)), int(available.get("GPU", 0)), config, nodes)
 
 
 def _prepare(config: JobConfig, unit: int, files: list[SourceFile]):
@@ -74,6 +82,9 @@ class _AsrWorker:
         # Ray pins OMP threads to the actor's CPU request; CTranslate2 needs them told explicitly.
         self.transcriber = Transcriber(config.model_copy(update={"cpu_threads": config.cpu_threads or cpu_threads}))
         self.transcriber.setup()
+
+    def ready(self) -> bool:
+        return True
 
     def transcribe(self, audios) -> tuple[list[AsrResult], float]:
         started = time.perf_counter()
@@ -100,6 +111,7 @@ class _Scheduler:
         threads = max(1, resources.cpus // resources.asr_actors)
         self.actors = [actor.remote(config.asr, threads) for _ in range(resources.asr_actors)]
         self.load = Counter({i: 0 for i in range(len(self.actors))})
+        ray.get([a.ready.remote() for a in self.actors])  # model loads count as start-up
 
     def submit(self, unit: WorkUnit):
         audios, prepared = self.prepare.remote(self.config, unit.index, unit.files)
@@ -116,11 +128,20 @@ class _Scheduler:
             ray.kill(actor)
 
 
+@dataclass
+class RunResult:
+    reports: list[dict]
+    failures: list[dict]
+    startup_seconds: float  # until every ASR actor had its model loaded
+
+
 def process_units(config: JobConfig, units: list[WorkUnit], resources: Resources,
                   progress: Optional[ProgressFn] = None, done_seconds: float = 0.0,
-                  total_seconds: float = 0.0) -> tuple[list[dict], list[dict]]:
-    """Run units through Ray; returns (reports, failures). A failed unit never stops the others."""
+                  total_seconds: float = 0.0) -> RunResult:
+    """Run units through Ray. A failed unit is recorded and never stops the others."""
+    clock = time.perf_counter()
     scheduler = _Scheduler(config, resources)
+    startup = time.perf_counter() - clock
     queue, running, reports, failures = list(units), {}, [], []
     if progress:
         progress(done_seconds, total_seconds, 0, len(units))
@@ -143,12 +164,12 @@ def process_units(config: JobConfig, units: list[WorkUnit], resources: Resources
                 progress(done_seconds, total_seconds, len(reports) + len(failures), len(units))
     finally:
         scheduler.close()
-    return reports, failures
+    return RunResult(reports, failures, startup)
 
 
 def run_job(config: JobConfig, progress: Optional[ProgressFn] = None,
-            manifest: Optional[pa.Table] = None) -> dict:
-    """The whole job; writes OUTPUT/summary.json and returns it."""
+            manifest: Optional[pa.Table] = None, plan: Optional[dict] = None) -> dict:
+    """The whole job; writes OUTPUT/summary.json (with the plan it started from) and returns it."""
     started_at, clock = datetime.now(timezone.utc), time.perf_counter()
     if manifest is None:
         manifest = Discover(config.discover)(config.input)
@@ -160,21 +181,29 @@ def run_job(config: JobConfig, progress: Optional[ProgressFn] = None,
     finished = {u.index: ledger.lookup(records, u.index, u.digest) for u in units}
     todo = [u for u in units if not finished[u.index]]
     previous = [r for r in finished.values() if r]
+    ray_clock = time.perf_counter()
     connect_ray(config.engine)
+    ray_seconds = time.perf_counter() - ray_clock
     resources = plan_resources(config.engine)
     log.info("%d units (%d already done) on %s", len(units), len(previous), resources)
     total = sum(u.seconds for u in units)
-    reports, failures = process_units(config, todo, resources, progress,
-                                      done_seconds=total - sum(u.seconds for u in todo), total_seconds=total)
-    summary = build_summary(config, manifest, units, previous, reports, failures, resources,
+    result = process_units(config, todo, resources, progress,
+                           done_seconds=total - sum(u.seconds for u in todo), total_seconds=total)
+    summary = build_summary(config, manifest, units, previous, result, resources,
                             started_at, time.perf_counter() - clock, discover_seconds)
+    summary["startup_seconds"] = ray_seconds + result.startup_seconds
+    if plan is not None:
+        summary["plan"] = plan
+        summary["history"] = history.record(plan, summary)
+        history.append(config.plan.history_path, summary["history"])
     storage.write_json(storage.join(config.output, "summary.json"), summary)
     return summary
 
 
 def build_summary(config: JobConfig, manifest: pa.Table, units: list[WorkUnit], previous: list[dict],
-                  reports: list[dict], failures: list[dict], resources: Resources,
+                  result: RunResult, resources: Resources,
                   started_at: datetime, wall_seconds: float, discover_seconds: float) -> dict:
+    reports, failures = result.reports, result.failures
     everything = previous + reports
     stage_seconds = Counter({"discover": discover_seconds})
     for report in reports:

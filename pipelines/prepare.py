@@ -24,6 +24,8 @@ class SourceFile:
     uri: str
     duration: float | None = None
     error: str | None = None
+    offset: float = 0.0  # an excerpt (calibration reads samples of long files): start and length
+    limit: float | None = None
 
 
 @dataclass
@@ -71,7 +73,7 @@ class Preparer:
         clock = _Clock(out.stage_seconds)
         try:
             with clock("decode"):
-                wave = self._decode(source.uri)
+                wave = self._decode(source)
         except (DecodeError, OSError) as err:
             out.rejects.append(reject_row(source, out.unit, "decode", str(err) or type(err).__name__))
             return []
@@ -82,28 +84,29 @@ class Preparer:
         with clock("vad"):
             spans, short = self.segment(speech.samples)
         for span in short:
-            out.rejects.append(reject_row(source, out.unit, "vad", "too short", span))
+            out.rejects.append(reject_row(source, out.unit, "vad", "too short", span.shifted(source.offset)))
         if not spans:
             out.rejects.append(reject_row(source, out.unit, "vad", "no speech found", duration=wave.seconds))
         with clock("encode"):
             out.segments.extend(self._encode(source, target, span) for span in spans)
         return [_cut(speech, span) for span in spans]
 
-    def _decode(self, uri: str) -> Waveform:
-        fs, path = storage.filesystem(uri)
+    def _decode(self, source: SourceFile) -> Waveform:
+        fs, path = storage.filesystem(source.uri)
         with fs.open(path, "rb") as fh:
-            return decode(fh)
+            return decode(fh, source.offset, source.limit)
 
     def _encode(self, source: SourceFile, target: Waveform, span: Span) -> PreparedSegment:
         samples = _cut(target, span)
         if self.audio.peak_normalize:
             samples = peak_normalize(samples, self.audio.peak_normalize)
+        at = span.shifted(source.offset)  # excerpt time -> source time
         return PreparedSegment(
-            key=segment_key(source.id, span.start, span.end),
+            key=segment_key(source.id, at.start, at.end),
             source_id=source.id,
             source_uri=source.uri,
-            start=span.start,
-            end=span.end,
+            start=at.start,
+            end=at.end,
             audio=encode(samples, target.rate, self.shard_format),
         )
 

@@ -20,6 +20,9 @@ class Span:
     def seconds(self) -> float:
         return self.end - self.start
 
+    def shifted(self, offset: float) -> "Span":
+        return Span(self.start + offset, self.end + offset) if offset else self
+
 
 class Segmenter:
     """Maps 16 kHz mono audio to speech spans of `min_seconds`..`max_seconds`.

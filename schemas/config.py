@@ -71,6 +71,21 @@ class EngineConfig(_Section):
     ray_address: Optional[str] = Field(None, description="unset = RAY_ADDRESS or local ray.init()")
 
 
+class PlanConfig(_Section):
+    calibration_seconds: float = Field(180.0, gt=0, description="audio the calibration run reads at most")
+    calibration_fraction: float = Field(0.02, gt=0, le=1, description="...and at most this share of the input")
+    excerpt_seconds: float = Field(60.0, gt=1, description="longest piece taken from one file")
+    header_sample_above: int = Field(50_000, ge=100, description="more files than this: sample headers")
+    header_sample_size: int = Field(2_000, ge=100)
+    profile: Optional[str] = Field(None, description="hardware profile name or JSON path; unset = calibrate here")
+    profiles_dir: str = Field("~/.cache/voxmill/profiles")
+    history_path: str = Field("~/.cache/voxmill/history.jsonl")
+    gpu_hour_price: float = Field(2.5, ge=0)
+    cpu_hour_price: float = Field(0.05, ge=0)
+    max_wall_hours: Optional[float] = Field(None, gt=0, description="refuse to start a longer job")
+    max_cost: Optional[float] = Field(None, gt=0, description="refuse to start a costlier job")
+
+
 class JobConfig(_Section):
     """Everything one job needs; `input` and `output` are fsspec URLs."""
 
@@ -82,6 +97,7 @@ class JobConfig(_Section):
     asr: AsrConfig = AsrConfig()
     shards: ShardConfig = ShardConfig()
     engine: EngineConfig = EngineConfig()
+    plan: PlanConfig = PlanConfig()
 
 
 def load_job_config(

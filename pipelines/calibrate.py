@@ -1,0 +1,165 @@
+"""Calibrate: run the real stages on a small stratified sample and measure what they cost here.
+
+ASR cost follows the number of VAD segments (each fills one 30 s Whisper window), not file
+length, so calibration measures per-segment ASR cost and, separately, how much speech and how
+many segments this input holds.
+"""
+from __future__ import annotations
+
+import hashlib
+import platform
+import re
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pyarrow as pa
+import ray
+
+from pipelines.engine import connect_ray, plan_resources, process_units
+from pipelines.estimator import _duration_bucket
+from pipelines.prepare import Preparer, SourceFile
+from pipelines.units import WorkUnit
+from schemas.config import JobConfig
+from schemas.plan import Calibration, DataProfile, HardwareProfile
+
+PRESAMPLE_ROWS = 5000
+PREP_STAGES = ("decode", "resample", "vad", "encode")
+
+
+def sample_budget(config: JobConfig, input_seconds: float) -> float:
+    return max(5.0, min(config.plan.calibration_seconds, config.plan.calibration_fraction * input_seconds))
+
+
+def stratified_sample(manifest: pa.Table, budget_seconds: float, excerpt_seconds: float,
+                      seed: int = 0) -> list[SourceFile]:
+    """Excerpts from files spread over (container, rate, channels, length) strata, in proportion to
+    each stratum's hours, totalling about `budget_seconds`."""
+    rng = np.random.default_rng(seed)
+    readable = manifest.filter(pa.compute.is_valid(manifest.column("duration")))
+    if readable.num_rows == 0:
+        return []
+    if readable.num_rows > PRESAMPLE_ROWS:
+        readable = readable.take(np.sort(rng.choice(readable.num_rows, PRESAMPLE_ROWS, replace=False)))
+    rows = readable.to_pylist()
+    buckets = _duration_bucket(readable.column("duration")).to_pylist()
+    strata: dict[tuple, list[dict]] = {}
+    for row, bucket in zip(rows, buckets):
+        strata.setdefault((row["container"], row["sample_rate"], row["channels"], bucket), []).append(row)
+    total = sum(r["duration"] for r in rows)
+    picked: list[SourceFile] = []
+    for members in strata.values():
+        share = budget_seconds * sum(r["duration"] for r in members) / total
+        picked.extend(_excerpts(members, max(share, 1.0), excerpt_seconds, rng))
+    return picked
+
+
+def _excerpts(members: list[dict], budget: float, excerpt_seconds: float, rng) -> list[SourceFile]:
+    chosen: list[SourceFile] = []
+    for i in rng.permutation(len(members)):
+        if budget <= 0:
+            break
+        row = members[i]
+        length = min(row["duration"], excerpt_seconds, max(budget, 1.0))
+        offset = float(rng.uniform(0, row["duration"] - length)) if row["duration"] > length else 0.0
+        chosen.append(SourceFile(row["id"], row["uri"], length, None, offset=offset,
+                                 limit=length if length < row["duration"] else None))
+        budget -= length
+    return chosen
+
+
+def calibrate(config: JobConfig, sample: list[SourceFile]) -> Calibration:
+    """Run the real engine (Ray, actors, shard writes to a scratch folder) on `sample`."""
+    ray_clock = time.perf_counter()
+    already_running = ray.is_initialized()
+    connect_ray(config.engine)
+    ray_start = 0.0 if already_running else time.perf_counter() - ray_clock
+    resources = plan_resources(config.engine)
+    with tempfile.TemporaryDirectory(prefix="voxmill-calibrate-") as scratch:
+        job = config.model_copy(update={"output": scratch})
+        units = _units(sample, 2 * resources.prep_workers + 1)
+        result = process_units(job, units, resources)
+        if result.failures:
+            raise RuntimeError(f"calibration failed: {result.failures[0]['error']}")
+        shard_bytes = sum(p.stat().st_size for p in Path(scratch, "shards").glob("*.tar"))
+    reports = result.reports
+    stage = lambda name: sum(r["stage_seconds"].get(name, 0.0) for r in reports)  # noqa: E731
+    total = lambda name: sum(r[name] for r in reports)  # noqa: E731
+    input_s, segments, samples = total("input_seconds"), total("segments"), total("samples")
+    output_s = total("output_seconds")
+    hardware = HardwareProfile(
+        name=machine_key(config, resources.gpus), cpu_model=cpu_model(), cpus=resources.cpus,
+        gpu_name=gpu_name() if resources.gpus else None, gpus=resources.gpus,
+        asr_model=config.asr.model or "bundled tiny.en", compute_type=config.asr.compute_type,
+        device="cuda" if resources.gpus else "cpu", batch_size=config.asr.batch_size,
+        prep_seconds_per_input_second=sum(stage(s) for s in PREP_STAGES) / max(input_s, 1e-9),
+        asr_seconds_per_segment=stage("asr") / max(segments, 1),
+        write_seconds_per_output_second=stage("write") / max(output_s, 1e-9),
+        ray_start_seconds=ray_start, model_load_seconds=result.startup_seconds,
+        measured_on_seconds=input_s, measured_at=datetime.now(timezone.utc).isoformat(),
+    )
+    data = DataProfile(
+        speech_fraction=total("speech_seconds") / max(input_s, 1e-9),
+        segments_per_speech_second=segments / max(total("speech_seconds"), 1e-9),
+        kept_fraction=samples / max(segments, 1),
+        output_bytes_per_output_second=shard_bytes / max(output_s, 1e-9),
+        sample_seconds=input_s, sample_files=len(sample),
+    )
+    return Calibration(hardware=hardware, data=data)
+
+
+def measure_data(config: JobConfig, sample: list[SourceFile], kept_fraction: float) -> DataProfile:
+    """The input's speech without ASR (in-process decode + VAD), for plans on a saved hardware profile."""
+    preparer = Preparer(config)
+    preparer.setup()
+    _, prepared = preparer(0, sample)
+    speech = sum(s.end - s.start for s in prepared.segments)
+    encoded = sum(len(s.audio) for s in prepared.segments)
+    return DataProfile(
+        speech_fraction=speech / max(prepared.input_seconds, 1e-9),
+        segments_per_speech_second=len(prepared.segments) / max(speech, 1e-9),
+        kept_fraction=kept_fraction,
+        output_bytes_per_output_second=encoded / max(speech, 1e-9) * 1.01,  # + tar headers
+        sample_seconds=prepared.input_seconds, sample_files=len(sample),
+    )
+
+
+def _units(sample: list[SourceFile], count: int) -> list[WorkUnit]:
+    """Split the sample into a few units so prep and ASR overlap as in a real run."""
+    groups = [sample[i::count] for i in range(min(count, len(sample)))]
+    return [WorkUnit(i, files) for i, files in enumerate(groups)]
+
+
+def machine_key(config: JobConfig, gpus: int) -> str:
+    parts = [gpu_name() if gpus else cpu_model(), config.asr.model or "tiny.en", config.asr.compute_type,
+             f"{gpus}gpu" if gpus else f"{_cpu_count()}cpu"]
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", "-".join(parts)).strip("-").lower()[:80]
+    return f"{slug}-{hashlib.sha1('|'.join(parts).encode()).hexdigest()[:6]}"
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def gpu_name() -> Optional[str]:
+    try:
+        import torch
+
+        return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    except Exception:  # noqa: BLE001 - no CUDA runtime: no GPU name
+        return None
+
+
+def _cpu_count() -> int:
+    import os
+
+    return os.cpu_count() or 1

@@ -1,0 +1,224 @@
+"""The estimator: input size + measured stage costs -> wall time, resources and cost, before any work.
+
+Stages run as a pipeline over work units, so the wall time is start-up, plus the slowest stage
+at its worker count, plus the fill (first unit through prep) and the tail (last unit through
+ASR and write). Stage costs come from a calibration run of the real stages (`calibrate.py`);
+past runs correct the result through `history.py`.
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterable, Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipelines.engine import Resources, resources_for
+from schemas.config import JobConfig
+from schemas.plan import DataProfile, HardwareProfile, InputSize, JobPlan, StagePlan
+
+FALLBACK_BYTES_PER_SECOND = 32000
+MODEL_ERROR = 0.07  # relative sd of the pipeline model itself, before history narrows it
+BREAKDOWN_KEYS = ("container", "sample_rate", "channels", "duration")
+BUCKET_EDGES = [0, 1, 10, 60, 600, 3600]
+BUCKET_LABELS = ["<1s", "1-10s", "10-60s", "1-10min", "10-60min", ">1h", "unknown"]
+
+
+def size_from_manifest(manifest: pa.Table | Iterable[pa.RecordBatch]) -> InputSize:
+    """Exact sizing from every header, one record batch at a time (18 M rows in flat memory)."""
+    batches = manifest.to_batches(max_chunksize=1 << 20) if isinstance(manifest, pa.Table) else manifest
+    files = size_bytes = known = 0
+    seconds = 0.0
+    groups: dict[str, dict[str, list[float]]] = {name: {} for name in BREAKDOWN_KEYS}
+    for batch in batches:
+        duration = batch.column("duration")
+        files += batch.num_rows
+        size_bytes += int(pc.sum(batch.column("bytes")).as_py() or 0)
+        known += batch.num_rows - duration.null_count
+        seconds += float(pc.sum(duration).as_py() or 0.0)
+        _add_breakdown(groups, batch)
+    return InputSize(
+        files=files, bytes=size_bytes, audio_seconds=seconds, audio_seconds_low=seconds,
+        audio_seconds_high=seconds, method="headers", headers_read=files, unreadable_files=files - known,
+        breakdown={name: {k: {"files": n, "hours": h / 3600} for k, (n, h) in g.items()} for name, g in groups.items()},
+    )
+
+
+def breakdown(manifest: pa.Table) -> dict[str, dict[str, dict[str, float]]]:
+    """Files and hours by container, rate, channels and length bucket."""
+    return size_from_manifest(manifest).breakdown
+
+
+def _add_breakdown(groups: dict[str, dict[str, list[float]]], batch: pa.RecordBatch) -> None:
+    """Group-bys on compact keys, merged into running [files, seconds] totals."""
+    seconds = pc.fill_null(batch.column("duration"), 0.0)
+    keys = {
+        "container": pc.fill_null(batch.column("container"), "unknown"),
+        "sample_rate": pc.fill_null(batch.column("sample_rate"), 0),
+        "channels": pc.fill_null(batch.column("channels"), 0),
+        "duration": _duration_bucket(batch.column("duration")),
+    }
+    for name, key in keys.items():
+        grouped = pa.table({"key": key, "s": seconds}).group_by("key").aggregate([("s", "sum"), ("s", "count")])
+        labels = grouped["key"].to_pylist()
+        if name == "duration":
+            labels = [BUCKET_LABELS[i] for i in labels]
+        for label, total, count in zip(labels, grouped["s_sum"].to_pylist(), grouped["s_count"].to_pylist()):
+            slot = groups[name].setdefault(str(label), [0, 0.0])
+            slot[0] += count
+            slot[1] += total
+
+
+def _duration_bucket(durations: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """Index into BUCKET_LABELS per file (the last label: no duration known)."""
+    values = pc.fill_null(durations, -1.0).to_numpy()
+    index = np.digitize(values, BUCKET_EDGES).astype(np.int8) - 1
+    index[values < 0] = len(BUCKET_LABELS) - 1
+    return pa.array(index)
+
+
+def size_from_sample(sizes: np.ndarray, extensions: np.ndarray, sample: pa.Table,
+                     sample_positions: np.ndarray) -> InputSize:
+    """Ratio estimate (seconds per byte, per container) from a random sample of headers, with a 95% interval."""
+    durations = pc.fill_null(sample.column("duration"), 0.0).to_numpy()
+    sample_bytes = sizes[sample_positions].astype(float)
+    total, variance = 0.0, 0.0
+    for ext in np.unique(extensions):
+        in_stratum = extensions == ext
+        picked = extensions[sample_positions] == ext
+        population, n = int(in_stratum.sum()), int(picked.sum())
+        bytes_all = float(sizes[in_stratum].sum())
+        if n == 0:
+            total += bytes_all / FALLBACK_BYTES_PER_SECOND
+            variance += (0.5 * bytes_all / FALLBACK_BYTES_PER_SECOND) ** 2
+            continue
+        ratio = durations[picked].sum() / max(sample_bytes[picked].sum(), 1.0)
+        total += ratio * bytes_all
+        residuals = durations[picked] - ratio * sample_bytes[picked]
+        spread = residuals.var(ddof=1) if n > 1 else (0.5 * durations[picked].mean()) ** 2
+        variance += population**2 * (1 - n / population) * spread / n
+    half = 1.96 * math.sqrt(variance)
+    return InputSize(
+        files=len(sizes), bytes=int(sizes.sum()), audio_seconds=total,
+        audio_seconds_low=max(0.0, total - half), audio_seconds_high=total + half,
+        method="sampled", headers_read=sample.num_rows,
+        unreadable_files=int(sample.num_rows - pc.sum(pc.is_valid(sample.column("duration"))).as_py()),
+        breakdown=breakdown(sample),
+    )
+
+
+def predict(config: JobConfig, size: InputSize, hardware: HardwareProfile, data: DataProfile,
+            resources: Resources, ray_running: bool = False, discover_seconds: float = 0.0,
+            correction: float = 1.0, history_error: Optional[float] = None, history_runs: int = 0) -> JobPlan:
+    """The pipeline model. `correction` (actual/predicted of past runs) scales the wall time."""
+    work = _stage_work(size.audio_seconds, hardware, data)
+    seconds = {
+        "prep": work["prep"] / resources.prep_workers,
+        "asr": work["asr"] / resources.asr_actors,
+        "write": work["write"] / resources.prep_workers,
+    }
+    bottleneck = max(seconds, key=seconds.get)
+    unit = _unit_work(config, size, hardware, data)
+    startup = (0.0 if ray_running else hardware.ray_start_seconds) + hardware.model_load_seconds
+    raw = startup + discover_seconds + seconds[bottleneck] + unit["prep"] + unit["asr"] + unit["write"]
+    wall = raw * correction
+    relative = _relative_error(size, history_error)
+    output_seconds = size.audio_seconds * data.speech_fraction * data.kept_fraction
+    output_bytes = output_seconds * data.output_bytes_per_output_second
+    gpu_hours, cpu_hours = wall * resources.gpus / 3600, wall * resources.cpus / 3600
+    prices = {"gpu_hour": config.plan.gpu_hour_price, "cpu_hour": config.plan.cpu_hour_price}
+    return JobPlan(
+        input=size, hardware=hardware, data=data, resources=vars(resources),
+        stages=[_stage(name, resources, seconds, size.audio_seconds, seconds[bottleneck]) for name in seconds],
+        bottleneck=bottleneck,
+        wall_seconds=wall, wall_seconds_low=wall * (1 - 1.96 * relative), wall_seconds_high=wall * (1 + 1.96 * relative),
+        gpu_hours=gpu_hours, cpu_hours=cpu_hours,
+        cost=gpu_hours * prices["gpu_hour"] + cpu_hours * prices["cpu_hour"], prices=prices,
+        output_bytes=output_bytes,
+        shards=max(_unit_count(config, size), math.ceil(output_bytes / config.shards.max_bytes)),
+        correction=correction, history_runs=history_runs,
+    )
+
+
+def _stage_work(input_seconds: float, hardware: HardwareProfile, data: DataProfile) -> dict[str, float]:
+    """Busy worker-seconds per stage for `input_seconds` of audio."""
+    speech = input_seconds * data.speech_fraction
+    return {
+        "prep": input_seconds * hardware.prep_seconds_per_input_second,
+        "asr": speech * data.segments_per_speech_second * hardware.asr_seconds_per_segment,
+        "write": speech * data.kept_fraction * hardware.write_seconds_per_output_second,
+    }
+
+
+def _unit_count(config: JobConfig, size: InputSize) -> int:
+    by_audio = math.ceil(size.audio_seconds / (config.engine.unit_minutes * 60)) if size.audio_seconds else 0
+    return max(1, by_audio, math.ceil(size.files / config.engine.unit_max_files))
+
+
+def _unit_work(config: JobConfig, size: InputSize, hardware: HardwareProfile, data: DataProfile) -> dict[str, float]:
+    """One unit's time in each stage: the pipeline's fill and tail."""
+    return _stage_work(size.audio_seconds / _unit_count(config, size), hardware, data)
+
+
+def _relative_error(size: InputSize, history_error: Optional[float]) -> float:
+    size_error = 0.0
+    if size.audio_seconds:
+        size_error = (size.audio_seconds_high - size.audio_seconds) / 1.96 / size.audio_seconds
+    model_error = history_error if history_error is not None else MODEL_ERROR
+    return math.sqrt(size_error**2 + model_error**2)
+
+
+def _stage(name: str, resources: Resources, seconds: dict[str, float], audio: float, steady: float) -> StagePlan:
+    workers = resources.asr_actors if name == "asr" else resources.prep_workers
+    return StagePlan(
+        name=name, workers=workers, seconds=seconds[name],
+        audio_seconds_per_second=audio / seconds[name] if seconds[name] else math.inf,
+        utilisation=seconds[name] / steady if steady else 0.0,
+    )
+
+
+def resources_for_profile(config: JobConfig, hardware: HardwareProfile, cpus: Optional[int],
+                          gpus: Optional[int]) -> Resources:
+    """What-if resources: default to the profiled machine; CPU-only clusters scale by whole nodes."""
+    gpus = hardware.gpus if gpus is None else gpus
+    cpus = hardware.cpus if cpus is None else cpus
+    nodes = 1 if gpus else max(1, cpus // max(1, hardware.cpus))
+    return resources_for(cpus, gpus, config.engine, nodes)
+
+
+def fit_deadline(config: JobConfig, size: InputSize, hardware: HardwareProfile, data: DataProfile,
+                 deadline_seconds: float, max_gpus: int = 4096, **kwargs) -> Optional[JobPlan]:
+    """The smallest resources that finish by the deadline: fewest GPUs (or nodes), then fewest CPUs."""
+    uses_gpu = hardware.gpus > 0 or hardware.device == "cuda"
+    for count in _counts(max_gpus):
+        if uses_gpu:
+            best = _fewest_cpus(config, size, hardware, data, count, deadline_seconds, **kwargs)
+        else:
+            plan = predict(config, size, hardware, data,
+                           resources_for_profile(config, hardware, count * hardware.cpus, 0), **kwargs)
+            best = plan if plan.wall_seconds <= deadline_seconds else None
+        if best is not None:
+            return best.model_copy(update={"deadline_seconds": deadline_seconds})
+    return None
+
+
+def _fewest_cpus(config, size, hardware, data, gpus: int, deadline: float, **kwargs) -> Optional[JobPlan]:
+    low, high = gpus + 1, gpus + 4096
+    plan_at = lambda cpus: predict(config, size, hardware, data, resources_for(cpus, gpus, config.engine), **kwargs)  # noqa: E731
+    if plan_at(high).wall_seconds > deadline:
+        return None
+    while low < high:
+        middle = (low + high) // 2
+        if plan_at(middle).wall_seconds <= deadline:
+            high = middle
+        else:
+            low = middle + 1
+    return plan_at(low)
+
+
+def _counts(limit: int):
+    count = 1
+    while count <= limit:
+        yield count
+        count = count + 1 if count < 16 else count + max(1, count // 8)

@@ -1,0 +1,66 @@
+"""Learn from every run: actual vs predicted wall time, kept in a JSON-lines file on any storage.
+
+The correction for a new plan is the median actual/predicted ratio of recent runs on the same
+hardware profile; the spread of those ratios becomes the plan's model error.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+from typing import Optional
+
+from pipelines import storage
+
+RECENT_RUNS = 10
+
+
+def _url(path: str) -> str:
+    return os.path.expanduser(path) if "://" not in path else path
+
+
+def read(path: str) -> list[dict]:
+    """History records from a history file, or from `summary.json` files under an output URL."""
+    url = _url(path)
+    if storage.exists(storage.join(url, "summary.json")):
+        summary = storage.read_json(storage.join(url, "summary.json"))
+        return [summary["history"]] if summary.get("history") else []
+    if not storage.exists(url):
+        return []
+    fs, local = storage.filesystem(url)
+    with fs.open(local, "rt") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def append(path: str, record: dict) -> None:
+    """Rewrite the file whole with one more line, so a reader never sees a torn record."""
+    lines = [json.dumps(r, sort_keys=True) for r in [*read(path), record]]
+    storage.write_bytes(_url(path), ("\n".join(lines) + "\n").encode())
+
+
+def record(plan: dict, summary: dict) -> dict:
+    return {
+        "at": summary["finished_at"],
+        "output": summary["config"]["output"],
+        "profile": plan["hardware"]["name"],
+        "input_hours": summary["input_hours"],
+        "predicted_wall_seconds": plan["wall_seconds"],
+        "raw_predicted_wall_seconds": plan["wall_seconds"] / plan.get("correction", 1.0),
+        "actual_wall_seconds": summary["wall_seconds"],
+        "predicted_stage_seconds": {s["name"]: s["seconds"] for s in plan["stages"]},
+        "actual_stage_seconds": summary["stage_seconds"],
+    }
+
+
+def correction(records: list[dict], profile: str) -> tuple[float, Optional[float], int]:
+    """(factor, relative error or None, runs used) for plans on `profile`."""
+    ratios = [r["actual_wall_seconds"] / r["raw_predicted_wall_seconds"] for r in records
+              if r.get("profile") == profile and r.get("raw_predicted_wall_seconds")][-RECENT_RUNS:]
+    if not ratios:
+        return 1.0, None, 0
+    factor = statistics.median(ratios)
+    if len(ratios) < 3:
+        return factor, None, len(ratios)
+    spread = statistics.stdev(math.log(r / factor) for r in ratios)
+    return factor, max(spread, 0.02), len(ratios)

@@ -1,0 +1,87 @@
+"""Models of what `voxmill plan` measures and predicts (saved as JSON: profiles, plans, history)."""
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import BaseModel, Field
+
+
+class InputSize(BaseModel):
+    files: int
+    bytes: int
+    audio_seconds: float
+    audio_seconds_low: float  # 95% interval; equal to audio_seconds when every header was read
+    audio_seconds_high: float
+    method: Literal["headers", "sampled"]
+    headers_read: int
+    unreadable_files: int = 0
+    breakdown: dict[str, dict[str, dict[str, float]]] = Field(default_factory=dict)
+
+
+class HardwareProfile(BaseModel):
+    """Per-worker stage costs measured on one kind of machine, reusable for plans elsewhere."""
+
+    name: str
+    cpu_model: str
+    cpus: int
+    gpu_name: Optional[str] = None
+    gpus: int = 0
+    asr_model: str
+    compute_type: str
+    device: str
+    batch_size: int
+    prep_seconds_per_input_second: float  # decode + resample + VAD + encode, per CPU worker
+    asr_seconds_per_segment: float  # one ASR actor (a GPU, or the CPU pool)
+    write_seconds_per_output_second: float
+    ray_start_seconds: float  # ray.init of a local instance (0 when attaching to a running one)
+    model_load_seconds: float  # until every ASR actor has its model loaded
+    measured_on_seconds: float
+    measured_at: str
+    source: str = "calibration"
+
+
+class DataProfile(BaseModel):
+    """What VAD and ASR find in this input, from the calibration sample."""
+
+    speech_fraction: float
+    segments_per_speech_second: float
+    kept_fraction: float  # samples / segments after ASR
+    output_bytes_per_output_second: float
+    sample_seconds: float
+    sample_files: int
+
+
+class StagePlan(BaseModel):
+    name: str
+    workers: int
+    audio_seconds_per_second: float  # of input audio, all workers together
+    seconds: float
+    utilisation: float
+
+
+class Calibration(BaseModel):
+    """What one calibration run measured: the machine's costs and the input's speech."""
+
+    hardware: HardwareProfile
+    data: DataProfile
+
+
+class JobPlan(BaseModel):
+    input: InputSize
+    hardware: HardwareProfile
+    data: DataProfile
+    resources: dict[str, int]
+    stages: list[StagePlan]
+    bottleneck: str
+    wall_seconds: float
+    wall_seconds_low: float
+    wall_seconds_high: float
+    gpu_hours: float
+    cpu_hours: float
+    cost: float
+    prices: dict[str, float]
+    output_bytes: float
+    shards: int
+    correction: float = 1.0  # actual/predicted from history, applied to wall time
+    history_runs: int = 0
+    deadline_seconds: Optional[float] = None
