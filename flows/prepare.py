@@ -1,4 +1,4 @@
-"""Prefect flow `prepare_corpus`: validate config -> discover -> run the Ray job -> summarise.
+"""Prefect flow `prepare_corpus`: validate config -> discover -> plan -> run the Ray job -> summarise.
 
 Thin on purpose: each task calls the same engine functions as the CLI.
 """
@@ -13,7 +13,9 @@ from prefect.cache_policies import NO_CACHE
 
 from pipelines.discover import Discover, manifest_hours
 from pipelines.engine import run_job
+from pipelines.planning import check_limits, plan_job
 from schemas.config import JobConfig, load_job_config
+from schemas.plan import JobPlan
 
 
 @task(retries=2, retry_delay_seconds=[10, 60], cache_policy=NO_CACHE)
@@ -23,8 +25,34 @@ def discover_inputs(config: JobConfig) -> pa.Table:
     return manifest
 
 
+@task(cache_policy=NO_CACHE)
+def plan_run(config: JobConfig, manifest: pa.Table) -> dict:
+    """Estimate before any compute is spent; publish it; stop here if it breaks a limit."""
+    plan, _ = plan_job(config, manifest)
+    create_markdown_artifact(markdown=plan_markdown(plan), key="voxmill-plan",
+                             description=f"voxmill plan for {config.input}")
+    get_run_logger().info("plan: %.0f s wall (%.0f-%.0f), bottleneck %s, cost %.2f", plan.wall_seconds,
+                          plan.wall_seconds_low, plan.wall_seconds_high, plan.bottleneck, plan.cost)
+    check_limits(config, plan)
+    return plan.model_dump(mode="json")
+
+
+def plan_markdown(plan: JobPlan) -> str:
+    lines = ["| stage | workers | audio s/s | hours | utilisation |", "| --- | --- | --- | --- | --- |"]
+    lines += [f"| {s.name} | {s.workers} | {s.audio_seconds_per_second:.1f} | {s.seconds / 3600:.3f} | "
+              f"{s.utilisation:.0%} |" for s in plan.stages]
+    lines += ["", "| estimate | value |", "| --- | --- |",
+              f"| input hours | {plan.input.audio_seconds / 3600:.3f} ({plan.input.method}) |",
+              f"| wall hours | {plan.wall_seconds / 3600:.3f} ({plan.wall_seconds_low / 3600:.3f}-"
+              f"{plan.wall_seconds_high / 3600:.3f}) |",
+              f"| bottleneck | {plan.bottleneck} |", f"| GPU-hours | {plan.gpu_hours:.2f} |",
+              f"| CPU-hours | {plan.cpu_hours:.2f} |", f"| cost | {plan.cost:.2f} |",
+              f"| profile | {plan.hardware.name} |"]
+    return "\n".join(lines)
+
+
 @task(retries=1, retry_delay_seconds=[30], cache_policy=NO_CACHE)
-def run_units(config: JobConfig, manifest: pa.Table) -> dict:
+def run_units(config: JobConfig, manifest: pa.Table, plan: Optional[dict] = None) -> dict:
     logger = get_run_logger()
     milestones = iter(range(10, 101, 10))
     next_pct = [next(milestones)]
@@ -36,7 +64,7 @@ def run_units(config: JobConfig, manifest: pa.Table) -> dict:
                         done / 3600, total / 3600)
             next_pct[0] = next(milestones, None)
 
-    return run_job(config, progress=report, manifest=manifest)
+    return run_job(config, progress=report, manifest=manifest, plan=plan)
 
 
 def summary_markdown(summary: dict) -> str:
@@ -63,11 +91,17 @@ def prepare_corpus(
     output: Optional[str] = None,
     config_path: Optional[str] = None,
     overrides: Optional[dict[str, Any]] = None,
+    plan: bool = True,
 ) -> dict:
-    """Audio under `input` -> WebDataset shards, index and rejects under `output`."""
+    """Audio under `input` -> WebDataset shards, index and rejects under `output`.
+
+    With `plan` (default) the job is estimated first and refused past `plan.max_wall_hours`
+    or `plan.max_cost`, before any compute is spent on it.
+    """
     config = load_job_config(input, output, config_path, overrides)
     manifest = discover_inputs(config)
-    summary = run_units(config, manifest)
+    estimate = plan_run(config, manifest) if plan else None
+    summary = run_units(config, manifest, estimate)
     create_markdown_artifact(markdown=summary_markdown(summary), key="voxmill-summary",
                              description=f"voxmill run into {config.output}")
     if not summary["complete"]:

@@ -22,12 +22,15 @@ def test_run_from_yaml_with_flag_override(clips, tmp_path):
     for name in ("LJ002-0035.wav", "stereo.opus"):
         (source / name).write_bytes((clips / name).read_bytes())
     job = tmp_path / "job.yaml"
-    job.write_text(f"input: {source}\noutput: {tmp_path / 'out'}\nshards: {{audio_format: wav}}\n")
+    job.write_text(f"input: {source}\noutput: {tmp_path / 'out'}\nshards: {{audio_format: wav}}\n"
+                   f"plan: {{profiles_dir: {tmp_path / 'profiles'}, history_path: {tmp_path / 'history.jsonl'}}}\n")
     done = _run("run", "--config", str(job), "--sample-rate", "22050", "--json")
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout)
     assert summary["counts"]["samples"] == 1 and summary["counts"]["rejects"] == 1
     assert summary["config"]["audio"]["sample_rate"] == 22050
+    assert "voxmill plan" in done.stderr and "wall time" in done.stderr  # printed before the job
+    assert summary["plan"]["input"]["files"] == 2
     shard = next(Path(tmp_path / "out/shards").glob("*.tar"))
     with tarfile.open(shard) as tar:
         assert sorted(n.rsplit(".", 1)[1] for n in tar.getnames()) == ["json", "wav"]
@@ -40,3 +43,22 @@ def test_clear_errors_and_exit_code_2(tmp_path):
     bad.write_text("input: x\noutput: y\nasr: {beam_size: 0}\n")
     invalid = _run("run", "--config", str(bad))
     assert invalid.returncode == 2 and "beam_size" in invalid.stderr
+
+
+def test_plan_json_what_if_and_history(clips, tmp_path):
+    job = tmp_path / "job.yaml"
+    job.write_text(f"input: {clips}\noutput: {tmp_path / 'out'}\n"
+                   f"plan: {{profiles_dir: {tmp_path / 'profiles'}, history_path: {tmp_path / 'history.jsonl'}}}\n")
+    done = _run("plan", "--config", str(job), "--json")
+    assert done.returncode == 0, done.stderr[-3000:]
+    plan = json.loads(done.stdout)
+    assert plan["input"]["files"] == 11 and plan["input"]["method"] == "headers"
+    assert plan["hardware"]["cpus"] >= 1 and plan["data"]["speech_fraction"] > 0.3
+    profile = next((tmp_path / "profiles").glob("*.json"))
+    what_if = _run("plan", "--config", str(job), "--profile", str(profile), "--gpus", "0", "--cpus",
+                   str(4 * plan["hardware"]["cpus"]), "--json")
+    assert what_if.returncode == 0, what_if.stderr[-3000:]
+    bigger = json.loads(what_if.stdout)
+    assert bigger["resources"]["asr_actors"] == 4 and bigger["wall_seconds"] < plan["wall_seconds"]
+    shown = _run("plan", "--config", str(job), "--history")
+    assert shown.returncode == 0 and "estimate vs actual" in shown.stdout

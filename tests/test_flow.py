@@ -26,9 +26,14 @@ async def _artifact_markdown(key: str) -> str:
     return found[0].data
 
 
-def test_flow_runs_the_job_and_publishes_its_summary(prefect_server, local_ray, clips, tmp_path):
+def _plan_overrides(tmp_path) -> dict:
+    return {"plan.profiles_dir": str(tmp_path / "profiles"), "plan.history_path": str(tmp_path / "history.jsonl")}
+
+
+def test_flow_plans_runs_and_publishes(prefect_server, local_ray, clips, tmp_path):
     state = prepare_corpus(input=str(clips), output=str(tmp_path / "out"),
-                           overrides={"engine.unit_minutes": 0.5, "audio.sample_rate": 16000},
+                           overrides={"engine.unit_minutes": 0.5, "audio.sample_rate": 16000,
+                                      **_plan_overrides(tmp_path)},
                            return_state=True)
     assert state.is_completed()
     summary = state.result()
@@ -39,6 +44,29 @@ def test_flow_runs_the_job_and_publishes_its_summary(prefect_server, local_ray, 
     assert json.loads((tmp_path / "out/summary.json").read_text())["counts"] == summary["counts"]
     markdown = asyncio.run(_artifact_markdown("voxmill-summary"))
     assert f"| samples | {summary['counts']['samples']} |" in markdown
+    plan = summary["plan"]
+    assert plan["input"]["files"] == 11 and plan["bottleneck"] in {"prep", "asr", "write"}
+    assert "| bottleneck |" in asyncio.run(_artifact_markdown("voxmill-plan"))
+    assert list((tmp_path / "profiles").glob("*.json")), "calibration saves this machine's profile"
+    record = json.loads((tmp_path / "history.jsonl").read_text().splitlines()[-1])
+    assert record["actual_wall_seconds"] == summary["wall_seconds"]
+    assert record["predicted_wall_seconds"] == plan["wall_seconds"]
+
+
+def test_flow_stops_before_work_when_the_plan_breaks_a_limit(prepare_limits):
+    state, output = prepare_limits
+    assert state.is_failed()
+    with pytest.raises(Exception, match="exceeds max_wall_hours"):
+        state.result()
+    assert not (output / "shards").exists() and not (output / "summary.json").exists()
+
+
+@pytest.fixture
+def prepare_limits(prefect_server, local_ray, clips, tmp_path):
+    output = tmp_path / "out"
+    state = prepare_corpus(input=str(clips), output=str(output), return_state=True,
+                           overrides={"plan.max_wall_hours": 0.0001, **_plan_overrides(tmp_path)})
+    return state, output
 
 
 def test_flow_fails_fast_on_a_bad_config(prefect_server, tmp_path):

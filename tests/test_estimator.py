@@ -1,0 +1,164 @@
+"""The estimator: pipeline model on known stage costs, sampling, deadlines, limits, history."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from pipelines import history
+from pipelines.calibrate import stratified_sample
+from pipelines.discover import InputError
+from pipelines.engine import resources_for
+from pipelines.estimator import fit_deadline, predict, size_from_manifest, size_from_sample
+from pipelines.planning import LimitExceeded, check_limits, parse_duration, plan_job
+from schemas.config import load_job_config
+from schemas.plan import DataProfile, HardwareProfile
+from schemas.tables import MANIFEST_SCHEMA
+
+HOUR = 3600.0
+
+
+def _hardware(**changes) -> HardwareProfile:
+    values = dict(name="test-gpu", cpu_model="test", cpus=8, gpus=1, gpu_name="test", asr_model="tiny.en",
+                  compute_type="float16", device="cuda", batch_size=16, prep_seconds_per_input_second=0.01,
+                  asr_seconds_per_segment=0.5, write_seconds_per_output_second=0.001, ray_start_seconds=5.0,
+                  model_load_seconds=10.0, measured_on_seconds=100.0, measured_at="2026-01-01")
+    return HardwareProfile(**{**values, **changes})
+
+
+DATA = DataProfile(speech_fraction=0.5, segments_per_speech_second=0.25, kept_fraction=1.0,
+                   output_bytes_per_output_second=30000.0, sample_seconds=100.0, sample_files=10)
+
+
+def _manifest(durations: list[float], container: str = "flac") -> pa.Table:
+    n = len(durations)
+    return pa.Table.from_pylist([
+        {"id": f"f{i}", "uri": f"/data/f{i}.{container}", "bytes": int(d * 32000), "container": container,
+         "codec": "pcm_16", "sample_rate": 16000, "channels": 1, "duration": d, "error": None}
+        for i, d in enumerate(durations)], schema=MANIFEST_SCHEMA) if n else MANIFEST_SCHEMA.empty_table()
+
+
+@pytest.fixture
+def config(tmp_path):
+    return load_job_config("/in", "/out", overrides={
+        "engine.unit_minutes": 60, "plan.history_path": str(tmp_path / "history.jsonl"),
+        "plan.profiles_dir": str(tmp_path / "profiles")})
+
+
+def test_wall_time_follows_the_bottleneck_stage(config):
+    size = size_from_manifest(_manifest([3600.0] * 10))  # 10 h in 10 units of 1 h
+    plan = predict(config, size, _hardware(), DATA, resources_for(cpus=9, gpus=2, config=config.engine))
+    asr = 36000 * 0.5 * 0.25 * 0.5 / 2  # speech * segments/s * s/segment / actors
+    prep = 36000 * 0.01 / 7
+    assert plan.bottleneck == "asr"
+    stages = {s.name: s for s in plan.stages}
+    assert stages["asr"].seconds == pytest.approx(asr) and stages["prep"].seconds == pytest.approx(prep)
+    assert stages["asr"].workers == 2 and stages["prep"].workers == 7 and stages["asr"].utilisation == 1.0
+    one_unit = 3600 * 0.01 + 3600 * 0.5 * 0.25 * 0.5 + 3600 * 0.5 * 0.001  # fill + tail
+    assert plan.wall_seconds == pytest.approx(15.0 + asr + one_unit)
+    assert plan.gpu_hours == pytest.approx(plan.wall_seconds * 2 / HOUR)
+    assert plan.cost == pytest.approx(plan.gpu_hours * 2.5 + plan.cpu_hours * 0.05)
+    assert plan.wall_seconds_low < plan.wall_seconds < plan.wall_seconds_high
+
+
+def test_more_gpus_move_the_bottleneck_to_the_cpus(config):
+    size = size_from_manifest(_manifest([3600.0] * 10))
+    few = predict(config, size, _hardware(), DATA, resources_for(cpus=3, gpus=2, config=config.engine))
+    many = predict(config, size, _hardware(), DATA, resources_for(cpus=3, gpus=64, config=config.engine))
+    assert few.bottleneck == "asr" and many.bottleneck == "prep"
+    assert many.wall_seconds < few.wall_seconds
+
+
+def test_sampled_headers_extrapolate_with_an_interval_that_holds_the_truth():
+    rng = np.random.default_rng(1)
+    truth = rng.lognormal(2.0, 0.8, 100_000)
+    sizes = (truth * 32000 * rng.uniform(0.9, 1.1, truth.size)).astype(np.int64)  # bytes ~ duration
+    extensions = np.where(rng.random(truth.size) < 0.5, "flac", "wav")
+    positions = np.sort(rng.choice(truth.size, 2000, replace=False))
+    sample = _manifest(list(truth[positions]))
+    size = size_from_sample(sizes, extensions, sample, positions)
+    assert size.method == "sampled" and size.files == 100_000 and size.headers_read == 2000
+    assert size.audio_seconds_low <= truth.sum() <= size.audio_seconds_high
+    assert (size.audio_seconds_high - size.audio_seconds_low) / truth.sum() < 0.05
+
+
+def test_deadline_mode_finds_the_fewest_gpus(config):
+    size = size_from_manifest(_manifest([3600.0] * 100))  # 100 h
+    deadline = 6 * HOUR
+    hardware = _hardware(prep_seconds_per_input_second=0.2)  # 72,000 CPU-seconds of prep
+    plan = fit_deadline(config, size, hardware, DATA, deadline)
+    assert plan is not None and plan.wall_seconds <= deadline and plan.deadline_seconds == deadline
+    gpus, cpus = plan.resources["gpus"], plan.resources["cpus"]
+    assert gpus >= 2 and plan.resources["prep_workers"] >= 4
+    fewer_gpus = predict(config, size, hardware, DATA, resources_for(cpus + 512, gpus - 1, config.engine))
+    fewer_cpus = predict(config, size, hardware, DATA, resources_for(cpus - 1, gpus, config.engine))
+    assert fewer_gpus.wall_seconds > deadline and fewer_cpus.wall_seconds > deadline
+
+
+def test_deadline_on_a_cpu_profile_counts_whole_nodes(config):
+    cpu = _hardware(gpus=0, gpu_name=None, device="cpu", cpus=2, asr_seconds_per_segment=1.0)
+    size = size_from_manifest(_manifest([3600.0] * 10))
+    plan = fit_deadline(config, size, cpu, DATA, HOUR)  # 4,500 s of ASR on one node
+    nodes = plan.resources["asr_actors"]
+    assert plan.resources["cpus"] == 2 * nodes and plan.wall_seconds <= HOUR
+    assert nodes > 1 and predict(config, size, cpu, DATA, resources_for(2 * (nodes - 1), 0, config.engine,
+                                                                         nodes - 1)).wall_seconds > HOUR
+
+
+def test_limits_stop_before_work(config):
+    size = size_from_manifest(_manifest([3600.0] * 10))
+    plan = predict(config, size, _hardware(), DATA, resources_for(9, 2, config.engine))
+    check_limits(config, plan)  # no limits set: passes
+    strict = config.model_copy(update={"plan": config.plan.model_copy(update={"max_wall_hours": 0.01})})
+    with pytest.raises(LimitExceeded, match="exceeds max_wall_hours"):
+        check_limits(strict, plan)
+    cheap = config.model_copy(update={"plan": config.plan.model_copy(update={"max_cost": 0.001})})
+    with pytest.raises(LimitExceeded, match="exceeds max_cost"):
+        check_limits(cheap, plan)
+
+
+def test_history_corrects_the_next_estimate(config):
+    size = size_from_manifest(_manifest([3600.0] * 10))
+    resources = resources_for(9, 2, config.engine)
+    first = predict(config, size, _hardware(), DATA, resources).model_dump(mode="json")
+    for ratio in (1.25, 1.3, 1.2):
+        summary = {"finished_at": "2026-01-01T00:00:00", "config": {"output": "/out"}, "input_hours": 10.0,
+                   "wall_seconds": first["wall_seconds"] * ratio, "stage_seconds": {"asr": 1.0}}
+        history.append(config.plan.history_path, history.record(first, summary))
+    records = history.read(config.plan.history_path)
+    factor, error, runs = history.correction(records, "test-gpu")
+    assert runs == 3 and factor == pytest.approx(1.25) and 0.02 <= error < 0.1
+    corrected = predict(config, size, _hardware(), DATA, resources, correction=factor, history_error=error,
+                        history_runs=runs)
+    assert corrected.wall_seconds == pytest.approx(first["wall_seconds"] * 1.25)
+    assert history.correction(records, "another-machine") == (1.0, None, 0)
+
+
+def test_stratified_sample_respects_budget_and_cuts_long_files():
+    manifest = pa.concat_tables([_manifest([5.0] * 200), _manifest([600.0] * 3, container="wav")])
+    sample = stratified_sample(manifest, budget_seconds=120, excerpt_seconds=30)
+    total = sum(s.duration for s in sample)
+    assert 100 <= total <= 160
+    long_ones = [s for s in sample if s.uri.endswith(".wav")]
+    assert long_ones and all(s.limit and s.limit <= 30 and 0 <= s.offset <= 570 for s in long_ones)
+    assert any(s.uri.endswith(".flac") for s in sample)
+
+
+def test_empty_or_unreadable_input_is_a_clear_error(config, tmp_path):
+    with pytest.raises(InputError, match="no audio files"):
+        plan_job(config.model_copy(update={"input": str(tmp_path)}))
+    (tmp_path / "bad.wav").write_bytes(b"RIFF....not really a wave file")
+    with pytest.raises(ValueError, match="no readable audio"):
+        plan_job(config.model_copy(update={"input": str(tmp_path)}))
+
+
+def test_parse_duration():
+    assert [parse_duration(t) for t in ("24h", "90m", "3600s", "1.5d", "120")] == [86400, 5400, 3600, 129600, 120]
+
+
+def test_plan_json_round_trips(config):
+    size = size_from_manifest(_manifest([5.0, 20.0]))
+    plan = predict(config, size, _hardware(), DATA, resources_for(9, 1, config.engine))
+    assert json.loads(plan.model_dump_json())["input"]["breakdown"]["duration"]["10-60s"]["files"] == 1
