@@ -1,6 +1,6 @@
 """Planning at 50,000 hours: a synthetic manifest of ~18 M files (metadata only), planned on a saved profile.
 
-    python benchmarks/plan_scale.py --profile PROFILE.json [--files 18000000] [--hours 50000]
+    python -m benchmarks.plan_scale --profile PROFILE.json [--files 18000000] [--hours 50000]
 
 Reports the time and peak memory of `voxmill plan` on it (target: under 60 s and 2 GB) and the
 deadline answer: the resources that finish the 50k hours within 24 h.

@@ -98,33 +98,30 @@ def decode_path(path: Path) -> Optional[Waveform]:
 # ----------------------------------------------------------------------------- stages
 
 
-def bench_decode(files: list[Path]) -> tuple[Row, list[Waveform]]:
-    watch, waves = Stopwatch(), []
-    for path in files:
-        with watch:
-            wave = decode_path(path)
-        if wave is not None:
-            waves.append(wave)
-    total = sum(w.seconds for w in waves)
-    return Row("decode only", watch.total, total, {"files": len(files), "decoded": len(waves)}), waves
-
-
-def bench_resample(files: list[Path], backend: str) -> tuple[Row, Row, list[Waveform]]:
-    """Decode again and resample each file to 24 kHz and 16 kHz; returns (decode+resample, resample
-    alone, the 16 kHz waves). The 24 kHz output is dropped to keep memory flat."""
-    resample = Resampler(AudioConfig(resampler=backend))
-    dec, res, speech = Stopwatch(), Stopwatch(), []
+def bench_decode_resample(files: list[Path]) -> tuple[list[Row], list[Waveform]]:
+    """One pass: per file, time decode, then soxr and torchaudio (CPU) resampling of the same
+    decoded audio to 24 kHz and 16 kHz, so every path shares one decode timing.
+    Returns the rows and the soxr 16 kHz waves (the 24 kHz outputs are dropped)."""
+    backends = {name: Resampler(AudioConfig(resampler=name)) for name in ("soxr", "torch")}
+    dec, res = Stopwatch(), {name: Stopwatch() for name in backends}
+    speech: list[Waveform] = []
     for path in files:
         with dec:
             wave = decode_path(path)
         if wave is None:
             continue
-        with res:
-            resample(wave, OUT_RATE)
-            speech.append(resample(wave, ASR_RATE))
+        for name, resample in backends.items():
+            with res[name]:
+                resample(wave, OUT_RATE)
+                out = resample(wave, ASR_RATE)
+            if name == "soxr":
+                speech.append(out)
     total = sum(w.seconds for w in speech)
-    both = Row(f"decode + resample ({backend})", dec.total + res.total, total, {"decode_seconds": dec.total})
-    return both, Row(f"  resample alone ({backend})", res.total, total), speech
+    rows = [Row("decode only", dec.total, total, {"files": len(files), "decoded": len(speech)})]
+    for name, watch in res.items():
+        rows.append(Row(f"decode + resample ({name})", dec.total + watch.total, total))
+        rows.append(Row(f"  resample alone ({name})", watch.total, total))
+    return rows, speech
 
 
 def bench_vad(speech: list[Waveform]) -> tuple[Row, list[list[Span]]]:
@@ -251,17 +248,15 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     corpus = ensure_corpus(args.workdir, args.shape, args.minutes)
     files = audio_files(corpus)
-    decode_row, _ = step("decode", bench_decode, files)
-    soxr_row, soxr_alone, speech = step("decode+resample soxr", bench_resample, files, "soxr")
-    torch_row, torch_alone, _ = step("decode+resample torch", bench_resample, files, "torch")
+    decode_rows, speech = step("decode + resample", bench_decode_resample, files)
+    decode_row, soxr_row, _, torch_row, _ = decode_rows
     vad_row, spans = step("vad", bench_vad, speech)
     input_seconds = decode_row.audio_seconds
     encode_row = step("encode", bench_encode, files, spans, input_seconds)
     asr_row = step("asr", bench_asr, speech, spans, input_seconds)
     del speech
     job_row = step("whole job", bench_job, corpus, args.workdir)
-    rows = [decode_row, soxr_row, soxr_alone, torch_row, torch_alone, vad_row, encode_row,
-            asr_row, job_row]
+    rows = [*decode_rows, vad_row, encode_row, asr_row, job_row]
     if not args.skip_naive:
         rows.append(step("naive baseline", naive_baseline, files, args.workdir, AsrConfig().beam_size))
 

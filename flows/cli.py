@@ -15,7 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from pipelines.discover import InputError
-from pipelines import history
+from pipelines import history, jobstate
 from pipelines.engine import run_job
 from pipelines.planning import LimitExceeded, check_limits, load_manifest, load_profile, manifest_batches, parse_duration, plan_job
 from pipelines.storage import OutputError
@@ -49,6 +49,7 @@ def run(
     audio_format: Optional[str] = typer.Option(None, help="flac or wav in the shards [flac]"),
     json_out: bool = typer.Option(False, "--json", help="print the summary as JSON on stdout"),
     skip_plan: bool = typer.Option(False, "--no-plan", help="start without estimating first"),
+    restart: bool = typer.Option(False, "--restart", help="delete what voxmill wrote in OUTPUT, start over"),
 ) -> None:
     """Transcribe and shard INPUT into OUTPUT (resumes a run that was stopped).
 
@@ -58,13 +59,15 @@ def run(
     overrides = {"audio.sample_rate": sample_rate, "asr.model": model, "asr.language": language,
                  "shards.audio_format": audio_format}
     job = _job_config(input, output, config, overrides)
+    if restart:
+        jobstate.clear(job.output)
     try:
         plan, manifest = (None, None) if skip_plan else plan_job(job)
         if plan is not None:
             _print_plan(plan)
             check_limits(job, plan)
         summary = _run_with_progress(job, manifest, plan.model_dump(mode="json") if plan else None)
-    except (InputError, OutputError, LimitExceeded) as err:
+    except (InputError, OutputError, LimitExceeded, jobstate.ConfigChanged) as err:
         console.print(f"[red]{type(err).__name__}:[/red] {err}")
         raise typer.Exit(2)
     if json_out:
@@ -72,6 +75,28 @@ def run(
     else:
         _print_summary(summary, job.output)
     if not summary["complete"]:
+        raise typer.Exit(1)
+
+
+@app.command()
+def status(
+    output: str = typer.Argument(..., help="fsspec URL of a voxmill output"),
+    json_out: bool = typer.Option(False, "--json", help="machine-readable status on stdout"),
+) -> None:
+    """Done, pending and rejected units and hours of OUTPUT; exit 0 only when it is complete."""
+    try:
+        state = jobstate.status(output)
+    except FileNotFoundError as err:
+        console.print(f"[red]{err}[/red]")
+        raise typer.Exit(2)
+    if json_out:
+        sys.stdout.write(json.dumps(state, indent=2) + "\n")
+    else:
+        table = Table(title=f"voxmill status: {output}", show_header=False)
+        for key, value in state.items():
+            table.add_row(key.replace("_", " "), f"{value:.3f}" if isinstance(value, float) else str(value))
+        Console().print(table)
+    if not state["complete"]:
         raise typer.Exit(1)
 
 

@@ -49,10 +49,13 @@ class Transcriber:
             import ctranslate2
 
             device = "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
+        compute_type = self.config.compute_type
+        if compute_type == "auto":
+            compute_type = "float16" if device == "cuda" else "int8"
         self.model = WhisperModel(
             self.model_name,
             device=device,
-            compute_type=self.config.compute_type,
+            compute_type=compute_type,
             cpu_threads=self.config.cpu_threads,
             local_files_only=self.config.model is None,
         )

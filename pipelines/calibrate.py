@@ -58,16 +58,20 @@ def stratified_sample(manifest: pa.Table, budget_seconds: float, excerpt_seconds
 
 
 def _excerpts(members: list[dict], budget: float, excerpt_seconds: float, rng) -> list[SourceFile]:
+    """Whole files where they fit (cutting short files would make VAD see shorter utterances);
+    one `excerpt_seconds` piece at a random offset from longer files."""
     chosen: list[SourceFile] = []
     for i in rng.permutation(len(members)):
         if budget <= 0:
             break
         row = members[i]
-        length = min(row["duration"], excerpt_seconds, max(budget, 1.0))
-        offset = float(rng.uniform(0, row["duration"] - length)) if row["duration"] > length else 0.0
-        chosen.append(SourceFile(row["id"], row["uri"], length, None, offset=offset,
-                                 limit=length if length < row["duration"] else None))
-        budget -= length
+        if row["duration"] <= excerpt_seconds:
+            chosen.append(SourceFile(row["id"], row["uri"], row["duration"]))
+            budget -= row["duration"]
+            continue
+        offset = float(rng.uniform(0, row["duration"] - excerpt_seconds))
+        chosen.append(SourceFile(row["id"], row["uri"], excerpt_seconds, None, offset=offset, limit=excerpt_seconds))
+        budget -= excerpt_seconds
     return chosen
 
 
@@ -97,7 +101,7 @@ def calibrate(config: JobConfig, sample: list[SourceFile]) -> Calibration:
         device="cuda" if resources.gpus else "cpu", batch_size=config.asr.batch_size,
         prep_seconds_per_input_second=sum(stage(s) for s in PREP_STAGES) / max(input_s, 1e-9),
         asr_seconds_per_segment=stage("asr") / max(segments, 1),
-        write_seconds_per_output_second=stage("write") / max(output_s, 1e-9),
+        write_seconds_per_unit=stage("write") / max(len(reports), 1),
         ray_start_seconds=ray_start, model_load_seconds=result.startup_seconds,
         measured_on_seconds=input_s, measured_at=datetime.now(timezone.utc).isoformat(),
     )

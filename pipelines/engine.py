@@ -17,7 +17,7 @@ from typing import Callable, Optional
 import pyarrow as pa
 import ray
 
-from pipelines import history, storage
+from pipelines import history, jobstate, storage
 from pipelines.asr import AsrResult, Transcriber
 from pipelines.commit import UnitCommitter
 from pipelines.discover import Discover, manifest_hours
@@ -107,7 +107,7 @@ class _Scheduler:
         self.commit = ray.remote(_commit).options(num_cpus=0, max_retries=2)
         gpu = resources.gpus > 0
         actor = ray.remote(_AsrWorker).options(num_cpus=1, num_gpus=1 if gpu else 0, max_restarts=2,
-                                               max_task_retries=2)
+                                               max_task_retries=2, scheduling_strategy="SPREAD")
         threads = max(1, resources.cpus // resources.asr_actors)
         self.actors = [actor.remote(config.asr, threads) for _ in range(resources.asr_actors)]
         self.load = Counter({i: 0 for i in range(len(self.actors))})
@@ -176,6 +176,7 @@ def run_job(config: JobConfig, progress: Optional[ProgressFn] = None,
     discover_seconds = time.perf_counter() - clock
     storage.ensure_writable(config.output)
     units = plan_units(manifest, config.engine)
+    jobstate.claim(config, len(units), sum(u.seconds for u in units))
     ledger = Ledger(config.output)
     records = ledger.done()
     finished = {u.index: ledger.lookup(records, u.index, u.digest) for u in units}

@@ -15,10 +15,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipelines.engine import Resources, resources_for
+from pipelines.units import FALLBACK_BYTES_PER_SECOND
 from schemas.config import JobConfig
 from schemas.plan import DataProfile, HardwareProfile, InputSize, JobPlan, StagePlan
 
-FALLBACK_BYTES_PER_SECOND = 32000
 MODEL_ERROR = 0.07  # relative sd of the pipeline model itself, before history narrows it
 BREAKDOWN_KEYS = ("container", "sample_rate", "channels", "duration")
 BUCKET_EDGES = [0, 1, 10, 60, 600, 3600]
@@ -112,16 +112,17 @@ def predict(config: JobConfig, size: InputSize, hardware: HardwareProfile, data:
             resources: Resources, ray_running: bool = False, discover_seconds: float = 0.0,
             correction: float = 1.0, history_error: Optional[float] = None, history_runs: int = 0) -> JobPlan:
     """The pipeline model. `correction` (actual/predicted of past runs) scales the wall time."""
-    work = _stage_work(size.audio_seconds, hardware, data)
+    units = _unit_count(config, size)
+    work = _stage_work(size.audio_seconds, units, hardware, data)
     seconds = {
         "prep": work["prep"] / resources.prep_workers,
         "asr": work["asr"] / resources.asr_actors,
         "write": work["write"] / resources.prep_workers,
     }
     bottleneck = max(seconds, key=seconds.get)
-    unit = _unit_work(config, size, hardware, data)
     startup = (0.0 if ray_running else hardware.ray_start_seconds) + hardware.model_load_seconds
-    raw = startup + discover_seconds + seconds[bottleneck] + unit["prep"] + unit["asr"] + unit["write"]
+    raw = startup + discover_seconds + seconds[bottleneck] + _fill_and_tail(
+        bottleneck, _stage_work(size.audio_seconds / units, 1, hardware, data))
     wall = raw * correction
     relative = _relative_error(size, history_error)
     output_seconds = size.audio_seconds * data.speech_fraction * data.kept_fraction
@@ -141,24 +142,28 @@ def predict(config: JobConfig, size: InputSize, hardware: HardwareProfile, data:
     )
 
 
-def _stage_work(input_seconds: float, hardware: HardwareProfile, data: DataProfile) -> dict[str, float]:
-    """Busy worker-seconds per stage for `input_seconds` of audio."""
+STAGE_ORDER = ("prep", "asr", "write")
+
+
+def _stage_work(input_seconds: float, units: int, hardware: HardwareProfile, data: DataProfile) -> dict[str, float]:
+    """Busy worker-seconds per stage for `input_seconds` of audio in `units` work units."""
     speech = input_seconds * data.speech_fraction
     return {
         "prep": input_seconds * hardware.prep_seconds_per_input_second,
         "asr": speech * data.segments_per_speech_second * hardware.asr_seconds_per_segment,
-        "write": speech * data.kept_fraction * hardware.write_seconds_per_output_second,
+        "write": units * hardware.write_seconds_per_unit,
     }
+
+
+def _fill_and_tail(bottleneck: str, one_unit: dict[str, float]) -> float:
+    """Before the bottleneck sees its first unit, that unit passes the stages ahead of it; after the
+    bottleneck's last unit, that unit passes the stages behind it."""
+    return sum(one_unit[name] for name in STAGE_ORDER if name != bottleneck)
 
 
 def _unit_count(config: JobConfig, size: InputSize) -> int:
     by_audio = math.ceil(size.audio_seconds / (config.engine.unit_minutes * 60)) if size.audio_seconds else 0
     return max(1, by_audio, math.ceil(size.files / config.engine.unit_max_files))
-
-
-def _unit_work(config: JobConfig, size: InputSize, hardware: HardwareProfile, data: DataProfile) -> dict[str, float]:
-    """One unit's time in each stage: the pipeline's fill and tail."""
-    return _stage_work(size.audio_seconds / _unit_count(config, size), hardware, data)
 
 
 def _relative_error(size: InputSize, history_error: Optional[float]) -> float:

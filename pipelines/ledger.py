@@ -22,7 +22,7 @@ class Ledger:
 
     def done(self) -> dict[int, dict]:
         """Completed units by index (one listing, then one small read per record)."""
-        records = (storage.read_json(url) for url in storage.list_files(self.root, ".json"))
+        records = (storage.read_json(url) for url in storage.list_files(self.root, ".json", prefix="unit-"))
         return {r["unit"]: r for r in records}
 
     def lookup(self, records: dict[int, dict], unit: int, digest: str) -> Optional[dict]:

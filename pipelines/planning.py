@@ -108,8 +108,9 @@ def _gpus_here() -> int:
 def plan_job(config: JobConfig, manifest: Optional[pa.Table | Iterable[pa.RecordBatch]] = None,
              cpus: Optional[int] = None,
              gpus: Optional[int] = None, deadline_seconds: Optional[float] = None,
-             calibration: Optional[Calibration] = None, recalibrate: bool = False) -> tuple[JobPlan, pa.Table]:
-    """The plan, and the manifest (or header sample) it was made from."""
+             calibration: Optional[Calibration] = None,
+             recalibrate: bool = False) -> tuple[JobPlan, Optional[pa.Table]]:
+    """The plan, and the full manifest when every header was read (None when sizing sampled them)."""
     if manifest is None:
         size, manifest, discover_seconds = discover_for_plan(config)
     else:
@@ -125,9 +126,10 @@ def plan_job(config: JobConfig, manifest: Optional[pa.Table | Iterable[pa.Record
         plan = fit_deadline(config, size, calibration.hardware, calibration.data, deadline_seconds, **common)
         if plan is None:
             raise LimitExceeded(f"no resources up to 4096 GPUs or nodes finish within {deadline_seconds / 3600:.1f} h")
-        return plan, manifest
-    resources = resources_for_profile(config, calibration.hardware, cpus, gpus)
-    return predict(config, size, calibration.hardware, calibration.data, resources, **common), manifest
+    else:
+        resources = resources_for_profile(config, calibration.hardware, cpus, gpus)
+        plan = predict(config, size, calibration.hardware, calibration.data, resources, **common)
+    return plan, manifest if size.method == "headers" and isinstance(manifest, pa.Table) else None
 
 
 def check_limits(config: JobConfig, plan: JobPlan) -> None:

@@ -84,12 +84,13 @@ def exists(url: str) -> bool:
     return fs.exists(path)
 
 
-def list_files(url: str, suffix: str = "") -> list[str]:
+def list_files(url: str, suffix: str = "", prefix: str = "") -> list[str]:
     """Full URLs of committed files directly under `url` (scratch files excluded)."""
     fs, path = filesystem(url)
     if not fs.exists(path):
         return []
-    names = [p for p in fs.ls(path, detail=False) if p.endswith(suffix) and ".tmp-" not in p]
+    names = [p for p in fs.ls(path, detail=False)
+             if p.endswith(suffix) and p.rsplit("/", 1)[-1].startswith(prefix) and ".tmp-" not in p]
     return sorted(to_url(fs, p) for p in names)
 
 

@@ -51,9 +51,9 @@ class AsrConfig(_Section):
     )
     language: Optional[str] = Field(None, description="unset = auto-detect (multilingual models)")
     beam_size: int = Field(1, ge=1, le=16)
-    compute_type: str = "default"
+    compute_type: str = Field("auto", description="auto = int8 on CPU (1.7x float32 here), float16 on CUDA")
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    batch_size: int = Field(8, ge=1, le=256)
+    batch_size: int = Field(16, ge=1, le=256)
     cpu_threads: int = Field(0, ge=0, description="0 = CTranslate2 default")
 
 

@@ -32,7 +32,7 @@ class HardwareProfile(BaseModel):
     batch_size: int
     prep_seconds_per_input_second: float  # decode + resample + VAD + encode, per CPU worker
     asr_seconds_per_segment: float  # one ASR actor (a GPU, or the CPU pool)
-    write_seconds_per_output_second: float
+    write_seconds_per_unit: float  # shards + index + rejects + ledger: mostly per-commit overhead
     ray_start_seconds: float  # ray.init of a local instance (0 when attaching to a running one)
     model_load_seconds: float  # until every ASR actor has its model loaded
     measured_on_seconds: float

@@ -31,6 +31,10 @@ def test_run_from_yaml_with_flag_override(clips, tmp_path):
     assert summary["config"]["audio"]["sample_rate"] == 22050
     assert "voxmill plan" in done.stderr and "wall time" in done.stderr  # printed before the job
     assert summary["plan"]["input"]["files"] == 2
+    state = _run("status", str(tmp_path / "out"), "--json")
+    assert state.returncode == 0 and json.loads(state.stdout)["complete"] is True
+    refused = _run("run", "--config", str(job), "--sample-rate", "16000", "--no-plan")
+    assert refused.returncode == 2 and "audio.sample_rate: 22050 -> 16000" in refused.stderr
     shard = next(Path(tmp_path / "out/shards").glob("*.tar"))
     with tarfile.open(shard) as tar:
         assert sorted(n.rsplit(".", 1)[1] for n in tar.getnames()) == ["json", "wav"]

@@ -23,7 +23,7 @@ HOUR = 3600.0
 def _hardware(**changes) -> HardwareProfile:
     values = dict(name="test-gpu", cpu_model="test", cpus=8, gpus=1, gpu_name="test", asr_model="tiny.en",
                   compute_type="float16", device="cuda", batch_size=16, prep_seconds_per_input_second=0.01,
-                  asr_seconds_per_segment=0.5, write_seconds_per_output_second=0.001, ray_start_seconds=5.0,
+                  asr_seconds_per_segment=0.5, write_seconds_per_unit=1.0, ray_start_seconds=5.0,
                   model_load_seconds=10.0, measured_on_seconds=100.0, measured_at="2026-01-01")
     return HardwareProfile(**{**values, **changes})
 
@@ -56,8 +56,8 @@ def test_wall_time_follows_the_bottleneck_stage(config):
     stages = {s.name: s for s in plan.stages}
     assert stages["asr"].seconds == pytest.approx(asr) and stages["prep"].seconds == pytest.approx(prep)
     assert stages["asr"].workers == 2 and stages["prep"].workers == 7 and stages["asr"].utilisation == 1.0
-    one_unit = 3600 * 0.01 + 3600 * 0.5 * 0.25 * 0.5 + 3600 * 0.5 * 0.001  # fill + tail
-    assert plan.wall_seconds == pytest.approx(15.0 + asr + one_unit)
+    fill, tail = 3600 * 0.01, 1.0  # one unit's prep before ASR starts, one unit's write after it ends
+    assert plan.wall_seconds == pytest.approx(15.0 + asr + fill + tail)
     assert plan.gpu_hours == pytest.approx(plan.wall_seconds * 2 / HOUR)
     assert plan.cost == pytest.approx(plan.gpu_hours * 2.5 + plan.cpu_hours * 0.05)
     assert plan.wall_seconds_low < plan.wall_seconds < plan.wall_seconds_high

@@ -7,12 +7,15 @@ import re
 from pathlib import Path
 
 import jiwer
+import pytest
 import numpy as np
 import pyarrow.dataset as ds
 import soundfile as sf
 import webdataset as wds
 
+from pipelines import jobstate
 from pipelines.engine import run_job
+from pipelines.jobstate import ConfigChanged
 from tests.conftest import NO_SPEECH, load_torchcodec, references
 
 
@@ -118,3 +121,21 @@ def test_rerun_skips_done_units_and_changes_nothing(finished_job):
     assert again["counts"]["units_resumed"] == first["counts"]["units"]
     assert again["counts"]["samples"] == first["counts"]["samples"]
     assert {p: p.read_bytes() for p in Path(config.output, "shards").iterdir()} == before
+
+
+def test_changed_settings_on_the_same_output_are_refused(finished_job):
+    config, _ = finished_job
+    changed = config.model_copy(update={"audio": config.audio.model_copy(update={"sample_rate": 16000})})
+    with pytest.raises(ConfigChanged, match=r"audio\.sample_rate: 24000 -> 16000"):
+        run_job(changed)
+    faster = config.model_copy(update={"engine": config.engine.model_copy(update={"prep_workers": 1})})
+    assert run_job(faster)["counts"]["units_processed"] == 0  # resources do not change the output
+
+
+def test_status_reports_a_complete_output(finished_job):
+    config, summary = finished_job
+    state = jobstate.status(config.output)
+    assert state["complete"] and state["units_done"] == state["units"] == summary["counts"]["units"]
+    assert state["units_pending"] == 0 and state["samples"] == summary["counts"]["samples"]
+    assert state["rejects"] == summary["counts"]["rejects"]
+    assert state["done_hours"] == pytest.approx(summary["input_hours"])
