@@ -27,6 +27,7 @@ from schemas.config import JobConfig
 from schemas.plan import Calibration, DataProfile, HardwareProfile
 
 PRESAMPLE_ROWS = 5000
+MIN_PIECE = 20.0  # seconds: shorter excerpts would cut most utterances short
 PREP_STAGES = ("decode", "resample", "vad", "encode")
 
 
@@ -51,27 +52,33 @@ def stratified_sample(manifest: pa.Table, budget_seconds: float, excerpt_seconds
         strata.setdefault((row["container"], row["sample_rate"], row["channels"], bucket), []).append(row)
     total = sum(r["duration"] for r in rows)
     picked: list[SourceFile] = []
-    for members in strata.values():
-        share = budget_seconds * sum(r["duration"] for r in members) / total
-        picked.extend(_excerpts(members, max(share, 1.0), excerpt_seconds, rng))
+    remaining = budget_seconds
+    for members in sorted(strata.values(), key=lambda m: -sum(r["duration"] for r in m)):
+        if remaining <= 0:
+            break
+        share = min(remaining, max(budget_seconds * sum(r["duration"] for r in members) / total, MIN_PIECE))
+        chosen = _excerpts(members, share, excerpt_seconds, rng)
+        remaining -= sum(c.duration for c in chosen)
+        picked.extend(chosen)
     return picked
 
 
 def _excerpts(members: list[dict], budget: float, excerpt_seconds: float, rng) -> list[SourceFile]:
     """Whole files where they fit (cutting short files would make VAD see shorter utterances);
-    one `excerpt_seconds` piece at a random offset from longer files."""
+    a piece at a random offset from longer ones."""
     chosen: list[SourceFile] = []
     for i in rng.permutation(len(members)):
         if budget <= 0:
             break
         row = members[i]
-        if row["duration"] <= excerpt_seconds:
+        piece = min(excerpt_seconds, max(budget, MIN_PIECE))
+        if row["duration"] <= piece:
             chosen.append(SourceFile(row["id"], row["uri"], row["duration"]))
             budget -= row["duration"]
             continue
-        offset = float(rng.uniform(0, row["duration"] - excerpt_seconds))
-        chosen.append(SourceFile(row["id"], row["uri"], excerpt_seconds, None, offset=offset, limit=excerpt_seconds))
-        budget -= excerpt_seconds
+        offset = float(rng.uniform(0, row["duration"] - piece))
+        chosen.append(SourceFile(row["id"], row["uri"], piece, None, offset=offset, limit=piece))
+        budget -= piece
     return chosen
 
 
