@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 import tarfile
+
+import pytest
 from pathlib import Path
 
 VOXMILL = [sys.executable, "-m", "flows.cli"]
@@ -63,6 +65,9 @@ def test_plan_json_what_if_and_history(clips, tmp_path):
                    str(4 * plan["hardware"]["cpus"]), "--json")
     assert what_if.returncode == 0, what_if.stderr[-3000:]
     bigger = json.loads(what_if.stdout)
-    assert bigger["resources"]["asr_actors"] == 4 and bigger["wall_seconds"] < plan["wall_seconds"]
+    stage = lambda p, name: next(s for s in p["stages"] if s["name"] == name)  # noqa: E731
+    assert bigger["resources"]["asr_actors"] == stage(bigger, "asr")["workers"] == 4
+    per_actor = stage(bigger, "asr")["seconds"] * 4 / bigger["data"]["speech_fraction"]
+    assert per_actor == pytest.approx(stage(plan, "asr")["seconds"] / plan["data"]["speech_fraction"], rel=0.3)
     shown = _run("plan", "--config", str(job), "--history")
     assert shown.returncode == 0 and "estimate vs actual" in shown.stdout
