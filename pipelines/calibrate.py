@@ -7,6 +7,7 @@ many segments this input holds.
 from __future__ import annotations
 
 import hashlib
+import os
 import platform
 import re
 import tempfile
@@ -171,6 +172,4 @@ def gpu_name() -> Optional[str]:
 
 
 def _cpu_count() -> int:
-    import os
-
     return os.cpu_count() or 1

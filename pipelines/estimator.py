@@ -196,15 +196,22 @@ def fit_deadline(config: JobConfig, size: InputSize, hardware: HardwareProfile, 
                  deadline_seconds: float, max_gpus: int = 4096, **kwargs) -> Optional[JobPlan]:
     """The smallest resources that finish by the deadline: fewest GPUs (or nodes), then fewest CPUs."""
     uses_gpu = hardware.gpus > 0 or hardware.device == "cuda"
-    for count in _counts(max_gpus):
+
+    def plan_with(count: int) -> Optional[JobPlan]:
         if uses_gpu:
-            best = _fewest_cpus(config, size, hardware, data, count, deadline_seconds, **kwargs)
-        else:
-            plan = predict(config, size, hardware, data,
-                           resources_for_profile(config, hardware, count * hardware.cpus, 0), **kwargs)
-            best = plan if plan.wall_seconds <= deadline_seconds else None
-        if best is not None:
-            return best.model_copy(update={"deadline_seconds": deadline_seconds})
+            return _fewest_cpus(config, size, hardware, data, count, deadline_seconds, **kwargs)
+        plan = predict(config, size, hardware, data,
+                       resources_for_profile(config, hardware, count * hardware.cpus, 0), **kwargs)
+        return plan if plan.wall_seconds <= deadline_seconds else None
+
+    previous = 0
+    for count in _counts(max_gpus):
+        if plan_with(count) is not None:
+            while previous + 1 < count:  # the grid coarsens past 16: bisect the last step
+                middle = (previous + count) // 2
+                previous, count = (previous, middle) if plan_with(middle) else (middle, count)
+            return plan_with(count).model_copy(update={"deadline_seconds": deadline_seconds})
+        previous = count
     return None
 
 
