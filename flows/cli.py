@@ -23,6 +23,8 @@ from schemas.config import load_job_config
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Raw speech in, WebDataset shards out.")
 console = Console(stderr=True)
+INPUT_OPTION = typer.Option(None, "--input", "-i", help="fsspec URL, folder or glob of audio")
+CONFIG_OPTION = typer.Option(None, "--config", "-c", help="YAML job file", exists=True)
 
 
 @app.callback()
@@ -40,9 +42,9 @@ class _HoursColumn(ProgressColumn):
 
 @app.command()
 def run(
-    input: Optional[str] = typer.Option(None, "--input", "-i", help="fsspec URL, folder or glob of audio"),
+    input: Optional[str] = INPUT_OPTION,
     output: Optional[str] = typer.Option(None, "--output", "-o", help="fsspec URL of the output root"),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML job file", exists=True),
+    config: Optional[Path] = CONFIG_OPTION,
     sample_rate: Optional[int] = typer.Option(None, help="output sample rate [24000]"),
     model: Optional[str] = typer.Option(None, help="faster-whisper model name or path [bundled tiny.en]"),
     language: Optional[str] = typer.Option(None, help="language code; unset = auto-detect"),
@@ -110,8 +112,8 @@ def _job_config(input, output, config, overrides):
 
 @app.command()
 def plan(
-    input: Optional[str] = typer.Option(None, "--input", "-i", help="fsspec URL, folder or glob of audio"),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML job file", exists=True),
+    input: Optional[str] = INPUT_OPTION,
+    config: Optional[Path] = CONFIG_OPTION,
     manifest: Optional[Path] = typer.Option(None, help="plan from a saved manifest (Parquet) instead"),
     gpus: Optional[int] = typer.Option(None, help="what-if: GPUs [the profiled machine's]"),
     cpus: Optional[int] = typer.Option(None, help="what-if: CPU cores [the profiled machine's]"),

@@ -51,13 +51,15 @@ def stratified_sample(manifest: pa.Table, budget_seconds: float, excerpt_seconds
     strata: dict[tuple, list[dict]] = {}
     for row, bucket in zip(rows, buckets):
         strata.setdefault((row["container"], row["sample_rate"], row["channels"], bucket), []).append(row)
-    total = sum(r["duration"] for r in rows)
+    hours = {key: sum(r["duration"] for r in members) for key, members in strata.items()}
+    total = sum(hours.values())
     picked: list[SourceFile] = []
     remaining = budget_seconds
-    for members in sorted(strata.values(), key=lambda m: -sum(r["duration"] for r in m)):
+    for key in sorted(strata, key=hours.__getitem__, reverse=True):
         if remaining <= 0:
             break
-        share = min(remaining, max(budget_seconds * sum(r["duration"] for r in members) / total, MIN_PIECE))
+        members = strata[key]
+        share = min(remaining, max(budget_seconds * hours[key] / total, MIN_PIECE))
         chosen = _excerpts(members, share, excerpt_seconds, rng)
         remaining -= sum(c.duration for c in chosen)
         picked.extend(chosen)

@@ -137,7 +137,7 @@ def predict(config: JobConfig, size: InputSize, hardware: HardwareProfile, data:
         gpu_hours=gpu_hours, cpu_hours=cpu_hours,
         cost=gpu_hours * prices["gpu_hour"] + cpu_hours * prices["cpu_hour"], prices=prices,
         output_bytes=output_bytes,
-        shards=max(_unit_count(config, size), math.ceil(output_bytes / config.shards.max_bytes)),
+        shards=max(units, math.ceil(output_bytes / config.shards.max_bytes)),
         correction=correction, history_runs=history_runs,
     )
 
@@ -206,11 +206,16 @@ def fit_deadline(config: JobConfig, size: InputSize, hardware: HardwareProfile, 
 
     previous = 0
     for count in _counts(max_gpus):
-        if plan_with(count) is not None:
+        best = plan_with(count)
+        if best is not None:
             while previous + 1 < count:  # the grid coarsens past 16: bisect the last step
                 middle = (previous + count) // 2
-                previous, count = (previous, middle) if plan_with(middle) else (middle, count)
-            return plan_with(count).model_copy(update={"deadline_seconds": deadline_seconds})
+                found = plan_with(middle)
+                if found is not None:
+                    best, count = found, middle
+                else:
+                    previous = middle
+            return best.model_copy(update={"deadline_seconds": deadline_seconds})
         previous = count
     return None
 

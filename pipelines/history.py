@@ -23,8 +23,8 @@ def _url(path: str) -> str:
 def read(path: str) -> list[dict]:
     """History records from a history file, or from `summary.json` files under an output URL."""
     url = _url(path)
-    if storage.exists(storage.join(url, "summary.json")):
-        summary = storage.read_json(storage.join(url, "summary.json"))
+    summary = storage.read_json(storage.join(url, "summary.json"), missing=None)
+    if summary is not None:
         return [summary["history"]] if summary.get("history") else []
     if not storage.exists(url):
         return []

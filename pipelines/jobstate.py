@@ -36,7 +36,7 @@ def _url(output: str) -> str:
 
 
 def read(output: str) -> Optional[dict]:
-    return storage.read_json(_url(output)) if storage.exists(_url(output)) else None
+    return storage.read_json(_url(output), missing=None)
 
 
 def claim(config: JobConfig, units: int, seconds: float) -> None:
@@ -80,8 +80,7 @@ def status(output: str) -> dict:
         raise FileNotFoundError(f"{output} holds no voxmill job (no _ledger/job.json)")
     records = list(Ledger(output).done().values())
     done_seconds = sum(r["input_seconds"] for r in records)
-    summary_url = storage.join(output, "summary.json")
-    summary = storage.read_json(summary_url) if storage.exists(summary_url) else {}
+    summary = storage.read_json(storage.join(output, "summary.json"), missing={})
     return {
         "units": job["units"],
         "units_done": len(records),

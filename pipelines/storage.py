@@ -73,8 +73,11 @@ def write_json(url: str, obj: object) -> None:
     write_bytes(url, json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
 
 
-def read_json(url: str) -> object:
+def read_json(url: str, missing: object = ...) -> object:
+    """The parsed file; `missing` instead when given and the file does not exist."""
     fs, path = filesystem(url)
+    if missing is not ... and not fs.exists(path):
+        return missing
     with fs.open(path, "rb") as fh:
         return json.load(fh)
 
