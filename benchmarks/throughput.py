@@ -163,8 +163,9 @@ def bench_asr(speech: list[Waveform], spans: list[list[Span]], input_seconds: fl
         results = transcriber(segments)
     seg_seconds = sum(len(s) for s in segments) / ASR_RATE
     extra = {"model_load_seconds": load, "segment_seconds": seg_seconds,
-             "segments": len(segments), "empty": sum(not r.text for r in results)}
-    return Row("ASR (batched tiny.en)", watch.total, input_seconds, extra)
+             "segments": len(segments), "empty": sum(not r.text for r in results),
+             **dict(transcriber.counts)}
+    return Row("ASR (batched tiny.en, packed windows)", watch.total, input_seconds, extra)
 
 
 def bench_job(corpus: Path, workdir: Path) -> Row:

