@@ -1,6 +1,7 @@
 """Transcribe: faster-whisper (CTranslate2) on batches of VAD segments, one model load per actor."""
 from __future__ import annotations
 
+import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,6 +113,7 @@ class Transcriber:
             for window, words, out, lang in zip(batch, aligned, outputs, languages):
                 split = split_words(window, words if self._text_tokens(tokenizer, out) else [], self.config.pack_slack_seconds)
                 unresolved += sorted(split.unresolved)
+                self.counts.update(fallback=len(split.unresolved))
                 self.counts.update(packed=len(window.placed) - len(split.unresolved))
                 for index, got in split.words.items():
                     if index not in split.unresolved:
@@ -132,7 +134,9 @@ class Transcriber:
 
         model = self.model
         features = np.stack([pad_or_trim(model.feature_extractor(a)[..., :-1]) for a in audios])
+        started = time.perf_counter()
         encoded = model.encode(features)
+        self.counts["encode_seconds"] += time.perf_counter() - started  # per-window cost, for plans
         languages = self._languages(encoded, len(audios))
         tokenizer = Tokenizer(
             model.hf_tokenizer, model.model.is_multilingual, task="transcribe",

@@ -41,8 +41,7 @@ def decode(fh: BinaryIO, offset: float = 0.0, limit: Optional[float] = None) -> 
         data, rate = _decode_sf(fh, offset, limit)
     except Exception:  # noqa: BLE001 - libsndfile refuses many valid files; FFmpeg may not
         fh.seek(0)
-        data, rate = _decode_av(fh)
-        data = data[round(offset * rate): round((offset + limit) * rate) if limit else None]
+        data, rate = _decode_av(fh, offset, limit)
     if data.size == 0:
         raise DecodeError("no audio samples")
     mono = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
@@ -60,26 +59,45 @@ def _decode_sf(fh: BinaryIO, offset: float, limit: Optional[float]) -> tuple[np.
         return audio.read(frames, dtype="float32", always_2d=True), rate
 
 
-def _decode_av(fh: BinaryIO) -> tuple[np.ndarray, int]:
+def _decode_av(fh: BinaryIO, offset: float = 0.0, limit: Optional[float] = None) -> tuple[np.ndarray, int]:
+    """FFmpeg decode of [offset, offset + limit) only: seeks, then streams frames, so memory
+    follows the excerpt, not the file (a 10-hour Opus file is read piece by piece)."""
     try:
         with av.open(fh) as container:
             stream = next((s for s in container.streams if s.type == "audio"), None)
             if stream is None:
                 raise DecodeError("no audio stream")
-            resampler = av.AudioResampler(format="flt", layout=stream.layout.name)
-            chunks = [
-                out.to_ndarray().reshape(-1, stream.channels or 1)
-                for frame in container.decode(stream)
-                for out in resampler.resample(frame)
-            ]
-            rate = stream.codec_context.sample_rate
+            rate = int(stream.codec_context.sample_rate)
+            chunks = _frames_between(container, stream, offset, offset + limit if limit else None)
     except DecodeError:
         raise
     except Exception as err:  # noqa: BLE001 - every FFmpeg failure is a reject reason
         raise DecodeError(f"undecodable: {type(err).__name__}: {err}"[:300]) from err
     if not chunks:
         raise DecodeError("no audio samples")
-    return np.concatenate(chunks).astype(np.float32, copy=False), int(rate)
+    data = np.concatenate(chunks).astype(np.float32, copy=False)
+    return (data[: round(limit * rate)] if limit else data), rate
+
+
+def _frames_between(container, stream, start: float, end: Optional[float]) -> list[np.ndarray]:
+    """Interleaved float32 [frames, channels] chunks covering start..end seconds."""
+    rate, channels = stream.codec_context.sample_rate, stream.channels or 1
+    if start:
+        container.seek(int(start / stream.time_base), stream=stream)  # lands on a keyframe before
+    resampler = av.AudioResampler(format="flt", layout=stream.layout.name)
+    chunks, position = [], None
+    for frame in container.decode(stream):
+        at = frame.time if frame.time is not None else (position or 0.0)
+        for out in resampler.resample(frame):
+            samples = out.to_ndarray().reshape(-1, channels)
+            skip = max(0, round((start - at) * rate))
+            if skip < len(samples):
+                chunks.append(samples[skip:])
+            at += len(samples) / rate
+        position = at
+        if end is not None and at >= end:
+            break
+    return chunks
 
 
 class Resampler:

@@ -86,15 +86,19 @@ class _AsrWorker:
     def ready(self) -> bool:
         return True
 
-    def transcribe(self, audios) -> tuple[list[AsrResult], float]:
-        started = time.perf_counter()
-        return self.transcriber(audios), time.perf_counter() - started
+    def transcribe(self, audios) -> tuple[list[AsrResult], float, dict]:
+        started, before = time.perf_counter(), Counter(self.transcriber.counts)
+        results = self.transcriber(audios)
+        counts = Counter(self.transcriber.counts)
+        counts.subtract(before)
+        return results, time.perf_counter() - started, dict(counts)
 
 
 def _commit(config: JobConfig, prepared, transcribed, digest: str) -> dict:
-    results, asr_seconds = transcribed
+    results, asr_seconds, asr_counts = transcribed
     prepared.stage_seconds["asr"] += asr_seconds
-    return UnitCommitter(config)(prepared, results, digest)
+    report = UnitCommitter(config)(prepared, results, digest)
+    return {**report, "asr_counts": asr_counts}  # windows, encoder seconds: what calibration fits
 
 
 class _Scheduler:

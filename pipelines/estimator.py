@@ -150,9 +150,17 @@ def _stage_work(input_seconds: float, units: int, hardware: HardwareProfile, dat
     speech = input_seconds * data.speech_fraction
     return {
         "prep": input_seconds * hardware.prep_seconds_per_input_second,
-        "asr": speech * data.segments_per_speech_second * hardware.asr_seconds_per_segment,
+        "asr": speech * _asr_seconds_per_speech_second(hardware, data),
         "write": units * hardware.write_seconds_per_unit,
     }
+
+
+def _asr_seconds_per_speech_second(hardware: HardwareProfile, data: DataProfile) -> float:
+    """Encoder passes per window plus decoding per second of speech; older profiles, per segment."""
+    if hardware.asr_seconds_per_window is None or data.windows_per_speech_second is None:
+        return data.segments_per_speech_second * hardware.asr_seconds_per_segment
+    return data.windows_per_speech_second * hardware.asr_seconds_per_window + (
+        hardware.asr_seconds_per_speech_second or 0.0)
 
 
 def _fill_and_tail(bottleneck: str, one_unit: dict[str, float]) -> float:

@@ -100,3 +100,15 @@ def words_logprob(words: Sequence[dict]) -> float:
     tokens = sum(len(w["tokens"]) for w in words)
     total = sum(len(w["tokens"]) * float(np.log(max(w["probability"], 1e-10))) for w in words)
     return total / tokens if tokens else 0.0
+
+
+def expected_windows(speech_seconds: float, segments: float, capacity: float, gap: float) -> float:
+    """Windows greedy packing needs, from totals only (for plans): each window wastes about
+    half a segment plus gap at its end. With packing off, one window per segment."""
+    if segments <= 0:
+        return 0.0
+    mean = speech_seconds / segments
+    if capacity <= 0 or mean + gap > capacity:
+        return segments
+    per_window = capacity + gap - (mean + gap) / 2
+    return max(segments * (mean + gap) / per_window, speech_seconds / capacity)

@@ -90,7 +90,7 @@ def costs(config: JobConfig, sample_source: pa.Table, input_seconds: float,
         save_profile(config, calibration)
         return calibration
     saved = load_profile(config, name)
-    data = measure_data(config, sample, saved.data.kept_fraction)
+    data = measure_data(config, sample, saved.data.kept_fraction, saved.data.fallback_fraction)
     return Calibration(hardware=saved.hardware, data=data)
 
 

@@ -24,8 +24,24 @@ class SourceFile:
     uri: str
     duration: float | None = None
     error: str | None = None
-    offset: float = 0.0  # an excerpt (calibration reads samples of long files): start and length
+    offset: float = 0.0  # an excerpt of a long file: start and length in source seconds
     limit: float | None = None
+    context: float = 0.0  # > 0: decode this much around the excerpt, keep spans starting inside it
+    length: float = 0.0  # planned seconds, for scheduling (a guess from bytes when no duration)
+
+    @property
+    def decode_from(self) -> float:
+        return max(0.0, self.offset - self.context)
+
+    def owns(self, start: float) -> bool:
+        """Whether a span starting at `start` (source seconds) belongs to this excerpt.
+
+        Neighbouring excerpts overlap by `context` so VAD sees the same audio around each
+        boundary in both; a span belongs to the excerpt its start falls in, exactly once.
+        """
+        if not self.context:
+            return True
+        return self.offset <= start and (self.limit is None or start < self.offset + self.limit)
 
 
 @dataclass
@@ -77,30 +93,45 @@ class Preparer:
         except (DecodeError, OSError) as err:
             out.rejects.append(reject_row(source, out.unit, "decode", str(err) or type(err).__name__))
             return []
-        out.input_seconds += wave.seconds
+        try:
+            return self._segment(source, wave, out, clock)
+        except Exception as err:  # noqa: BLE001 - one bad file is a reject, not a failed unit
+            out.rejects.append(reject_row(source, out.unit, "prepare", f"{type(err).__name__}: {err}"[:300]))
+            return []
+
+    def _segment(self, source: SourceFile, wave: Waveform, out: PreparedUnit, clock: "_Clock") -> list[np.ndarray]:
+        base = source.decode_from  # source time of the first decoded sample
+        owned = wave.seconds - (source.offset - base)  # seconds of this excerpt (or file)
+        owned = min(owned, source.limit) if source.limit else owned
+        out.input_seconds += owned
         with clock("resample"):
             speech = self.resample(wave, ASR_RATE)
             target = self.resample(wave, self.audio.sample_rate)
         with clock("vad"):
             spans, short = self.segment(speech.samples)
+        spans = [s for s in spans if source.owns(s.start + base)]
         for span in short:
-            out.rejects.append(reject_row(source, out.unit, "vad", "too short", span.shifted(source.offset)))
+            if source.owns(span.start + base):
+                out.rejects.append(reject_row(source, out.unit, "vad", "too short", span.shifted(base)))
         if not spans:
-            out.rejects.append(reject_row(source, out.unit, "vad", "no speech found", duration=wave.seconds))
+            part = Span(source.offset, source.offset + owned) if source.context else None
+            out.rejects.append(reject_row(source, out.unit, "vad", "no speech found", part, duration=owned))
         with clock("encode"):
-            out.segments.extend(self._encode(source, target, span) for span in spans)
+            out.segments.extend(self._encode(source, target, span, base) for span in spans)
         return [_cut(speech, span) for span in spans]
 
     def _decode(self, source: SourceFile) -> Waveform:
         fs, path = storage.filesystem(source.uri)
+        start = source.decode_from
+        limit = source.limit + (source.offset - start) + source.context if source.limit else None
         with fs.open(path, "rb") as fh:
-            return decode(fh, source.offset, source.limit)
+            return decode(fh, start, limit)
 
-    def _encode(self, source: SourceFile, target: Waveform, span: Span) -> PreparedSegment:
+    def _encode(self, source: SourceFile, target: Waveform, span: Span, base: float) -> PreparedSegment:
         samples = _cut(target, span)
         if self.audio.peak_normalize:
             samples = peak_normalize(samples, self.audio.peak_normalize)
-        at = span.shifted(source.offset)  # excerpt time -> source time
+        at = span.shifted(base)  # decoded time -> source time
         return PreparedSegment(
             key=segment_key(source.id, at.start, at.end),
             source_id=source.id,

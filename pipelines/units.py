@@ -14,6 +14,8 @@ from pipelines.prepare import SourceFile
 from schemas.config import EngineConfig
 
 FALLBACK_BYTES_PER_SECOND = 32000  # 16 kHz 16-bit mono: a guess when a header gave no duration
+VAD_STEP = 0.032  # Silero reads 512-sample windows at 16 kHz: excerpt edges sit on that grid
+EXCERPT_CONTEXT = 32.0  # seconds decoded past each excerpt edge (> the longest segment, on the grid)
 
 
 @dataclass
@@ -23,7 +25,8 @@ class WorkUnit:
 
     @property
     def digest(self) -> str:
-        return hashlib.sha1("\n".join(f.id for f in self.files).encode()).hexdigest()
+        names = (f"{f.id}@{f.offset:.3f}" if f.context else f.id for f in self.files)
+        return hashlib.sha1("\n".join(names).encode()).hexdigest()
 
     @property
     def seconds(self) -> float:
@@ -33,16 +36,34 @@ class WorkUnit:
 def plan_units(manifest: pa.Table, config: EngineConfig) -> list[WorkUnit]:
     rows = sorted(manifest.to_pylist(), key=lambda r: r["uri"])
     budget = config.unit_minutes * 60
+    excerpt = round(config.excerpt_minutes * 60 / VAD_STEP) * VAD_STEP
     units: list[WorkUnit] = []
     current: list[SourceFile] = []
     seconds = 0.0
-    for row in rows:
-        length = row["duration"] or (row["bytes"] or 0) / FALLBACK_BYTES_PER_SECOND
-        if current and (seconds + length > budget or len(current) >= config.unit_max_files):
+    for source in (piece for row in rows for piece in _pieces(row, excerpt)):
+        if current and (seconds + source.length > budget or len(current) >= config.unit_max_files):
             units.append(WorkUnit(len(units), current))
             current, seconds = [], 0.0
-        current.append(SourceFile(row["id"], row["uri"], row["duration"], row["error"]))
-        seconds += length
+        current.append(source)
+        seconds += source.length
     if current:
         units.append(WorkUnit(len(units), current))
     return units
+
+
+def _pieces(row: dict, excerpt: float) -> list[SourceFile]:
+    """A file, or for one longer than `excerpt` seconds, its excerpts: memory per task stays
+    bounded by the excerpt, whatever the file's length (decode seeks, it does not read all)."""
+    duration = row["duration"]
+    if row["error"] or not duration or duration <= excerpt * 1.5:
+        guess = duration or (row["bytes"] or 0) / FALLBACK_BYTES_PER_SECOND
+        return [SourceFile(row["id"], row["uri"], duration, row["error"], length=guess)]
+    count = int(duration // excerpt)
+    pieces = []
+    for k in range(count):
+        last = k == count - 1
+        limit = None if last else excerpt  # the last piece reads to the real end, whatever the header said
+        pieces.append(SourceFile(row["id"], row["uri"], duration - k * excerpt if last else excerpt, None,
+                                 offset=k * excerpt, limit=limit, context=EXCERPT_CONTEXT,
+                                 length=duration - k * excerpt if last else excerpt))
+    return pieces

@@ -73,6 +73,9 @@ class ShardConfig(_Section):
 class EngineConfig(_Section):
     unit_minutes: float = Field(30.0, gt=0, description="audio per work unit (resume granularity)")
     unit_max_files: int = Field(2000, ge=1)
+    excerpt_minutes: float = Field(
+        10.0, ge=1, description="files over 1.5x this are cut into excerpts of it: bounded memory per task"
+    )
     prep_workers: Optional[int] = Field(None, ge=1, description="unset = CPUs left after ASR")
     asr_actors: Optional[int] = Field(None, ge=1, description="unset = one per GPU, else 1")
     ray_address: Optional[str] = Field(None, description="unset = RAY_ADDRESS or local ray.init()")

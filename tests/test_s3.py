@@ -50,7 +50,9 @@ def test_job_reads_and_writes_buckets(s3, local_ray):
     assert rate == 24000 and wave.ndim == 1 and meta["text"]
     on_s3 = json.loads(s3.cat_file("corpus/v1/summary.json"))
     assert on_s3["counts"] == summary["counts"]
-    assert "voxmill-test-secret" not in s3.cat_file("corpus/v1/summary.json").decode()
+    for path in s3.find("corpus/v1"):  # summary, ledger, Parquet (data and metadata), shard bytes
+        content = s3.cat_file(path)
+        assert b"voxmill-test-secret" not in content and b"voxmill-test-key" not in content, path
 
 
 def test_missing_bucket_is_a_clear_error_before_work(s3, local_ray, clips):
