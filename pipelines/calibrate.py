@@ -7,12 +7,12 @@ many segments this input holds.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import platform
 import re
 import tempfile
 import time
-from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
@@ -23,7 +23,8 @@ import ray
 
 from pipelines.engine import connect_ray, plan_resources, process_units
 from pipelines.estimator import _duration_bucket
-from pipelines.packing import expected_windows
+from pipelines.asr import Transcriber
+from pipelines.audio import ASR_RATE
 from pipelines.prepare import Preparer, SourceFile
 from pipelines.units import WorkUnit
 from schemas.config import JobConfig
@@ -106,8 +107,7 @@ def calibrate(config: JobConfig, sample: list[SourceFile]) -> Calibration:
     total = lambda name: sum(r[name] for r in reports)  # noqa: E731
     input_s, segments, samples = total("input_seconds"), total("segments"), total("samples")
     output_s, speech_s = total("output_seconds"), total("speech_seconds")
-    asr_counts = sum((Counter(r.get("asr_counts", {})) for r in reports), Counter())
-    per_window = asr_counts["encode_seconds"] / max(asr_counts["windows"], 1)
+    asr_rate, fallback = asr_probe(config, sample, max(1, resources.cpus // resources.asr_actors))
     hardware = HardwareProfile(
         name=machine_key(config, resources.gpus), cpu_model=cpu_model(), cpus=resources.cpus,
         gpu_name=gpu_name() if resources.gpus else None, gpus=resources.gpus,
@@ -115,8 +115,7 @@ def calibrate(config: JobConfig, sample: list[SourceFile]) -> Calibration:
         device="cuda" if resources.gpus else "cpu", batch_size=config.asr.batch_size,
         prep_seconds_per_input_second=sum(stage(s) for s in PREP_STAGES) / max(input_s, 1e-9),
         asr_seconds_per_segment=stage("asr") / max(segments, 1),
-        asr_seconds_per_window=per_window,
-        asr_seconds_per_speech_second=max(0.0, stage("asr") - asr_counts["encode_seconds"]) / max(speech_s, 1e-9),
+        asr_seconds_per_speech_second=asr_rate,
         write_seconds_per_unit=stage("write") / max(len(reports), 1),
         ray_start_seconds=ray_start, model_load_seconds=result.startup_seconds,
         measured_on_seconds=input_s, measured_at=datetime.now(timezone.utc).isoformat(),
@@ -125,19 +124,31 @@ def calibrate(config: JobConfig, sample: list[SourceFile]) -> Calibration:
         speech_fraction=total("speech_seconds") / max(input_s, 1e-9),
         segments_per_speech_second=segments / max(speech_s, 1e-9),
         kept_fraction=samples / max(segments, 1),
-        windows_per_speech_second=_window_density(config, speech_s, segments, asr_counts["fallback"]),
-        fallback_fraction=asr_counts["fallback"] / max(segments, 1),
+        fallback_fraction=fallback,
         output_bytes_per_output_second=shard_bytes / max(output_s, 1e-9),
         sample_seconds=input_s, sample_files=len(sample),
     )
     return Calibration(hardware=hardware, data=data)
 
 
-def _window_density(config: JobConfig, speech: float, segments: float, fallbacks: float) -> float:
-    """ASR windows per second of speech as a whole run packs them (calibration units are too small
-    to pack as full units do, so their own window count would overstate it)."""
-    packed = expected_windows(speech, segments, config.asr.pack_seconds, config.asr.pack_gap_seconds)
-    return (packed + fallbacks) / max(speech, 1e-9)
+def asr_probe(config: JobConfig, sample: list[SourceFile], threads: int) -> tuple[float, float]:
+    """ASR seconds per second of speech with full batches of packed windows, as long units run
+    them (calibration units are too small to fill a batch), and the share of segments decoded
+    again alone. The sample's segments are repeated until they fill `batch_size` windows."""
+    preparer = Preparer(config)
+    preparer.setup()
+    audios, _ = preparer(0, sample)
+    speech = sum(len(a) for a in audios) / ASR_RATE
+    if not audios:
+        return 0.0, 0.0
+    per_window = max(config.asr.pack_seconds, speech / len(audios))
+    repeats = max(1, math.ceil(config.asr.batch_size * per_window / speech))
+    transcriber = Transcriber(config.asr.model_copy(update={"cpu_threads": config.asr.cpu_threads or threads}))
+    transcriber.setup()
+    started = time.perf_counter()
+    transcriber(audios * repeats)
+    seconds = time.perf_counter() - started
+    return seconds / (speech * repeats), transcriber.counts["fallback"] / (len(audios) * repeats)
 
 
 def measure_data(config: JobConfig, sample: list[SourceFile], kept_fraction: float,
@@ -152,7 +163,6 @@ def measure_data(config: JobConfig, sample: list[SourceFile], kept_fraction: flo
         speech_fraction=speech / max(prepared.input_seconds, 1e-9),
         segments_per_speech_second=len(prepared.segments) / max(speech, 1e-9),
         kept_fraction=kept_fraction,
-        windows_per_speech_second=_window_density(config, speech, len(prepared.segments), fallback * len(prepared.segments)),
         fallback_fraction=fallback,
         output_bytes_per_output_second=encoded / max(speech, 1e-9) * 1.01,  # + tar headers
         sample_seconds=prepared.input_seconds, sample_files=len(sample),

@@ -156,11 +156,11 @@ def _stage_work(input_seconds: float, units: int, hardware: HardwareProfile, dat
 
 
 def _asr_seconds_per_speech_second(hardware: HardwareProfile, data: DataProfile) -> float:
-    """Encoder passes per window plus decoding per second of speech; older profiles, per segment."""
-    if hardware.asr_seconds_per_window is None or data.windows_per_speech_second is None:
+    """ASR follows speech at full batches (segments share windows); profiles from before the
+    probe existed priced it per segment."""
+    if hardware.asr_seconds_per_speech_second is None:
         return data.segments_per_speech_second * hardware.asr_seconds_per_segment
-    return data.windows_per_speech_second * hardware.asr_seconds_per_window + (
-        hardware.asr_seconds_per_speech_second or 0.0)
+    return hardware.asr_seconds_per_speech_second
 
 
 def _fill_and_tail(bottleneck: str, one_unit: dict[str, float]) -> float:

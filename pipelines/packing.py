@@ -26,6 +26,9 @@ class Placed:
     def distance(self, t: float) -> float:
         return max(self.start - t, t - self.end, 0.0)
 
+    def overlap(self, start: float, end: float) -> float:
+        return max(0.0, min(end, self.end) - max(start, self.start))
+
 
 @dataclass
 class Window:
@@ -85,6 +88,9 @@ def split_words(window: Window, words: Sequence[dict], slack: float) -> Split:
         ranked = sorted(window.placed, key=lambda p: p.distance(middle))
         if ranked[0].distance(middle) > slack:
             split.unresolved.update(p.index for p in ranked[:2])
+        spanned = [p.index for p in window.placed if p.overlap(word["start"], word["end"]) > slack]
+        if len(spanned) > 1:  # one "word" across a gap: the alignment failed there
+            split.unresolved.update(spanned)
         previous = ranked[0].index
         split.words[previous].append(word)
     split.unresolved.update(i for i, got in split.words.items() if not got)
@@ -101,14 +107,3 @@ def words_logprob(words: Sequence[dict]) -> float:
     total = sum(len(w["tokens"]) * float(np.log(max(w["probability"], 1e-10))) for w in words)
     return total / tokens if tokens else 0.0
 
-
-def expected_windows(speech_seconds: float, segments: float, capacity: float, gap: float) -> float:
-    """Windows greedy packing needs, from totals only (for plans): each window wastes about
-    half a segment plus gap at its end. With packing off, one window per segment."""
-    if segments <= 0:
-        return 0.0
-    mean = speech_seconds / segments
-    if capacity <= 0 or mean + gap > capacity:
-        return segments
-    per_window = capacity + gap - (mean + gap) / 2
-    return max(segments * (mean + gap) / per_window, speech_seconds / capacity)

@@ -31,9 +31,8 @@ class HardwareProfile(BaseModel):
     device: str
     batch_size: int
     prep_seconds_per_input_second: float  # decode + resample + VAD + encode, per CPU worker
-    asr_seconds_per_segment: float  # one ASR actor (a GPU, or the CPU pool); profiles before packing
-    asr_seconds_per_window: Optional[float] = None  # encoder pass per 30 s window
-    asr_seconds_per_speech_second: Optional[float] = None  # decoding (and alignment), ~ tokens ~ speech
+    asr_seconds_per_segment: float  # one ASR actor (a GPU, or the CPU pool), in the calibration run
+    asr_seconds_per_speech_second: Optional[float] = None  # one ASR actor at full batches (the probe)
     write_seconds_per_unit: float  # shards + index + rejects + ledger: mostly per-commit overhead
     ray_start_seconds: float  # ray.init of a local instance (0 when attaching to a running one)
     model_load_seconds: float  # until every ASR actor has its model loaded
@@ -48,7 +47,6 @@ class DataProfile(BaseModel):
     speech_fraction: float
     segments_per_speech_second: float
     kept_fraction: float  # samples / segments after ASR
-    windows_per_speech_second: Optional[float] = None  # ASR windows after packing (+ solo re-decodes)
     fallback_fraction: float = 0.0  # packed segments ASR had to decode again on their own
     output_bytes_per_output_second: float
     sample_seconds: float

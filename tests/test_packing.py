@@ -46,3 +46,9 @@ def test_logprob_is_the_token_weighted_mean():
     words = [_word(" a", 0, 1, probability=0.5, tokens=(1, 2)), _word(" b", 1, 2, probability=1.0)]
     assert np.isclose(words_logprob(words), 2 * np.log(0.5) / 3)
     assert words_logprob([]) == 0.0
+
+
+def test_a_word_stretched_across_segments_unresolves_them():
+    (window,) = pack_windows([2.0, 2.0, 2.0], capacity=29.0, gap=1.0)  # 0-2, 3-5, 6-8
+    split = split_words(window, [_word(" Hello", 0.0, 4.5), _word(" there", 6.1, 7.0)], 0.2)
+    assert split.unresolved == {0, 1} and words_text(split.words[2]) == "there"
