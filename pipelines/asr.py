@@ -101,6 +101,7 @@ class Transcriber:
             alone += [todo[w.placed[0].index] for w in windows if len(w.placed) == 1]
             shared = [_renumbered(w, todo) for w in windows if len(w.placed) > 1]
             todo = self._transcribe_packed(shared, audios, results)[::-1]
+        self.counts.update(fallback=len(todo))  # segments packing could not place, decoded alone
         return alone + todo
 
     def _transcribe_alone(self, indices: list[int], audios: Sequence[np.ndarray], results: list) -> None:
@@ -127,7 +128,7 @@ class Transcriber:
             for window, words, out, lang in zip(batch, aligned, outputs, languages):
                 split = split_words(window, words if self._text_tokens(tokenizer, out) else [], self.config.pack_slack_seconds)
                 unresolved += sorted(split.unresolved)
-                self.counts.update(fallback=len(split.unresolved))
+                self.counts.update({f"unresolved_{k}": v for k, v in split.reasons.items()})
                 self.counts.update(packed=len(window.placed) - len(split.unresolved))
                 for index, got in split.words.items():
                     if index not in split.unresolved:

@@ -10,6 +10,7 @@ import hashlib
 import math
 import os
 import platform
+import random
 import re
 import tempfile
 import time
@@ -143,10 +144,12 @@ def asr_probe(config: JobConfig, sample: list[SourceFile], threads: int) -> tupl
         return 0.0, 0.0
     per_window = max(config.asr.pack_seconds, speech / len(audios))
     repeats = max(1, math.ceil(config.asr.batch_size * per_window / speech))
+    tiled = audios * repeats
+    random.Random(0).shuffle(tiled)  # copies get new neighbours each time, as segments do in a real run
     transcriber = Transcriber(config.asr.model_copy(update={"cpu_threads": config.asr.cpu_threads or threads}))
     transcriber.setup()
     started = time.perf_counter()
-    transcriber(audios * repeats)
+    transcriber(tiled)
     seconds = time.perf_counter() - started
     return seconds / (speech * repeats), transcriber.counts["fallback"] / (len(audios) * repeats)
 

@@ -9,6 +9,7 @@ those segments on their own.
 """
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -68,6 +69,12 @@ def window_audio(window: Window, audios: Sequence[np.ndarray], rate: int) -> np.
 class Split:
     words: dict[int, list[dict]]  # segment index -> aligned words (faster-whisper dicts)
     unresolved: set[int]  # segments to decode on their own
+    reasons: Counter = field(default_factory=Counter)  # why, for the counts plans and runs report
+
+    def unresolve(self, indices, reason: str) -> None:
+        new = set(indices) - self.unresolved
+        self.unresolved |= new
+        self.reasons[reason] += len(new)
 
 
 def split_words(window: Window, words: Sequence[dict], slack: float) -> Split:
@@ -87,13 +94,13 @@ def split_words(window: Window, words: Sequence[dict], slack: float) -> Split:
         middle = (word["start"] + word["end"]) / 2
         ranked = sorted(window.placed, key=lambda p: p.distance(middle))
         if ranked[0].distance(middle) > slack:
-            split.unresolved.update(p.index for p in ranked[:2])
+            split.unresolve((p.index for p in ranked[:2]), "stray_word")
         spanned = [p.index for p in window.placed if p.overlap(word["start"], word["end"]) > slack]
         if len(spanned) > 1:  # one "word" across a gap: the alignment failed there
-            split.unresolved.update(spanned)
+            split.unresolve(spanned, "word_across_gap")
         previous = ranked[0].index
         split.words[previous].append(word)
-    split.unresolved.update(i for i, got in split.words.items() if not got)
+    split.unresolve((i for i, got in split.words.items() if not got), "no_words")
     return split
 
 
