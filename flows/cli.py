@@ -10,6 +10,7 @@ from typing import Optional
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, ProgressColumn, Task, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
@@ -70,7 +71,10 @@ def run(
             check_limits(job, plan)
         summary = _run_with_progress(job, manifest, plan.model_dump(mode="json") if plan else None)
     except (InputError, OutputError, LimitExceeded, jobstate.ConfigChanged) as err:
-        console.print(f"[red]{type(err).__name__}:[/red] {err}")
+        _print_error(err)
+        raise typer.Exit(2)
+    except ValueError as err:  # the plan refuses an input without one readable file
+        _print_error(err)
         raise typer.Exit(2)
     if json_out:
         sys.stdout.write(json.dumps(summary, indent=2, default=str) + "\n")
@@ -100,6 +104,12 @@ def status(
         Console().print(table)
     if not state["complete"]:
         raise typer.Exit(1)
+
+
+def _print_error(err: BaseException) -> None:
+    """The cause as one unwrapped line on stderr: logs and CI keep it whole and greppable, and
+    brackets in a URL or message are printed, not read as markup."""
+    console.print(f"[red]{type(err).__name__}:[/red] {escape(str(err))}", soft_wrap=True)
 
 
 def _job_config(input, output, config, overrides):
@@ -138,7 +148,7 @@ def plan(
         result, _ = plan_job(job, table, cpus=cpus, gpus=gpus, calibration=calibration, recalibrate=recalibrate,
                              deadline_seconds=parse_duration(deadline) if deadline else None)
     except (InputError, LimitExceeded, FileNotFoundError, ValueError) as err:
-        console.print(f"[red]{type(err).__name__}:[/red] {err}")
+        _print_error(err)
         raise typer.Exit(2)
     if json_out:
         sys.stdout.write(result.model_dump_json(indent=2) + "\n")

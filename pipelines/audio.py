@@ -19,6 +19,7 @@ import soxr
 from schemas.config import AudioConfig
 
 ASR_RATE = 16000  # what Silero VAD and Whisper read
+MIN_SECONDS = 0.1  # below this a file holds no word; say so instead of "no speech found"
 
 
 class DecodeError(ValueError):
@@ -44,6 +45,8 @@ def decode(fh: BinaryIO, offset: float = 0.0, limit: Optional[float] = None) -> 
         data, rate = _decode_av(fh, offset, limit)
     if data.size == 0:
         raise DecodeError("no audio samples")
+    if len(data) < MIN_SECONDS * rate:
+        raise DecodeError(f"too short (under {MIN_SECONDS * 1000:.0f} ms of audio)")
     mono = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
     if not np.isfinite(mono).all():
         raise DecodeError("non-finite samples (NaN or Inf)")
@@ -72,7 +75,7 @@ def _decode_av(fh: BinaryIO, offset: float = 0.0, limit: Optional[float] = None)
     except DecodeError:
         raise
     except Exception as err:  # noqa: BLE001 - every FFmpeg failure is a reject reason
-        raise DecodeError(f"undecodable: {type(err).__name__}: {err}"[:300]) from err
+        raise DecodeError(f"undecodable: {describe_error(err)}"[:300]) from err
     if not chunks:
         raise DecodeError("no audio samples")
     data = np.concatenate(chunks).astype(np.float32, copy=False)
@@ -86,18 +89,29 @@ def _frames_between(container, stream, start: float, end: Optional[float]) -> li
         container.seek(int(start / stream.time_base), stream=stream)  # lands on a keyframe before
     resampler = av.AudioResampler(format="flt", layout=stream.layout.name)
     chunks, position = [], None
-    for frame in container.decode(stream):
-        at = frame.time if frame.time is not None else (position or 0.0)
-        for out in resampler.resample(frame):
-            samples = out.to_ndarray().reshape(-1, channels)
-            skip = max(0, round((start - at) * rate))
-            if skip < len(samples):
-                chunks.append(samples[skip:])
-            at += len(samples) / rate
-        position = at
-        if end is not None and at >= end:
-            break
+    try:
+        for frame in container.decode(stream):
+            at = frame.time if frame.time is not None else (position or 0.0)
+            for out in resampler.resample(frame):
+                samples = out.to_ndarray().reshape(-1, channels)
+                skip = max(0, round((start - at) * rate))
+                if skip < len(samples):
+                    chunks.append(samples[skip:])
+                at += len(samples) / rate
+            position = at
+            if end is not None and at >= end:
+                break
+    except av.error.FFmpegError as err:  # a cut-off or damaged stream: say where, keep nothing
+        raise DecodeError(f"truncated or corrupt: decoding failed at {position or start:.2f} s "
+                          f"({describe_error(err)})") from err
     return chunks
+
+
+def describe_error(err: BaseException) -> str:
+    """`Type: message` without FFmpeg's errno and file name, so one cause reads (and counts) the
+    same in every reject row and in the summary's reject_reasons."""
+    message = err.strerror if isinstance(err, av.error.FFmpegError) and err.strerror else err
+    return f"{type(err).__name__}: {message}"
 
 
 class Resampler:

@@ -11,6 +11,7 @@ import pyarrow as pa
 import soundfile as sf
 
 from pipelines import storage
+from pipelines.audio import describe_error
 from pipelines.keys import source_id
 from schemas.config import DiscoverConfig
 from schemas.tables import MANIFEST_SCHEMA
@@ -113,7 +114,7 @@ def _probe_av(fs: fsspec.AbstractFileSystem, path: str) -> HeaderFacts:
     except StopIteration:
         return HeaderFacts(error="no audio stream")
     except Exception as err:  # noqa: BLE001 - any parse failure becomes a recorded reason
-        return HeaderFacts(error=f"unreadable header: {type(err).__name__}: {err}"[:300])
+        return HeaderFacts(error=f"unreadable header: {describe_error(err)}"[:300])
 
 
 def _av_duration(container: av.container.InputContainer, stream: av.stream.Stream) -> Optional[float]:
