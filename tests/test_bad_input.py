@@ -88,6 +88,7 @@ def _write_speech(root: Path, voice: np.ndarray, rate: int) -> None:
 
 @pytest.fixture(scope="module")
 def bad_input(tmp_path_factory) -> Path:
+    """One folder of every bad input, speech in odd formats and odd names (jfk.flac is the voice)."""
     root = tmp_path_factory.mktemp("bad") / "in"
     root.mkdir()
     stereo, rate = sf.read(DEMO / "jfk.flac", dtype="float32")
