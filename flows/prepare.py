@@ -13,6 +13,7 @@ from prefect.cache_policies import NO_CACHE
 
 from pipelines.discover import Discover, manifest_hours
 from pipelines.engine import run_job
+from pipelines import storage
 from pipelines.planning import check_limits, plan_job
 from schemas.config import JobConfig, load_job_config
 from schemas.plan import JobPlan
@@ -28,6 +29,7 @@ def discover_inputs(config: JobConfig) -> pa.Table:
 @task(cache_policy=NO_CACHE)
 def plan_run(config: JobConfig, manifest: pa.Table) -> dict:
     """Estimate before any compute is spent; publish it; stop here if it breaks a limit."""
+    storage.ensure_writable(config.output)  # a bad bucket or key fails before calibration runs
     plan, _ = plan_job(config, manifest)
     create_markdown_artifact(markdown=plan_markdown(plan), key="voxmill-plan",
                              description=f"voxmill plan for {config.input}")
