@@ -16,7 +16,7 @@ import ray
 
 from pipelines import history, storage
 from pipelines.calibrate import calibrate, machine_key, measure_data, sample_budget, stratified_sample
-from pipelines.discover import Discover
+from pipelines.discover import Discover, InputError
 from pipelines.estimator import fit_deadline, predict, resources_for_profile, size_from_manifest, size_from_sample
 from schemas.config import JobConfig
 from schemas.plan import Calibration, InputSize, JobPlan
@@ -80,7 +80,7 @@ def costs(config: JobConfig, sample_source: pa.Table, input_seconds: float,
     """Stage costs: the named profile, else this machine's saved one, else a fresh calibration."""
     sample = stratified_sample(sample_source, sample_budget(config, input_seconds), config.plan.excerpt_seconds)
     if not sample:
-        raise ValueError("no readable audio to calibrate on")
+        raise InputError("no readable audio to calibrate on")
     name = config.plan.profile
     if name is None and not recalibrate:
         saved = profile_path(config, machine_key(config, _gpus_here()))
@@ -116,7 +116,7 @@ def plan_job(config: JobConfig, manifest: Optional[pa.Table | Iterable[pa.Record
     else:
         size, discover_seconds = size_from_manifest(manifest), 0.0
     if size.audio_seconds <= 0:
-        raise ValueError(f"no readable audio in {config.input}")
+        raise InputError(f"no readable audio in {config.input}")
     calibration = calibration or costs(config, manifest, size.audio_seconds, recalibrate)
     records = history.read(config.plan.history_path)
     factor, error, runs = history.correction(records, calibration.hardware.name)
