@@ -290,4 +290,4 @@ def test_an_input_without_one_readable_file_is_refused_in_one_line(bad_input, tm
     for name in ("empty.wav", "random-bytes.wav", "notes.mp3"):
         shutil.copy(bad_input / name, only_bad / name)
     code, printed = _voxmill_run(monkeypatch, "--input", str(only_bad), "--output", str(tmp_path / "out"))
-    _one_clear_line(code, printed, rf"ValueError: no readable audio in {re.escape(str(only_bad))}")
+    _one_clear_line(code, printed, rf"InputError: no readable audio in {re.escape(str(only_bad))}")
