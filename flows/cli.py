@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Optional, TextIO
 
 import typer
 from pydantic import ValidationError
@@ -19,7 +20,7 @@ from pipelines.discover import InputError
 from pipelines import history, jobstate
 from pipelines.engine import run_job
 from pipelines.planning import LimitExceeded, check_limits, load_manifest, load_profile, manifest_batches, parse_duration, plan_job
-from pipelines.storage import OutputError
+from pipelines.storage import StorageError
 from schemas.config import load_job_config
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Raw speech in, WebDataset shards out.")
@@ -62,6 +63,7 @@ def run(
     overrides = {"audio.sample_rate": sample_rate, "asr.model": model, "asr.language": language,
                  "shards.audio_format": audio_format}
     job = _job_config(input, output, config, overrides)
+    stdout = _json_stdout() if json_out else sys.stdout
     if restart:
         jobstate.clear(job.output)
     try:
@@ -70,17 +72,19 @@ def run(
             _print_plan(plan)
             check_limits(job, plan)
         summary = _run_with_progress(job, manifest, plan.model_dump(mode="json") if plan else None)
-    except (InputError, OutputError, LimitExceeded, jobstate.ConfigChanged) as err:
+    except (InputError, StorageError, LimitExceeded, jobstate.ConfigChanged) as err:
         _print_error(err)
         raise typer.Exit(2)
     except ValueError as err:  # the plan refuses an input without one readable file
         _print_error(err)
         raise typer.Exit(2)
     if json_out:
-        sys.stdout.write(json.dumps(summary, indent=2, default=str) + "\n")
+        stdout.write(json.dumps(summary, indent=2, default=str) + "\n")
+        stdout.flush()
     else:
         _print_summary(summary, job.output)
     if not summary["complete"]:
+        _print_failures(summary)
         raise typer.Exit(1)
 
 
@@ -92,7 +96,7 @@ def status(
     """Done, pending and rejected units and hours of OUTPUT; exit 0 only when it is complete."""
     try:
         state = jobstate.status(output)
-    except FileNotFoundError as err:
+    except (FileNotFoundError, StorageError) as err:
         console.print(f"[red]{err}[/red]")
         raise typer.Exit(2)
     if json_out:
@@ -104,6 +108,14 @@ def status(
         Console().print(table)
     if not state["complete"]:
         raise typer.Exit(1)
+
+
+def _json_stdout() -> TextIO:
+    """The real stdout, kept for the JSON summary alone; everything else printed to stdout from
+    now on (Ray forwards worker and raylet lines there, even after the job) goes to stderr."""
+    real = sys.stdout
+    sys.stdout = sys.stderr
+    return real
 
 
 def _print_error(err: BaseException) -> None:
@@ -220,10 +232,29 @@ def _print_summary(summary: dict, output: str) -> None:
         ("speed", f"{summary['this_run']['audio_seconds_per_second']:.1f}x realtime"),
     ]
     rows += [(f"  reject: {reason}", n) for reason, n in sorted(summary["reject_reasons"].items())]
-    rows += [(f"  FAILED unit {f['unit']}", f["error"][:120]) for f in summary["failures"]]
+    rows += [(f"  FAILED unit {f['unit']}", error_line(f["error"])[:160]) for f in summary["failures"]]
     for name, value in rows:
         table.add_row(name, str(value))
     Console().print(table)
+
+
+_ERROR_LINE = re.compile(r"^(?:[\w.]+\.)?(\w+(?:Error|Exception)): (.+)$")
+
+
+def error_line(text: str) -> str:
+    """The exception line of a recorded failure: Ray's task errors carry the remote traceback
+    first, and a user needs the cause ("OutputError: cannot write ...: No space left on device")."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    causes = [m.group(1) + ": " + m.group(2) for m in map(_ERROR_LINE.match, lines) if m]
+    return causes[-1] if causes else (lines[0] if lines else text)
+
+
+def _print_failures(summary: dict) -> None:
+    """One clear line on stderr: how many units failed, the first cause, what to do next."""
+    failures = summary["failures"]
+    console.print(f"[red]{len(failures)} of {summary['counts']['units']} units failed[/red], first: "
+                  f"{error_line(failures[0]['error']) if failures else 'unknown'}. Fix the cause and rerun "
+                  "the same command: finished units are kept.", soft_wrap=True)
 
 
 def main() -> None:  # pragma: no cover - console-script shim

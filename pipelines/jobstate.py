@@ -14,6 +14,7 @@ from pipelines.ledger import Ledger
 from schemas.config import JobConfig
 
 OUTPUT_PARTS = ("shards", "index", "rejects", "_ledger", "summary.json")
+OUTPUT_FOLDERS = ("shards", "index", "rejects", "_ledger")
 
 
 class ConfigChanged(ValueError):
@@ -40,7 +41,11 @@ def read(output: str) -> Optional[dict]:
 
 
 def claim(config: JobConfig, units: int, seconds: float) -> None:
-    """Record the job on a fresh output, or check that a rerun uses the same settings."""
+    """Record the job on a fresh output, or check that a rerun uses the same settings.
+
+    A rerun after a crash also sweeps the scratch files and probes the crashed run left behind
+    (never a committed file: those are either whole or absent).
+    """
     settings = output_settings(config)
     previous = read(config.output)
     if previous and previous["fingerprint"] != fingerprint(settings):
@@ -48,6 +53,7 @@ def claim(config: JobConfig, units: int, seconds: float) -> None:
         raise ConfigChanged(
             f"{config.output} was started with other settings ({', '.join(changed)}); "
             "rerun with the original config, use --restart to start over, or pick a new output")
+    storage.remove_leftovers(config.output, OUTPUT_FOLDERS)
     storage.write_json(_url(config.output), {"fingerprint": fingerprint(settings), "settings": settings,
                                              "units": units, "input_seconds": seconds})
 

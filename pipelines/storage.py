@@ -1,8 +1,10 @@
 """Every path is an fsspec URL; this module alone knows how to commit a file atomically.
 
-Local files are written under a temporary name in the same folder and renamed, so a reader
-never sees a partial file. Object stores get a single upload that only becomes visible once
-complete (S3 PUT / multipart-complete semantics).
+Local files are written under a hidden temporary name in the same folder, fsynced and renamed,
+so a reader never sees a partial file (and readers that skip dot-files, such as Arrow datasets,
+never see a scratch file a crash left behind). Object stores get a single upload that only
+becomes visible once complete (S3 PUT / multipart-complete semantics); every S3 call is retried
+with backoff, and a retried PUT of the same bytes to the same key cannot duplicate anything.
 """
 from __future__ import annotations
 
@@ -17,11 +19,37 @@ from typing import Iterator
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
+SCRATCH_MARK = ".tmp-"  # in every scratch name; list_files never returns one
+PROBE_PREFIX = "_probe-"
+S3_PROTOCOLS = ("s3", "s3a")
+S3_MAX_ATTEMPTS = 10  # per request; at a 20% failure rate a request fails 10 times in 1e7
+
+
+class StorageError(OSError):
+    """Storage failed after its retries; the message names the URL and the cause."""
+
+
+class OutputError(StorageError):
+    """The output cannot be written (missing bucket, no permission, disk full, read-only)."""
+
 
 def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
-    """The filesystem and the protocol-less path for `url`."""
-    fs, path = fsspec.core.url_to_fs(url)
+    """The filesystem and the protocol-less path for `url` (S3 with retries and backoff)."""
+    protocol, _ = fsspec.core.split_protocol(url)
+    options = s3_options() if protocol in S3_PROTOCOLS else {}
+    fs, path = fsspec.core.url_to_fs(url, **options)
     return fs, path
+
+
+def s3_options() -> dict:
+    """botocore's standard retry mode (jittered exponential backoff on 5xx, throttling and dropped
+    connections) with more attempts than its default 3. AWS_MAX_ATTEMPTS / AWS_RETRY_MODE and
+    fsspec's own s3 `config_kwargs` still win, so an operator can shorten or lengthen the budget."""
+    configured = dict(fsspec.config.conf.get("s3", {}).get("config_kwargs", {}))
+    retries = dict(configured.get("retries", {}))
+    retries.setdefault("mode", os.environ.get("AWS_RETRY_MODE", "standard"))
+    retries.setdefault("max_attempts", int(os.environ.get("AWS_MAX_ATTEMPTS", S3_MAX_ATTEMPTS)))
+    return {"config_kwargs": {**configured, "retries": retries}}
 
 
 def join(url: str, *parts: str) -> str:
@@ -37,22 +65,42 @@ def to_url(fs: fsspec.AbstractFileSystem, path: str) -> str:
     return path if is_local(fs) else fs.unstrip_protocol(path)
 
 
+def scratch_path(path: str, suffix: str = "") -> Path:
+    """A hidden sibling of `path`: same filesystem (so the rename is atomic), invisible to globs."""
+    folder, name = os.path.split(path)
+    return Path(folder or ".", f".{name}{SCRATCH_MARK}{uuid.uuid4().hex}{suffix}")
+
+
 @contextlib.contextmanager
 def atomic_local_file(url: str, suffix: str = "") -> Iterator[Path]:
-    """Yield a local scratch path; on clean exit its content is committed whole at `url`."""
+    """Yield a local scratch path; on clean exit its content is committed whole at `url`.
+
+    Any OSError while writing or committing becomes an OutputError naming `url`.
+    """
     fs, path = filesystem(url)
-    if is_local(fs):
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        scratch = Path(f"{path}.tmp-{uuid.uuid4().hex}{suffix}")
-    else:
-        fd, name = tempfile.mkstemp(prefix="voxmill-", suffix=suffix)
-        os.close(fd)
-        scratch = Path(name)
+    try:
+        if is_local(fs):
+            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+            scratch = scratch_path(path, suffix)
+        else:
+            fd, name = tempfile.mkstemp(prefix="voxmill-", suffix=suffix)
+            os.close(fd)
+            scratch = Path(name)
+    except OSError as err:
+        raise _output_error(url, err) from err
     try:
         yield scratch
         _commit(fs, scratch, path)
+    except OutputError:
+        raise
+    except OSError as err:
+        raise _output_error(url, err) from err
     finally:
         scratch.unlink(missing_ok=True)
+
+
+def _output_error(url: str, err: BaseException) -> OutputError:
+    return OutputError(f"cannot write {url}: {type(err).__name__}: {err}")
 
 
 def _commit(fs: fsspec.AbstractFileSystem, scratch: Path, path: str) -> None:
@@ -60,8 +108,18 @@ def _commit(fs: fsspec.AbstractFileSystem, scratch: Path, path: str) -> None:
         with open(scratch, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(scratch, path)
+        _fsync_dir(os.path.dirname(path) or ".")
     else:
         fs.put_file(str(scratch), path)
+
+
+def _fsync_dir(folder: str) -> None:
+    """Make the rename itself durable (a power cut must not undo a committed file)."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_bytes(url: str, data: bytes) -> None:
@@ -76,10 +134,15 @@ def write_json(url: str, obj: object) -> None:
 def read_json(url: str, missing: object = ...) -> object:
     """The parsed file; `missing` instead when given and the file does not exist."""
     fs, path = filesystem(url)
-    if missing is not ... and not fs.exists(path):
-        return missing
-    with fs.open(path, "rb") as fh:
-        return json.load(fh)
+    try:
+        if missing is not ... and not fs.exists(path):
+            return missing
+        with fs.open(path, "rb") as fh:
+            return json.load(fh)
+    except FileNotFoundError:
+        raise
+    except OSError as err:
+        raise StorageError(f"cannot read {url}: {type(err).__name__}: {err}") from err
 
 
 def exists(url: str) -> bool:
@@ -90,23 +153,50 @@ def exists(url: str) -> bool:
 def list_files(url: str, suffix: str = "", prefix: str = "") -> list[str]:
     """Full URLs of committed files directly under `url` (scratch files excluded)."""
     fs, path = filesystem(url)
-    if not fs.exists(path):
+    try:
+        if not fs.exists(path):
+            return []
+        names = fs.ls(path, detail=False)
+    except FileNotFoundError:
         return []
-    names = [p for p in fs.ls(path, detail=False)
-             if p.endswith(suffix) and p.rsplit("/", 1)[-1].startswith(prefix) and ".tmp-" not in p]
+    except OSError as err:
+        raise StorageError(f"cannot list {url}: {type(err).__name__}: {err}") from err
+    names = [p for p in names if p.endswith(suffix) and p.rsplit("/", 1)[-1].startswith(prefix)
+             and SCRATCH_MARK not in p]
     return sorted(to_url(fs, p) for p in names)
 
 
-class OutputError(OSError):
-    """The output cannot be written (missing bucket, no permission): raised before any work."""
+def remove_leftovers(url: str, folders: tuple[str, ...]) -> int:
+    """Delete what a killed writer left under `url`: write probes, and on local disks the scratch
+    files in `url` and `folders` (object stores keep scratch in the local temp dir). Committed
+    files are never touched. Returns how many were removed."""
+    fs, root = filesystem(url)
+    root = root.rstrip("/")
+    local = is_local(fs)
+    found: list[str] = []
+    for folder in ("", *(folders if local else ())):
+        base = f"{root}/{folder}".rstrip("/")
+        try:
+            names = fs.ls(base, detail=False)
+        except FileNotFoundError:
+            continue
+        found += [p for p in names if _is_leftover(p.rsplit("/", 1)[-1], local)]
+    for path in found:
+        fs.rm(path)
+    return len(found)
+
+
+def _is_leftover(name: str, local: bool) -> bool:
+    return name.startswith(PROBE_PREFIX) or (local and name.startswith(".") and SCRATCH_MARK in name)
 
 
 def ensure_writable(url: str) -> None:
     """Write and delete a probe under `url`, so a bad bucket or credential fails up front."""
-    probe = join(url, f"_probe-{uuid.uuid4().hex}")
+    probe = join(url, f"{PROBE_PREFIX}{uuid.uuid4().hex}")
     try:
         write_bytes(probe, b"ok")
         fs, path = filesystem(probe)
         fs.rm(path)
     except Exception as err:  # noqa: BLE001 - every backend raises its own type
-        raise OutputError(f"cannot write to output {url}: {type(err).__name__}: {err}") from err
+        cause = err.__cause__ if isinstance(err, OutputError) and err.__cause__ else err
+        raise OutputError(f"cannot write to output {url}: {type(cause).__name__}: {cause}") from err
