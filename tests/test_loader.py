@@ -25,7 +25,10 @@ def out(finished_job) -> str:
 
 
 def _keys(dataset: SpeechShards, workers: int = 2) -> list[str]:
-    loader = DataLoader(dataset, batch_size=None, num_workers=workers)
+    # spawn, as training scripts do under Ray/CUDA: forking this test process (Ray, ONNX and
+    # CTranslate2 threads loaded by other tests) can kill a worker before it reads anything
+    context = "spawn" if workers else None
+    loader = DataLoader(dataset, batch_size=None, num_workers=workers, multiprocessing_context=context)
     return [k for batch in loader for k in (batch["keys"] if "keys" in batch else [batch["key"]])]
 
 
