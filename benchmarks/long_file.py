@@ -108,6 +108,10 @@ def run_job(recording: Path, output: Path, excerpt_minutes: float) -> dict:
     sampler.join()
     summary = json.loads(stdout)
     workers = [kb for name, kb in sampler.peaks.values() if name.startswith("ray::")]
+    by_kind: dict[str, float] = {}
+    for name, kb in sampler.peaks.values():  # a pooled worker is titled by the task it last ran
+        kind = name.split()[0] if name.startswith("ray::") else "other"
+        by_kind[kind] = max(by_kind.get(kind, 0.0), kb / 1024)
     return {
         "excerpt_minutes": excerpt_minutes,
         "wall_seconds": time.perf_counter() - started,
@@ -117,6 +121,7 @@ def run_job(recording: Path, output: Path, excerpt_minutes: float) -> dict:
         "input_hours": summary["input_hours"],
         "driver_peak_mb": sampler.peaks.get(proc.pid, ("", 0))[1] / 1024,
         "worker_peak_mb": max(workers, default=0) / 1024,
+        "peak_mb_by_process": by_kind,
     }
 
 
@@ -141,6 +146,9 @@ def main() -> None:
     for r in rows:
         print(f"| {r['excerpt_minutes']:g} min | {r['units']} | {r['samples']} | {r['input_hours']:.2f} | "
               f"{r['wall_seconds']:.0f} | {r['driver_peak_mb']:.0f} MB | {r['worker_peak_mb']:.0f} MB |")
+    for r in rows:
+        print(f"{r['excerpt_minutes']:g} min, peak RSS by process:",
+              ", ".join(f"{k} {v:.0f} MB" for k, v in sorted(r["peak_mb_by_process"].items())))
     (args.workdir / "long_file.json").write_text(json.dumps(rows, indent=2))
 
 
