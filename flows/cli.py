@@ -17,7 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from pipelines.discover import InputError
-from pipelines import history, jobstate
+from pipelines import history, jobstate, storage
 from pipelines.engine import run_job
 from pipelines.planning import LimitExceeded, check_limits, load_manifest, load_profile, manifest_batches, parse_duration, plan_job
 from pipelines.storage import StorageError
@@ -67,6 +67,7 @@ def run(
     if restart:
         jobstate.clear(job.output)
     try:
+        storage.ensure_writable(job.output)  # a bad bucket or key fails before any calibration
         plan, manifest = (None, None) if skip_plan else plan_job(job)
         if plan is not None:
             _print_plan(plan)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Iterator
 
 import fsspec
+from fsspec.implementations.local import make_path_posix
 from fsspec.implementations.local import LocalFileSystem
 
 SCRATCH_MARK = ".tmp-"  # in every scratch name; list_files never returns one
@@ -36,6 +37,8 @@ class OutputError(StorageError):
 def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
     """The filesystem and the protocol-less path for `url` (S3 with retries and backoff)."""
     protocol, _ = fsspec.core.split_protocol(url)
+    if protocol is None:  # a plain local path: never parsed as a URL chain (a name may hold "::")
+        return fsspec.filesystem("file"), make_path_posix(url)
     options = s3_options() if protocol in S3_PROTOCOLS else {}
     fs, path = fsspec.core.url_to_fs(url, **options)
     return fs, path
@@ -191,12 +194,17 @@ def _is_leftover(name: str, local: bool) -> bool:
 
 
 def ensure_writable(url: str) -> None:
-    """Write and delete a probe under `url`, so a bad bucket or credential fails up front."""
+    """Write and delete a probe under `url`, so a bad bucket or credential fails up front.
+    A local folder made only for the probe goes again: a check leaves nothing behind."""
     probe = join(url, f"{PROBE_PREFIX}{uuid.uuid4().hex}")
     try:
+        root_fs, root = filesystem(url)
+        made_here = root_fs.protocol == ("file", "local") and not root_fs.exists(root)
         write_bytes(probe, b"ok")
         fs, path = filesystem(probe)
         fs.rm(path)
+        if made_here:
+            root_fs.rmdir(root)
     except Exception as err:  # noqa: BLE001 - every backend raises its own type
         cause = err.__cause__ if isinstance(err, OutputError) and err.__cause__ else err
         raise OutputError(f"cannot write to output {url}: {type(cause).__name__}: {cause}") from err
