@@ -1,0 +1,309 @@
+"""Resume after kill -9: how much work a crash throws away, and whether the resumed output is exact.
+
+Runs `voxmill run` once uninterrupted, then again into a fresh output, SIGKILLing the driver at a
+random point of its processing K times and rerunning the same command after each kill, until one
+run finishes. Reports, as a markdown table:
+
+* redone audio: seconds of audio in units that a killed run had started (one of their files was
+  opened for decoding, seen with inotify) but not ledgered when it died. That work is thrown away
+  and done again by the next run; its share of the corpus is the cost of a crash (target < 5%).
+* wall seconds of all the runs against the uninterrupted one (start-up is paid once per run);
+* whether the final output equals the uninterrupted run's: same keys, same audio bytes per key.
+
+The work a kill throws away is at most the units in flight: on 2 cores, one preparing, one
+transcribing and one queued (engine: prep workers + 2 per ASR actor). So the unit size bounds it.
+
+CLI: ``python -m benchmarks.resume [--shape mixed] [--minutes 30] [--kills 4] [--unit-minutes 0.1]
+[--workdir /tmp/voxmill-bench] [--seed 0]``; writes ``WORKDIR/resume.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import random
+import select
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.make_corpus import SHAPES, make_corpus, summarize  # noqa: E402
+from pipelines.discover import Discover  # noqa: E402
+from pipelines.units import WorkUnit, plan_units  # noqa: E402
+from schemas.config import DiscoverConfig, EngineConfig  # noqa: E402
+
+VOXMILL = Path(sys.executable).with_name("voxmill")
+IN_OPEN = 0x20
+EVENT = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len (then the name)
+
+
+# ----------------------------------------------------------------------------- seeing decodes
+
+
+class OpenWatch:
+    """Which corpus files get opened, and when (inotify IN_OPEN on every folder of the corpus).
+
+    Discovery opens every file before the job is claimed; after that an open is a decode, so
+    the units whose files were opened after the claim are the units a run had started.
+    """
+
+    def __init__(self, root: Path):
+        self.libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        self.fd = self.libc.inotify_init1(os.O_NONBLOCK)
+        if self.fd < 0:
+            raise OSError(ctypes.get_errno(), "inotify_init1")
+        self.folders = {}
+        for folder in [root, *(p for p in root.rglob("*") if p.is_dir())]:
+            wd = self.libc.inotify_add_watch(self.fd, str(folder).encode(), IN_OPEN)
+            self.folders[wd] = folder
+        self.opens: list[tuple[float, str]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        while not self._stop.is_set():
+            if not select.select([self.fd], [], [], 0.1)[0]:
+                continue
+            data, now = os.read(self.fd, 1 << 16), time.time()
+            offset = 0
+            while offset < len(data):
+                wd, _, _, size = EVENT.unpack_from(data, offset)
+                name = data[offset + EVENT.size: offset + EVENT.size + size].rstrip(b"\0").decode()
+                if name:
+                    self.opens.append((now, str(self.folders[wd] / name)))
+                offset += EVENT.size + size
+
+    def opened(self, since: float, until: float) -> set[str]:
+        return {path for at, path in list(self.opens) if since <= at <= until}
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        os.close(self.fd)
+
+
+# ----------------------------------------------------------------------------- processes
+
+
+def _env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+
+
+def _tree(root: int) -> dict[int, int]:
+    """Live descendants of `root` -> start time (so a reused pid is never killed)."""
+    stats = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            stats[int(entry.name)] = (int(fields[1]), int(fields[19]))
+        except (FileNotFoundError, ProcessLookupError, ValueError, IndexError):
+            continue
+    found, frontier = {}, [root]
+    while frontier:
+        parent = frontier.pop()
+        children = [pid for pid, (ppid, _) in stats.items() if ppid == parent]
+        found.update({pid: stats[pid][1] for pid in children})
+        frontier += children
+    return found
+
+
+def _kill(processes: dict[int, int]) -> None:
+    for pid, started in processes.items():
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            if int(fields[19]) == started:
+                os.kill(pid, signal.SIGKILL)
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+
+
+def _ledgered(output: Path) -> set[int]:
+    return {int(p.stem.split("-")[1]) for p in (output / "_ledger").glob("unit-*.json")}
+
+
+def _claimed_at(output: Path) -> float:
+    job = output / "_ledger" / "job.json"
+    return job.stat().st_mtime if job.exists() else 0.0
+
+
+# ----------------------------------------------------------------------------- runs
+
+
+@dataclass
+class Run:
+    wall: float
+    finished: bool
+    ledgered_before: int
+    ledgered_after: int
+    started_not_ledgered: list[int] = field(default_factory=list)
+    redone_seconds: float = 0.0
+    in_flight_bound_seconds: float = 0.0
+
+
+def run_to_end(command: list[str]) -> tuple[float, dict]:
+    clock = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, env=_env())
+    if done.returncode:
+        raise RuntimeError(f"voxmill failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    return time.perf_counter() - clock, json.loads(done.stdout)
+
+
+def killed_run(command: list[str], output: Path, units: list[WorkUnit], watch: OpenWatch,
+               rng: random.Random, window: float) -> Run:
+    """Start the job; once it has ledgered a unit, SIGKILL the driver after a random delay in
+    [0, window) seconds (or let it finish). Count what the kill threw away."""
+    before, started = _ledgered(output), time.time()
+    clock = time.perf_counter()
+    driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env(),
+                              start_new_session=True)
+    while driver.poll() is None and len(_ledgered(output)) == len(before):
+        time.sleep(0.05)
+    deadline = time.time() + rng.uniform(0, window)
+    while driver.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    if driver.poll() is not None:
+        return Run(time.perf_counter() - clock, True, len(before), len(_ledgered(output)))
+    tree = _tree(driver.pid)
+    killed_at = time.time()
+    os.kill(driver.pid, signal.SIGKILL)
+    driver.wait()
+    time.sleep(2.0)  # the rest of its Ray dies with it (fate-sharing); what does not, we kill
+    _kill(tree)
+    wall = time.perf_counter() - clock
+    after = _ledgered(output)
+    return _account(wall, before, after, units, watch.opened(max(started, _claimed_at(output)), killed_at))
+
+
+def _account(wall: float, before: set[int], after: set[int], units: list[WorkUnit], opened: set[str]) -> Run:
+    """Units with a decoded file but no ledger record: their work is redone by the next run."""
+    unit_of = {f.uri: u.index for u in units for f in u.files}
+    started = {unit_of[path] for path in opened if path in unit_of}
+    lost = sorted(started - after)
+    pending = [u for u in units if u.index not in after]
+    bound = sum(u.seconds for u in pending[:3])
+    return Run(wall, False, len(before), len(after), lost, sum(units[i].seconds for i in lost), bound)
+
+
+# ----------------------------------------------------------------------------- outputs
+
+
+def samples(output: Path) -> dict[str, bytes]:
+    out: dict[str, bytes] = {}
+    for shard in sorted((output / "shards").glob("*.tar")):
+        with tarfile.open(shard) as tar:
+            for member in tar.getmembers():
+                key, _, suffix = member.name.rpartition(".")
+                if suffix in ("flac", "wav"):
+                    if key in out:
+                        raise AssertionError(f"{key} written twice")
+                    out[key] = tar.extractfile(member).read()
+    return out
+
+
+def same_output(a: Path, b: Path) -> tuple[bool, bool]:
+    """(same keys, same bytes for every key)."""
+    x, y = samples(a), samples(b)
+    return set(x) == set(y), set(x) == set(y) and all(x[k] == y[k] for k in x)
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def ensure_corpus(workdir: Path, shape: str, minutes: float) -> Path:
+    corpus = workdir / f"corpus-{shape}-{minutes:g}min"
+    if not (corpus / "references.jsonl").exists():
+        make_corpus(corpus, shape, minutes, seed=0, overwrite=corpus.exists())
+    print(summarize(corpus / "references.jsonl"))
+    return corpus
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--shape", choices=SHAPES, default="mixed")
+    parser.add_argument("--minutes", type=float, default=30.0)
+    parser.add_argument("--kills", type=int, default=4)
+    parser.add_argument("--unit-minutes", type=float, default=0.1)
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/voxmill-bench"))
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    corpus = ensure_corpus(args.workdir, args.shape, args.minutes)
+    job = args.workdir / "resume-job.yaml"
+    job.write_text(f"engine: {{unit_minutes: {args.unit_minutes}}}\n")
+    units = plan_units(Discover(DiscoverConfig())(str(corpus)), EngineConfig(unit_minutes=args.unit_minutes))
+    total = sum(u.seconds for u in units)
+    print(f"{len(units)} units of up to {args.unit_minutes * 60:g} s, {total:.0f} s of audio")
+
+    reference, resumed = args.workdir / "resume-ref", args.workdir / "resume-killed"
+    for folder in (reference, resumed):
+        shutil.rmtree(folder, ignore_errors=True)
+
+    def command(output: Path) -> list[str]:
+        return [str(VOXMILL), "run", "--input", str(corpus), "--output", str(output), "--config", str(job),
+                "--no-plan", "--json"]
+
+    ref_wall, ref_summary = run_to_end(command(reference))
+    print(f"uninterrupted: {ref_wall:.1f} s")
+    processing = max(1.0, ref_wall - ref_summary["startup_seconds"])
+    rng, watch, runs = random.Random(args.seed), OpenWatch(corpus), []
+    try:
+        for _ in range(args.kills):
+            runs.append(killed_run(command(resumed), resumed, units, watch, rng, processing / (args.kills + 1)))
+            print(asdict(runs[-1]))
+            if runs[-1].finished:
+                break
+        if not runs or not runs[-1].finished:
+            before = len(_ledgered(resumed))
+            wall, _ = run_to_end(command(resumed))
+            runs.append(Run(wall, True, before, len(_ledgered(resumed))))
+    finally:
+        watch.close()
+    report(args, units, total, ref_wall, runs, same_output(reference, resumed))
+
+
+def report(args: argparse.Namespace, units: list[WorkUnit], total: float, ref_wall: float, runs: list[Run],
+           same: tuple[bool, bool]) -> None:
+    kills = [r for r in runs if not r.finished]
+    redone = sum(r.redone_seconds for r in kills)
+    bound = sum(r.in_flight_bound_seconds for r in kills)
+    lines = ["| run | wall s | units ledgered before -> after | started, not ledgered | redone audio s |",
+             "|---|---|---|---|---|",
+             f"| uninterrupted | {ref_wall:.1f} | 0 -> {len(units)} | - | - |"]
+    for i, r in enumerate(runs, 1):
+        name = f"killed {i}" if not r.finished else "final resume"
+        lines.append(f"| {name} | {r.wall:.1f} | {r.ledgered_before} -> {r.ledgered_after} | "
+                     f"{len(r.started_not_ledgered) if not r.finished else '-'} | "
+                     f"{r.redone_seconds:.1f} |")
+    wall = sum(r.wall for r in runs)
+    lines += ["", "| metric | value | target | met |", "|---|---|---|---|",
+              f"| redone audio / corpus ({len(kills)} kills) | {redone:.1f} s / {total:.0f} s = "
+              f"**{redone / total:.1%}** | < 5% | {'yes' if redone / total < 0.05 else 'no'} |",
+              f"| bound: units in flight at each kill / corpus | {bound / total:.1%} | | |",
+              f"| final output = uninterrupted (keys / audio bytes) | {'yes' if same[0] else 'NO'} / "
+              f"{'yes' if same[1] else 'NO'} | yes | {'yes' if all(same) else 'no'} |",
+              f"| wall of all runs / uninterrupted | {wall:.1f} / {ref_wall:.1f} s = {wall / ref_wall:.2f}x | | |"]
+    table = "\n".join(lines)
+    print(table)
+    (args.workdir / "resume.json").write_text(json.dumps({
+        "args": {k: str(v) for k, v in vars(args).items()}, "units": len(units), "corpus_seconds": total,
+        "uninterrupted_wall": ref_wall, "runs": [asdict(r) for r in runs], "redone_seconds": redone,
+        "in_flight_bound_seconds": bound, "same_keys": same[0], "same_bytes": same[1], "table": table,
+    }, indent=2))
+
+
+if __name__ == "__main__":
+    main()
