@@ -90,9 +90,11 @@ class Preparer:
         try:
             with clock("decode"):
                 wave = self._decode(source)
-        except (DecodeError, OSError) as err:
+        except (DecodeError, FileNotFoundError, IsADirectoryError, PermissionError) as err:
             out.rejects.append(reject_row(source, out.unit, "decode", str(err) or type(err).__name__))
             return []
+        # any other OSError (storage still failing after its retries) fails the unit unledgered,
+        # so a rerun tries the file again instead of recording a permanent reject
         try:
             return self._segment(source, wave, out, clock)
         except Exception as err:  # noqa: BLE001 - one bad file is a reject, not a failed unit
