@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import threading
@@ -25,6 +24,7 @@ import soundfile as sf
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.processes import cmdline, descendants  # noqa: E402
 from pipelines.audio import Resampler, decode  # noqa: E402
 from schemas.config import AudioConfig  # noqa: E402
 
@@ -62,10 +62,10 @@ class PeakSampler(threading.Thread):
 
     def run(self) -> None:
         while not self.stop.is_set():
-            for pid in _descendants(self.root_pid) | {self.root_pid}:
+            for pid in {*descendants(self.root_pid), self.root_pid}:
                 status = _read(f"/proc/{pid}/status")
                 hwm = next((int(l.split()[1]) for l in status.splitlines() if l.startswith("VmHWM")), 0)
-                name = _read(f"/proc/{pid}/cmdline").replace("\0", " ")[:60]
+                name = cmdline(pid)[:60]
                 if hwm and hwm > self.peaks.get(pid, ("", 0))[1]:
                     self.peaks[pid] = (name, hwm)
             time.sleep(self.interval)
@@ -76,22 +76,6 @@ def _read(path: str) -> str:
         return Path(path).read_text(errors="replace")
     except OSError:
         return ""
-
-
-def _descendants(root: int) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            fields = _read(f"/proc/{entry}/stat").rsplit(")", 1)[-1].split()
-            if len(fields) > 2:
-                children.setdefault(int(fields[1]), []).append(int(entry))
-    found, todo = set(), [root]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found
 
 
 def run_job(recording: Path, output: Path, excerpt_minutes: float) -> dict:

@@ -39,6 +39,7 @@ from typing import Optional
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.make_corpus import SHAPES, make_corpus, summarize  # noqa: E402
+from benchmarks.processes import descendants, kill  # noqa: E402
 from pipelines.discover import Discover  # noqa: E402
 from pipelines.units import WorkUnit, plan_units  # noqa: E402
 from schemas.config import DiscoverConfig, EngineConfig  # noqa: E402
@@ -101,36 +102,6 @@ def _env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
 
 
-def _tree(root: int) -> dict[int, int]:
-    """Live descendants of `root` -> start time (so a reused pid is never killed)."""
-    stats = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            stats[int(entry.name)] = (int(fields[1]), int(fields[19]))
-        except (FileNotFoundError, ProcessLookupError, ValueError, IndexError):
-            continue
-    found, frontier = {}, [root]
-    while frontier:
-        parent = frontier.pop()
-        children = [pid for pid, (ppid, _) in stats.items() if ppid == parent]
-        found.update({pid: stats[pid][1] for pid in children})
-        frontier += children
-    return found
-
-
-def _kill(processes: dict[int, int]) -> None:
-    for pid, started in processes.items():
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            if int(fields[19]) == started:
-                os.kill(pid, signal.SIGKILL)
-        except (FileNotFoundError, ProcessLookupError):
-            pass
-
-
 def _ledgered(output: Path) -> set[int]:
     return {int(p.stem.split("-")[1]) for p in (output / "_ledger").glob("unit-*.json")}
 
@@ -177,12 +148,12 @@ def killed_run(command: list[str], output: Path, units: list[WorkUnit], watch: O
         time.sleep(0.02)
     if driver.poll() is not None:
         return Run(time.perf_counter() - clock, True, len(before), len(_ledgered(output)))
-    tree = _tree(driver.pid)
+    tree = descendants(driver.pid)
     killed_at = time.time()
     os.kill(driver.pid, signal.SIGKILL)
     driver.wait()
     time.sleep(2.0)  # the rest of its Ray dies with it (fate-sharing); what does not, we kill
-    _kill(tree)
+    kill(tree)
     wall = time.perf_counter() - clock
     after = _ledgered(output)
     return _account(wall, before, after, units, watch.opened(max(started, _claimed_at(output)), killed_at))

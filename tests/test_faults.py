@@ -24,6 +24,7 @@ import s3fs
 from moto.server import ThreadedMotoServer
 from typer.testing import CliRunner
 
+from benchmarks.processes import cmdline, descendants, kill, stat
 from flows.cli import app
 from pipelines.keys import segment_key, source_id
 from tests.faultproxy import FAULTS, FaultProxy
@@ -85,63 +86,18 @@ def _wait_for(what: str, found: Callable[[], Optional[T]], proc: subprocess.Pope
     pytest.fail(f"no {what} within {timeout} s:\n{log.read_text()[-3000:]}")
 
 
-def _stat(pid: int) -> Optional[tuple[int, int]]:
-    """(parent pid, start time) of a live process, from /proc; None once it is gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return None
-    return int(fields[1]), int(fields[19])
-
-
-def _tree(root: int) -> dict[int, int]:
-    """Every live descendant of `root` (the driver's Ray: GCS, raylet, workers) -> its start time."""
-    parents = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and (stat := _stat(int(entry.name))):
-            parents[int(entry.name)] = stat
-    found, frontier = {}, [root]
-    while frontier:
-        parent = frontier.pop()
-        children = [pid for pid, (ppid, _) in parents.items() if ppid == parent]
-        found.update({pid: parents[pid][1] for pid in children})
-        frontier += children
-    return found
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
-    except (FileNotFoundError, ProcessLookupError):
-        return ""
-
-
 def _worker(root: int, title: str) -> Optional[int]:
     """The pid of a Ray worker under `root` whose process title starts with `title`."""
-    return next((pid for pid in _tree(root) if _cmdline(pid).startswith(title)), None)
+    return next((pid for pid in descendants(root) if cmdline(pid).startswith(title)), None)
 
 
 def _stop(proc: subprocess.Popen, orphans: dict[int, int]) -> None:
     """Leave nothing running: the driver, its Ray, and the processes a killed driver orphaned."""
     if proc.poll() is None:
-        orphans = {**orphans, **_tree(proc.pid)}
+        orphans = {**orphans, **descendants(proc.pid)}
         proc.kill()
         proc.wait(30)
-    _kill(orphans)
-
-
-def _kill(processes: dict[int, int]) -> list[int]:
-    """SIGKILL exactly these processes (pid -> start time, so a reused pid is spared)."""
-    killed = []
-    for pid, started in processes.items():
-        stat = _stat(pid)
-        if stat and stat[1] == started:
-            try:
-                os.kill(pid, signal.SIGKILL)
-                killed.append(pid)
-            except ProcessLookupError:
-                pass
-    return killed
+    kill(orphans)
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -257,8 +213,8 @@ def _kill_workers(driver: subprocess.Popen, log: Path, titles: tuple[str, ...]) 
     killed = []
     for title in titles:
         pid = _wait_for(f"a running {title}", lambda: _worker(driver.pid, title), driver, log)
-        started = _stat(pid)
-        if started and _kill({pid: started[1]}):
+        started = stat(pid)
+        if started and kill({pid: started[1]}):
             killed.append(title)
     return killed
 
@@ -277,7 +233,7 @@ def test_kill_9_of_the_driver_then_of_workers_and_the_output_equals_an_uninterru
     orphans: dict[int, int] = {}
     try:
         _wait_for("a first ledger record", lambda: _ledgered(out), driver, killed_log)
-        orphans = _tree(driver.pid)
+        orphans = descendants(driver.pid)
         os.kill(driver.pid, signal.SIGKILL)
         driver.wait(30)
         units = json.loads((out / "_ledger/job.json").read_text())["units"]
