@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from datetime import datetime, timezone
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -49,6 +50,7 @@ class UnitCommitter:
             "rejects": len(rejects),
             "reject_reasons": dict(Counter(f"{r['stage']}: {r['reason']}" for r in rejects)),
             "stage_seconds": stages,
+            "finished_at": datetime.now(timezone.utc).isoformat(),  # throughput over the run
         }
         self.ledger.record(prepared.unit, report)
         return report
