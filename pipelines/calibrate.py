@@ -1,16 +1,17 @@
 """Calibrate: run the real stages on a small stratified sample and measure what they cost here.
 
-ASR cost follows the number of VAD segments (each fills one 30 s Whisper window), not file
-length, so calibration measures per-segment ASR cost and, separately, how much speech and how
-many segments this input holds.
+ASR cost follows speech, not file length: packed segments share 30 s Whisper windows, and the
+windows that fail to split are decoded again segment by segment. So calibration measures ASR
+seconds per second of speech with a probe that packs as a run does, and, separately, how much
+speech and how many segments this input holds.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import os
 import platform
-import random
 import re
 import tempfile
 import time
@@ -27,7 +28,7 @@ from pipelines.estimator import _duration_bucket
 from pipelines.asr import Transcriber
 from pipelines.audio import ASR_RATE
 from pipelines.prepare import Preparer, SourceFile
-from pipelines.units import WorkUnit
+from pipelines.units import EXCERPT_CONTEXT, WorkUnit
 from schemas.config import JobConfig
 from schemas.plan import Calibration, DataProfile, HardwareProfile
 
@@ -135,23 +136,34 @@ def calibrate(config: JobConfig, sample: list[SourceFile]) -> Calibration:
 def asr_probe(config: JobConfig, sample: list[SourceFile], threads: int) -> tuple[float, float]:
     """ASR seconds per second of speech with full batches of packed windows, as long units run
     them (calibration units are too small to fill a batch), and the share of segments decoded
-    again alone. The sample's segments are repeated until they fill `batch_size` windows."""
+    again alone.
+
+    Two things make the probe see what a run sees: excerpts are decoded with context, so no
+    segment holds a word clipped at a random cut (the alignment cannot place those, and each
+    one costs a solo re-decode a run never pays); and segments keep their input order, so a
+    window's neighbours come from the same recording, as in a unit. The sequence is repeated
+    until it fills `batch_size` windows."""
     preparer = Preparer(config)
     preparer.setup()
-    audios, _ = preparer(0, sample)
+    audios, _ = preparer(0, [_with_context(piece) for piece in sample])
     speech = sum(len(a) for a in audios) / ASR_RATE
     if not audios:
         return 0.0, 0.0
     per_window = max(config.asr.pack_seconds, speech / len(audios))
     repeats = max(1, math.ceil(config.asr.batch_size * per_window / speech))
-    tiled = audios * repeats
-    random.Random(0).shuffle(tiled)  # copies get new neighbours each time, as segments do in a real run
     transcriber = Transcriber(config.asr.model_copy(update={"cpu_threads": config.asr.cpu_threads or threads}))
     transcriber.setup()
     started = time.perf_counter()
-    transcriber(tiled)
+    transcriber(audios * repeats)
     seconds = time.perf_counter() - started
     return seconds / (speech * repeats), transcriber.counts["fallback"] / (len(audios) * repeats)
+
+
+def _with_context(piece: SourceFile) -> SourceFile:
+    """An excerpt that keeps whole the utterances starting inside it (see `SourceFile.owns`)."""
+    if piece.limit is None:
+        return piece
+    return dataclasses.replace(piece, context=EXCERPT_CONTEXT)
 
 
 def measure_data(config: JobConfig, sample: list[SourceFile], kept_fraction: float,

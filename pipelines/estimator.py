@@ -116,7 +116,7 @@ def predict(config: JobConfig, size: InputSize, hardware: HardwareProfile, data:
     work = _stage_work(size.audio_seconds, units, hardware, data)
     seconds = {
         "prep": work["prep"] / resources.prep_workers,
-        "asr": work["asr"] / resources.asr_actors,
+        "asr": work["asr"] / resources.asr_actors + _cores_taken_from_asr(work, resources),
         "write": work["write"] / resources.prep_workers,
     }
     bottleneck = max(seconds, key=seconds.get)
@@ -161,6 +161,15 @@ def _asr_seconds_per_speech_second(hardware: HardwareProfile, data: DataProfile)
     if hardware.asr_seconds_per_speech_second is None:
         return data.segments_per_speech_second * hardware.asr_seconds_per_segment
     return hardware.asr_seconds_per_speech_second
+
+
+def _cores_taken_from_asr(work: dict[str, float], resources: Resources) -> float:
+    """Without GPUs, an ASR actor runs a thread on every core of its node, so each CPU-second a
+    prep worker spends there is a core taken from ASR: the ASR stage stretches by prep's CPU time
+    spread over all cores. (Calibration's probe times ASR alone, so this is not counted twice.)"""
+    if resources.gpus:
+        return 0.0
+    return (work["prep"] + work["write"]) / max(1, resources.cpus)
 
 
 def _fill_and_tail(bottleneck: str, one_unit: dict[str, float]) -> float:

@@ -162,3 +162,17 @@ def test_plan_json_round_trips(config):
     size = size_from_manifest(_manifest([5.0, 20.0]))
     plan = predict(config, size, _hardware(), DATA, resources_for(9, 1, config.engine))
     assert json.loads(plan.model_dump_json())["input"]["breakdown"]["duration"]["10-60s"]["files"] == 1
+
+
+def test_cpu_asr_shares_its_cores_with_prep(config):
+    """On a CPU-only profile the ASR actor threads over every core, so prep's CPU time lengthens
+    the ASR stage by that time spread over the cores; with a GPU it does not."""
+    size = size_from_manifest(_manifest([3600.0] * 10))
+    cpu = _hardware(name="test-cpu", gpus=0, gpu_name=None, device="cpu", cpus=4)
+    plan = predict(config, size, cpu, DATA, resources_for(cpus=4, gpus=0, config=config.engine))
+    asr_alone = 36000 * 0.5 * 0.25 * 0.5  # one actor on the node
+    taken = (36000 * 0.01 + 10 * 1.0) / 4  # prep + write CPU-seconds over 4 cores
+    stages = {s.name: s for s in plan.stages}
+    assert stages["asr"].seconds == pytest.approx(asr_alone + taken)
+    gpu = predict(config, size, _hardware(), DATA, resources_for(cpus=4, gpus=1, config=config.engine))
+    assert {s.name: s for s in gpu.stages}["asr"].seconds == pytest.approx(asr_alone)
