@@ -137,6 +137,7 @@ class RunResult:
     reports: list[dict]
     failures: list[dict]
     startup_seconds: float  # until every ASR actor had its model loaded
+    not_started: int = 0  # units left untouched after the output storage failed
 
 
 def process_units(config: JobConfig, units: list[WorkUnit], resources: Resources,
@@ -147,6 +148,7 @@ def process_units(config: JobConfig, units: list[WorkUnit], resources: Resources
     scheduler = _Scheduler(config, resources)
     startup = time.perf_counter() - clock
     queue, running, reports, failures = list(units), {}, [], []
+    not_started = 0
     if progress:
         progress(done_seconds, total_seconds, 0, len(units))
     try:
@@ -163,12 +165,17 @@ def process_units(config: JobConfig, units: list[WorkUnit], resources: Resources
             except Exception as err:  # noqa: BLE001 - recorded, the unit stays pending for a rerun
                 log.error("unit %d failed: %s", unit.index, err)
                 failures.append({"unit": unit.index, "error": f"{type(err).__name__}: {err}"[:2000]})
+                if isinstance(err, storage.OutputError) and queue:
+                    # a full disk or a revoked key fails every later unit too: spend nothing on them
+                    log.error("output storage is failing: %d units not started; rerun resumes", len(queue))
+                    not_started += len(queue)
+                    queue.clear()
             done_seconds += unit.seconds
             if progress:
                 progress(done_seconds, total_seconds, len(reports) + len(failures), len(units))
     finally:
         scheduler.close()
-    return RunResult(reports, failures, startup)
+    return RunResult(reports, failures, startup, not_started)
 
 
 def run_job(config: JobConfig, progress: Optional[ProgressFn] = None,
@@ -226,6 +233,7 @@ def build_summary(config: JobConfig, manifest: pa.Table, units: list[WorkUnit], 
             "units_processed": len(reports),
             "units_resumed": len(previous),
             "units_failed": len(failures),
+            "units_not_started": result.not_started,
             "samples": sum(r["samples"] for r in everything),
             "shards": sum(len(r["shards"]) for r in everything),
             "rejects": sum(r["rejects"] for r in everything),
