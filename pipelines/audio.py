@@ -7,6 +7,7 @@ Resampling uses soxr on the CPU and torchaudio when a CUDA device is present.
 from __future__ import annotations
 
 import io
+import math
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import BinaryIO, Optional
@@ -114,19 +115,51 @@ def describe_error(err: BaseException) -> str:
     return f"{type(err).__name__}: {message}"
 
 
+BATCH_SAMPLES = 1 << 25  # padded input samples per GPU resample call (128 MB of float32)
+
+
 class Resampler:
-    """Changes the rate of mono float32 audio; torchaudio on CUDA when asked or available."""
+    """Changes the rate of mono float32 audio: soxr on the CPU, torchaudio when asked or when
+    this process sees a CUDA device. `many` resamples a list in batches: on a GPU one kernel
+    launch serves many files, which is where its speed comes from."""
 
     def __init__(self, config: AudioConfig):
         self.backend = _pick_backend(config.resampler)
 
+    @property
+    def batches(self) -> bool:
+        return self.backend == "torch"
+
     def __call__(self, wave: Waveform, rate: int) -> Waveform:
-        if wave.rate == rate:
-            return wave
-        if self.backend == "torch":
-            return Waveform(_resample_torch(wave.samples, wave.rate, rate), rate)
-        out = soxr.resample(wave.samples, wave.rate, rate, quality="HQ")
-        return Waveform(np.asarray(out, dtype=np.float32), rate)
+        return self.many([wave], rate)[0]
+
+    def many(self, waves: list[Waveform], rate: int) -> list[Waveform]:
+        out: list[Optional[Waveform]] = [w if w.rate == rate else None for w in waves]
+        todo = [i for i, w in enumerate(out) if w is None]
+        if self.backend != "torch":
+            for i in todo:
+                samples = soxr.resample(waves[i].samples, waves[i].rate, rate, quality="HQ")
+                out[i] = Waveform(np.asarray(samples, dtype=np.float32), rate)
+            return out  # type: ignore[return-value]
+        for batch in _batches(todo, waves):
+            for i, samples in zip(batch, _resample_torch([waves[i].samples for i in batch], waves[batch[0]].rate, rate)):
+                out[i] = Waveform(samples, rate)
+        return out  # type: ignore[return-value]
+
+
+def _batches(indices: list[int], waves: list[Waveform]) -> list[list[int]]:
+    """Same source rate, similar lengths (sorted, so padding stays small), bounded padded size."""
+    batches: list[list[int]] = []
+    order = sorted(indices, key=lambda i: (waves[i].rate, len(waves[i].samples)))
+    for i in order:
+        last = batches[-1] if batches else None
+        fits = last and waves[last[0]].rate == waves[i].rate and \
+            (len(last) + 1) * len(waves[i].samples) <= BATCH_SAMPLES
+        if fits:
+            last.append(i)
+        else:
+            batches.append([i])
+    return batches
 
 
 def _pick_backend(choice: str) -> str:
@@ -145,13 +178,19 @@ def _cuda_available() -> bool:
         return False
 
 
-def _resample_torch(samples: np.ndarray, src: int, dst: int) -> np.ndarray:
+def _resample_torch(arrays: list[np.ndarray], src: int, dst: int) -> list[np.ndarray]:
+    """One padded [batch, time] resample; each row is cut back to its own length. Zero padding
+    changes nothing: torchaudio pads every signal with zeros past its end anyway."""
     import torch
     import torchaudio.functional as F
 
     device = "cuda" if _cuda_available() else "cpu"
-    tensor = torch.from_numpy(samples).to(device)
-    return F.resample(tensor, src, dst).cpu().numpy().astype(np.float32, copy=False)
+    longest = max(len(a) for a in arrays)
+    batch = torch.zeros((len(arrays), longest), dtype=torch.float32)
+    for row, a in enumerate(arrays):
+        batch[row, : len(a)] = torch.from_numpy(a)
+    resampled = F.resample(batch.to(device), src, dst).cpu().numpy()
+    return [np.ascontiguousarray(resampled[row, : math.ceil(len(a) * dst / src)]) for row, a in enumerate(arrays)]
 
 
 def peak_normalize(samples: np.ndarray, peak: float) -> np.ndarray:

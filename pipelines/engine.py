@@ -7,6 +7,7 @@ however large the input is.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from collections import Counter
@@ -101,16 +102,31 @@ def _commit(config: JobConfig, prepared, transcribed, digest: str) -> dict:
     return {**report, "asr_counts": asr_counts}  # windows, encoder seconds: what calibration fits
 
 
+PREP_GPU_SHARE = 0.25  # of each GPU, left to the prep tasks that resample on it
+
+
+def gpu_shares(config: JobConfig, resources: Resources) -> tuple[float, float]:
+    """(per prep task, per ASR actor). Ray hides the GPUs from a task that asks for none, so prep
+    tasks that resample in GPU batches ask for a slice; the ASR actor keeps the rest of its GPU."""
+    if not resources.gpus:
+        return 0.0, 0.0
+    if config.audio.resampler == "soxr":
+        return 0.0, 1.0
+    preps_per_gpu = math.ceil(resources.prep_workers / resources.gpus)
+    share = max(1e-4, math.floor(PREP_GPU_SHARE / preps_per_gpu * 1e4) / 1e4)  # Ray's resource precision
+    return share, 1.0 - PREP_GPU_SHARE
+
+
 class _Scheduler:
     """Submits units as prep -> ASR -> commit chains, at most `max_in_flight` at a time."""
 
     def __init__(self, config: JobConfig, resources: Resources):
         self.config = config
         self.resources = resources
-        self.prepare = ray.remote(_prepare).options(num_cpus=1, num_returns=2, max_retries=2)
+        prep_gpu, asr_gpu = gpu_shares(config, resources)
+        self.prepare = ray.remote(_prepare).options(num_cpus=1, num_gpus=prep_gpu, num_returns=2, max_retries=2)
         self.commit = ray.remote(_commit).options(num_cpus=0, max_retries=2)
-        gpu = resources.gpus > 0
-        actor = ray.remote(_AsrWorker).options(num_cpus=1, num_gpus=1 if gpu else 0, max_restarts=2,
+        actor = ray.remote(_AsrWorker).options(num_cpus=1, num_gpus=asr_gpu, max_restarts=2,
                                                max_task_retries=2, scheduling_strategy="SPREAD")
         threads = max(1, resources.cpus // resources.asr_actors)
         self.actors = [actor.remote(config.asr, threads) for _ in range(resources.asr_actors)]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Optional
 
 import numpy as np
 
@@ -16,6 +17,8 @@ from pipelines.audio import ASR_RATE, DecodeError, Resampler, Waveform, decode, 
 from pipelines.keys import segment_key
 from pipelines.vad import Segmenter, Span
 from schemas.config import JobConfig
+
+BATCH_SECONDS = 600.0  # audio decoded together for one batched (GPU) resample
 
 
 @dataclass
@@ -78,37 +81,68 @@ class Preparer:
     def __call__(self, unit: int, files: list[SourceFile]) -> tuple[list[np.ndarray], PreparedUnit]:
         prepared = PreparedUnit(unit)
         asr_audio: list[np.ndarray] = []
-        for source in files:
-            asr_audio.extend(self._prepare_file(source, prepared))
+        for group in self._groups(files):
+            asr_audio.extend(self._prepare_group(group, prepared))
         return asr_audio, prepared
 
-    def _prepare_file(self, source: SourceFile, out: PreparedUnit) -> list[np.ndarray]:
+    def _groups(self, files: list[SourceFile]) -> list[list[SourceFile]]:
+        """One file at a time on the CPU (memory follows one file); on a GPU, files up to
+        BATCH_SECONDS together, so one resample call serves many of them."""
+        if not self.resample.batches:
+            return [[f] for f in files]
+        groups: list[list[SourceFile]] = [[]]
+        seconds = 0.0
+        for source in files:
+            if groups[-1] and seconds + (source.length or source.duration or 0.0) > BATCH_SECONDS:
+                groups.append([])
+                seconds = 0.0
+            groups[-1].append(source)
+            seconds += source.length or source.duration or 0.0
+        return groups
+
+    def _prepare_group(self, group: list[SourceFile], out: PreparedUnit) -> list[np.ndarray]:
+        clock = _Clock(out.stage_seconds)
+        decoded = [(source, self._decode_or_reject(source, out, clock)) for source in group]
+        decoded = [(source, wave) for source, wave in decoded if wave is not None]
+        if not decoded:
+            return []
+        waves = [wave for _, wave in decoded]
+        try:
+            with clock("resample"):
+                speech = self.resample.many(waves, ASR_RATE)
+                target = self.resample.many(waves, self.audio.sample_rate)
+        except Exception as err:  # noqa: BLE001 - one bad file is a reject, not a failed unit
+            for source, _ in decoded:
+                out.rejects.append(reject_row(source, out.unit, "prepare", f"{type(err).__name__}: {err}"[:300]))
+            return []
+        audio: list[np.ndarray] = []
+        for (source, wave), asr_wave, out_wave in zip(decoded, speech, target):
+            try:
+                audio.extend(self._segment(source, wave, asr_wave, out_wave, out, clock))
+            except Exception as err:  # noqa: BLE001 - one bad file is a reject, not a failed unit
+                out.rejects.append(reject_row(source, out.unit, "prepare", f"{type(err).__name__}: {err}"[:300]))
+        return audio
+
+    def _decode_or_reject(self, source: SourceFile, out: PreparedUnit, clock: "_Clock") -> Optional[Waveform]:
+        """The decoded audio, or None with a reject row. Any other OSError (storage still failing
+        after its retries) fails the unit unledgered, so a rerun tries the file again instead of
+        recording a permanent reject."""
         if source.error:
             out.rejects.append(reject_row(source, out.unit, "discover", source.error))
-            return []
-        clock = _Clock(out.stage_seconds)
+            return None
         try:
             with clock("decode"):
-                wave = self._decode(source)
+                return self._decode(source)
         except (DecodeError, FileNotFoundError, IsADirectoryError, PermissionError) as err:
             out.rejects.append(reject_row(source, out.unit, "decode", str(err) or type(err).__name__))
-            return []
-        # any other OSError (storage still failing after its retries) fails the unit unledgered,
-        # so a rerun tries the file again instead of recording a permanent reject
-        try:
-            return self._segment(source, wave, out, clock)
-        except Exception as err:  # noqa: BLE001 - one bad file is a reject, not a failed unit
-            out.rejects.append(reject_row(source, out.unit, "prepare", f"{type(err).__name__}: {err}"[:300]))
-            return []
+            return None
 
-    def _segment(self, source: SourceFile, wave: Waveform, out: PreparedUnit, clock: "_Clock") -> list[np.ndarray]:
+    def _segment(self, source: SourceFile, wave: Waveform, speech: Waveform, target: Waveform,
+                 out: PreparedUnit, clock: "_Clock") -> list[np.ndarray]:
         base = source.decode_from  # source time of the first decoded sample
         owned = wave.seconds - (source.offset - base)  # seconds of this excerpt (or file)
         owned = min(owned, source.limit) if source.limit else owned
         out.input_seconds += owned
-        with clock("resample"):
-            speech = self.resample(wave, ASR_RATE)
-            target = self.resample(wave, self.audio.sample_rate)
         with clock("vad"):
             spans, short = self.segment(speech.samples)
         spans = [s for s in spans if source.owns(s.start + base)]

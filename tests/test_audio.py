@@ -63,3 +63,39 @@ def test_peak_normalize_scales_to_the_target_peak():
     out = peak_normalize(np.array([0.1, -0.25, 0.2], dtype=np.float32), 0.9)
     assert np.isclose(np.abs(out).max(), 0.9)
     assert not peak_normalize(np.zeros(4, dtype=np.float32), 0.9).any()
+
+
+def test_batched_resample_equals_one_file_at_a_time():
+    """GPU batches pad files of one rate to a common length: each file's output must be exactly
+    what resampling it alone gives (torchaudio's CPU path runs the same code as CUDA)."""
+    rng = np.random.default_rng(0)
+    waves = [Waveform((0.1 * rng.standard_normal(n)).astype(np.float32), rate)
+             for n, rate in [(44100 * 3, 44100), (16000, 16000), (48000 * 2 + 7, 48000), (44100 + 13, 44100)]]
+    resampler = Resampler(AudioConfig(resampler="torch"))
+    batched = resampler.many(waves, 24000)
+    for wave, out in zip(waves, batched):
+        alone = resampler(wave, 24000)
+        assert out.rate == 24000 and len(out.samples) == len(alone.samples) == -(-len(wave.samples) * 24000 // wave.rate)
+        assert np.array_equal(out.samples, alone.samples)
+
+
+def test_a_unit_prepared_in_gpu_batches_equals_file_by_file(clips, monkeypatch):
+    """The prep task groups a unit's files for one resample call when it resamples with torch;
+    the segments, their keys and their encoded bytes must not depend on the grouping."""
+    from pipelines import prepare
+    from schemas.config import load_job_config
+
+    config = load_job_config(str(clips), "/unused", overrides={"audio.resampler": "torch"})
+    files = [prepare.SourceFile(p.stem, str(p), length=10.0) for p in sorted(clips.iterdir())
+             if p.suffix in (".flac", ".wav", ".mp3", ".opus")]
+
+    def run() -> tuple[list[bytes], list[tuple]]:
+        preparer = prepare.Preparer(config)
+        preparer.setup()
+        audio, unit = preparer(0, files)
+        return [a.tobytes() for a in audio], [(s.key, s.audio) for s in unit.segments] + \
+            [(r["source_id"], r["reason"]) for r in unit.rejects]
+
+    batched = run()
+    monkeypatch.setattr(prepare, "BATCH_SECONDS", 0.0)  # every file alone
+    assert run() == batched and len(batched[0]) >= 5
