@@ -10,6 +10,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from pipelines.audio import ASR_RATE
+from pipelines.journal import AsrJournal
 from pipelines.packing import Placed, Window, pack_windows, split_words, window_audio, words_logprob, words_text
 from schemas.config import AsrConfig
 
@@ -80,62 +81,90 @@ class Transcriber:
         multilingual = self.model.model.is_multilingual
         return self.config.pack_seconds > 0 and (not multilingual or bool(self.config.language))
 
-    def __call__(self, audios: Sequence[np.ndarray]) -> list[AsrResult]:
+    def __call__(self, audios: Sequence[np.ndarray], journal: Optional[AsrJournal] = None) -> list[AsrResult]:
+        """Results in input order. With a `journal`, batches it holds are read back, not decoded,
+        and each batch decoded here is saved to it (see `pipelines.journal`)."""
         if self.model is None:
             self.setup()
+        journal = journal or AsrJournal()
         results: list[Optional[AsrResult]] = [None] * len(audios)
         alone: list[int] = list(range(len(audios)))
         if self.packs:
-            alone = self._pack_rounds(audios, results)
-        self._transcribe_alone(alone, audios, results)
+            alone = self._pack_rounds(audios, results, journal)
+        self._transcribe_alone(alone, audios, results, journal)
         return results  # type: ignore[return-value]
 
-    def _pack_rounds(self, audios: Sequence[np.ndarray], results: list) -> list[int]:
+    def _pack_rounds(self, audios: Sequence[np.ndarray], results: list, journal: AsrJournal) -> list[int]:
         """Two packing rounds, the second with new neighbours: one garbled segment often takes
         its whole window down, and its neighbours then succeed in other company. What
         fails twice (or fills a window alone) is decoded on its own."""
         todo, alone = list(range(len(audios))), []
-        for _ in range(2):
+        for round_no in range(2):
             lengths = [len(audios[i]) / ASR_RATE for i in todo]
             windows = pack_windows(lengths, self.config.pack_seconds, self.config.pack_gap_seconds)
             alone += [todo[w.placed[0].index] for w in windows if len(w.placed) == 1]
             shared = [_renumbered(w, todo) for w in windows if len(w.placed) > 1]
-            todo = self._transcribe_packed(shared, audios, results)[::-1]
+            todo = self._transcribe_packed(shared, audios, results, journal, f"packed{round_no}")[::-1]
         self.counts.update(fallback=len(todo))  # segments packing could not place, decoded alone
         return alone + todo
 
-    def _transcribe_alone(self, indices: list[int], audios: Sequence[np.ndarray], results: list) -> None:
+    def _transcribe_alone(self, indices: list[int], audios: Sequence[np.ndarray], results: list,
+                          journal: AsrJournal) -> None:
         order = sorted(indices, key=lambda i: len(audios[i]))
-        self.counts.update(windows=len(order), alone=len(order))
         size = self.config.batch_size
         for start in range(0, len(order), size):
             batch = order[start : start + size]
-            for i, result in zip(batch, self._batch([audios[i] for i in batch])):
+            tag = f"alone-{start:06d}"
+            saved = journal.get(tag)
+            if saved is None:
+                self.counts.update(windows=len(batch), alone=len(batch))
+                saved = dict(zip(batch, self._batch([audios[i] for i in batch]))), []
+                journal.put(tag, *saved)
+            else:
+                self.counts.update(restored_windows=len(batch))  # work a resume did not redo
+            for i, result in saved[0].items():
                 results[i] = result
 
-    def _transcribe_packed(self, windows: list[Window], audios: Sequence[np.ndarray], results: list) -> list[int]:
+    def _transcribe_packed(self, windows: list[Window], audios: Sequence[np.ndarray], results: list,
+                           journal: AsrJournal, name: str) -> list[int]:
         """Fills `results` for the segments it can split back; returns those it cannot."""
         unresolved: list[int] = []
         size = self.config.batch_size
-        self.counts.update(windows=len(windows))
         for start in range(0, len(windows), size):
             batch = windows[start : start + size]
-            samples = [window_audio(w, audios, ASR_RATE) for w in batch]
-            encoded, outputs, tokenizer, languages = self._generate(samples)
-            tokens = [self._text_tokens(tokenizer, out) or [tokenizer.eot - 1] for out in outputs]
-            frames = [min(N_FRAMES, len(s) // HOP) for s in samples]
-            aligned = self.model.find_alignment(tokenizer, tokens, encoded, frames)
-            for window, words, out, lang in zip(batch, aligned, outputs, languages):
-                split = split_words(window, words if self._text_tokens(tokenizer, out) else [], self.config.pack_slack_seconds)
-                unresolved += sorted(split.unresolved)
-                self.counts.update({f"unresolved_{k}": v for k, v in split.reasons.items()})
-                self.counts.update(packed=len(window.placed) - len(split.unresolved))
-                for index, got in split.words.items():
-                    if index not in split.unresolved:
-                        results[index] = AsrResult(
-                            words_text(got), lang[0], lang[1], words_logprob(got), float(out.no_speech_prob)
-                        )
+            tag = f"{name}-{start:06d}"
+            saved = journal.get(tag)
+            if saved is None:
+                saved = self._decode_packed(batch, audios)
+                journal.put(tag, *saved)
+            else:
+                self.counts.update(restored_windows=len(batch))
+            for index, result in saved[0].items():
+                results[index] = result
+            unresolved += saved[1]
         return unresolved
+
+    def _decode_packed(self, batch: list[Window], audios: Sequence[np.ndarray]) -> tuple[dict[int, AsrResult], list[int]]:
+        """One batch of packed windows: results of the segments split back, and those not."""
+        self.counts.update(windows=len(batch))
+        resolved: dict[int, AsrResult] = {}
+        unresolved: list[int] = []
+        samples = [window_audio(w, audios, ASR_RATE) for w in batch]
+        encoded, outputs, tokenizer, languages = self._generate(samples)
+        tokens = [self._text_tokens(tokenizer, out) or [tokenizer.eot - 1] for out in outputs]
+        frames = [min(N_FRAMES, len(s) // HOP) for s in samples]
+        aligned = self.model.find_alignment(tokenizer, tokens, encoded, frames)
+        for window, words, out, lang in zip(batch, aligned, outputs, languages):
+            split = split_words(window, words if self._text_tokens(tokenizer, out) else [], self.config.pack_slack_seconds)
+            unresolved += sorted(split.unresolved)
+            self.counts.update({f"unresolved_{k}": v for k, v in split.reasons.items()})
+            self.counts.update(packed=len(window.placed) - len(split.unresolved))
+            for index, got in split.words.items():
+                if index not in split.unresolved:
+                    resolved[index] = AsrResult(
+                        words_text(got), lang[0], lang[1], words_logprob(got), float(out.no_speech_prob)
+                    )
+        return resolved, unresolved
 
     def _batch(self, audios: list[np.ndarray]) -> list[AsrResult]:
         _, outputs, tokenizer, languages = self._generate(audios)

@@ -18,10 +18,11 @@ from typing import Callable, Optional
 import pyarrow as pa
 import ray
 
-from pipelines import history, jobstate, storage
+from pipelines import history, jobstate, journal, storage
 from pipelines.asr import AsrResult, Transcriber
 from pipelines.commit import UnitCommitter
 from pipelines.discover import Discover, manifest_hours
+from pipelines.journal import AsrJournal, journal_name, journal_url
 from pipelines.ledger import Ledger
 from pipelines.prepare import Preparer, SourceFile
 from pipelines.units import WorkUnit, plan_units
@@ -87,9 +88,9 @@ class _AsrWorker:
     def ready(self) -> bool:
         return True
 
-    def transcribe(self, audios) -> tuple[list[AsrResult], float, dict]:
+    def transcribe(self, audios, journal: Optional[str] = None) -> tuple[list[AsrResult], float, dict]:
         started, before = time.perf_counter(), Counter(self.transcriber.counts)
-        results = self.transcriber(audios)
+        results = self.transcriber(audios, AsrJournal(journal) if journal else None)
         counts = Counter(self.transcriber.counts)
         counts.subtract(before)
         return results, time.perf_counter() - started, dict(counts)
@@ -99,6 +100,7 @@ def _commit(config: JobConfig, prepared, transcribed, digest: str) -> dict:
     results, asr_seconds, asr_counts = transcribed
     prepared.stage_seconds["asr"] += asr_seconds
     report = UnitCommitter(config)(prepared, results, digest)
+    AsrJournal(journal_url(config.output, prepared.unit, digest)).clear()  # the ledger holds the unit now
     return {**report, "asr_counts": asr_counts}  # windows, encoder seconds: what calibration fits
 
 
@@ -137,7 +139,8 @@ class _Scheduler:
         audios, prepared = self.prepare.remote(self.config, unit.index, unit.files)
         slot = min(self.load, key=self.load.__getitem__)
         self.load[slot] += 1
-        transcribed = self.actors[slot].transcribe.remote(audios)
+        saved_batches = journal_url(self.config.output, unit.index, unit.digest)
+        transcribed = self.actors[slot].transcribe.remote(audios, saved_batches)
         return self.commit.remote(self.config, prepared, transcribed, unit.digest), slot
 
     def release(self, slot: int) -> None:
@@ -208,6 +211,7 @@ def run_job(config: JobConfig, progress: Optional[ProgressFn] = None,
     records = ledger.done()
     finished = {u.index: ledger.lookup(records, u.index, u.digest) for u in units}
     todo = [u for u in units if not finished[u.index]]
+    journal.sweep(config.output, {journal_name(u.index, u.digest) for u in todo})
     previous = [r for r in finished.values() if r]
     ray_clock = time.perf_counter()
     connect_ray(config.engine)

@@ -66,3 +66,26 @@ def test_packed_windows_give_each_clip_its_own_words(clips):
 
     alone = Transcriber(AsrConfig(batch_size=4, pack_seconds=0))
     assert [r.text for r in alone(audios)] and alone.counts["windows"] == len(audios)
+
+
+def test_journaled_batches_are_read_back_and_the_result_is_unchanged(clips, tmp_path):
+    """A rerun after a kill reads the batches a killed run saved and decodes only the rest;
+    the transcripts must equal those of one uninterrupted call."""
+    from pipelines.journal import AsrJournal
+
+    audios = [_audio(clips, name) for name in WITH_TEXT] * 2
+    model = Transcriber(AsrConfig(batch_size=2))
+    journal = tmp_path / "journal"
+    first = model(audios, AsrJournal(str(journal)))
+    saved = sorted(p.name for p in journal.glob("*.json"))
+    assert len(saved) >= 3 and any(n.startswith("packed0-") for n in saved)
+
+    (journal / saved[-1]).unlink()  # the batch a kill interrupted: never saved
+    model.counts.clear()
+    again = model(audios, AsrJournal(str(journal)))
+    assert again == first
+    assert 0 < model.counts["windows"] <= 2 and model.counts["restored_windows"] > 0  # only the lost batch
+
+    model.counts.clear()
+    fresh = model(audios)
+    assert fresh == first and model.counts["windows"] > 0  # and the saved batches matched a full decode

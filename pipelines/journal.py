@@ -1,0 +1,86 @@
+"""ASR journal: a unit's finished ASR batches, kept next to the output until the unit commits.
+
+Without it a kill throws away the whole transcription of every unit in flight. With it a
+rerun redoes only the cheap, deterministic prep of those units and reads each journaled batch
+back instead of decoding it again: a kill costs at most the batch in progress per actor.
+Packing and batching cut a unit's segments the same way on every run, so a batch read back
+holds exactly what decoding it again would give, and the output stays that of an
+uninterrupted run.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Optional
+
+from pipelines import storage
+
+if TYPE_CHECKING:
+    from pipelines.asr import AsrResult
+
+FOLDER = "asr"  # under OUTPUT/_ledger/
+
+
+def journal_name(unit: int, digest: str) -> str:
+    """One folder per unit and content: a unit whose files changed never reads stale batches."""
+    return f"unit-{unit:06d}-{digest[:12]}"
+
+
+def journal_url(output: str, unit: int, digest: str) -> str:
+    return storage.join(output, "_ledger", FOLDER, journal_name(unit, digest))
+
+
+class AsrJournal:
+    """Batches by tag (`packed0-00016`, `alone-00000`); no url = a journal that keeps nothing."""
+
+    def __init__(self, url: Optional[str] = None):
+        self.url = url
+        names = storage.list_files(url, ".json") if url else []
+        self.saved = {name.rsplit("/", 1)[-1][: -len(".json")] for name in names}  # one listing
+
+    def get(self, tag: str) -> Optional[tuple[dict[int, "AsrResult"], list[int]]]:
+        """The batch's results by segment index, and the segments it could not resolve."""
+        if tag not in self.saved:
+            return None
+        from pipelines.asr import AsrResult
+
+        data = storage.read_json(storage.join(self.url, f"{tag}.json"))
+        results = {int(i): AsrResult(**fields) for i, fields in data["results"].items()}
+        return results, list(data["unresolved"])
+
+    def put(self, tag: str, results: dict[int, "AsrResult"], unresolved: list[int]) -> None:
+        if self.url is None:
+            return
+        payload = {"results": {str(i): asdict(r) for i, r in results.items()}, "unresolved": unresolved}
+        storage.write_json(storage.join(self.url, f"{tag}.json"), payload)
+        self.saved.add(tag)
+
+    def clear(self) -> None:
+        """Drop the unit's batches once its ledger record is written (best effort: a leftover
+        folder is only read by a unit with the same digest, and swept by `sweep`)."""
+        if self.url:
+            _remove(self.url)
+
+
+def sweep(output: str, keep: set[str]) -> None:
+    """Remove the journals of units that are done or no longer planned (`keep`: the folder
+    names, see `journal_name`, of the units still to do)."""
+    for url in _folders(storage.join(output, "_ledger", FOLDER)):
+        if url.rstrip("/").rsplit("/", 1)[-1] not in keep:
+            _remove(url)
+
+
+def _folders(url: str) -> list[str]:
+    fs, path = storage.filesystem(url)
+    try:
+        entries = fs.ls(path, detail=True)
+    except FileNotFoundError:
+        return []
+    return [storage.to_url(fs, e["name"]) for e in entries if e.get("type") == "directory"]
+
+
+def _remove(url: str) -> None:
+    fs, path = storage.filesystem(url)
+    try:
+        fs.rm(path, recursive=True)
+    except FileNotFoundError:
+        pass
