@@ -109,7 +109,7 @@ def calibrate(config: JobConfig, sample: list[SourceFile]) -> Calibration:
     total = lambda name: sum(r[name] for r in reports)  # noqa: E731
     input_s, segments, samples = total("input_seconds"), total("segments"), total("samples")
     output_s, speech_s = total("output_seconds"), total("speech_seconds")
-    asr_rate, fallback = asr_probe(config, sample, max(1, resources.cpus // resources.asr_actors))
+    asr_rate, fallback, probed = asr_probe(config, sample, max(1, resources.cpus // resources.asr_actors))
     hardware = HardwareProfile(
         name=machine_key(config, resources.gpus), cpu_model=cpu_model(), cpus=resources.cpus,
         gpu_name=gpu_name() if resources.gpus else None, gpus=resources.gpus,
@@ -117,7 +117,7 @@ def calibrate(config: JobConfig, sample: list[SourceFile]) -> Calibration:
         device="cuda" if resources.gpus else "cpu", batch_size=config.asr.batch_size,
         prep_seconds_per_input_second=sum(stage(s) for s in PREP_STAGES) / max(input_s, 1e-9),
         asr_seconds_per_segment=stage("asr") / max(segments, 1),
-        asr_seconds_per_speech_second=asr_rate,
+        asr_seconds_per_speech_second=asr_rate, asr_probe_segments=probed,
         write_seconds_per_unit=stage("write") / max(len(reports), 1),
         ray_start_seconds=ray_start, model_load_seconds=result.startup_seconds,
         measured_on_seconds=input_s, measured_at=datetime.now(timezone.utc).isoformat(),
@@ -133,7 +133,7 @@ def calibrate(config: JobConfig, sample: list[SourceFile]) -> Calibration:
     return Calibration(hardware=hardware, data=data)
 
 
-def asr_probe(config: JobConfig, sample: list[SourceFile], threads: int) -> tuple[float, float]:
+def asr_probe(config: JobConfig, sample: list[SourceFile], threads: int) -> tuple[float, float, int]:
     """ASR seconds per second of speech with full batches of packed windows, as long units run
     them (calibration units are too small to fill a batch), and the share of segments decoded
     again alone.
@@ -142,13 +142,14 @@ def asr_probe(config: JobConfig, sample: list[SourceFile], threads: int) -> tupl
     segment holds a word clipped at a random cut (the alignment cannot place those, and each
     one costs a solo re-decode a run never pays); and segments keep their input order, so a
     window's neighbours come from the same recording, as in a unit. The sequence is repeated
-    until it fills `batch_size` windows."""
+    until it fills `batch_size` windows. Returns (rate, re-decoded share, distinct segments):
+    the last says how far to trust the rate (see `estimator.PROBE_SPREAD`)."""
     preparer = Preparer(config)
     preparer.setup()
     audios, _ = preparer(0, [_with_context(piece) for piece in sample])
     speech = sum(len(a) for a in audios) / ASR_RATE
     if not audios:
-        return 0.0, 0.0
+        return 0.0, 0.0, 0
     per_window = max(config.asr.pack_seconds, speech / len(audios))
     repeats = max(1, math.ceil(config.asr.batch_size * per_window / speech))
     transcriber = Transcriber(config.asr.model_copy(update={"cpu_threads": config.asr.cpu_threads or threads}))
@@ -156,7 +157,7 @@ def asr_probe(config: JobConfig, sample: list[SourceFile], threads: int) -> tupl
     started = time.perf_counter()
     transcriber(audios * repeats)
     seconds = time.perf_counter() - started
-    return seconds / (speech * repeats), transcriber.counts["fallback"] / (len(audios) * repeats)
+    return seconds / (speech * repeats), transcriber.counts["fallback"] / (len(audios) * repeats), len(audios)
 
 
 def _with_context(piece: SourceFile) -> SourceFile:

@@ -20,6 +20,10 @@ from schemas.config import JobConfig
 from schemas.plan import DataProfile, HardwareProfile, InputSize, JobPlan, StagePlan
 
 MODEL_ERROR = 0.07  # relative sd of the pipeline model itself, before history narrows it
+# Relative sd of the probe's ASR rate is PROBE_SPREAD / sqrt(segments probed): how often packed
+# windows must be decoded again depends on a few hard segments, so a small sample is noisy.
+# Fitted on 12 probes (4 calibration seeds x 3 corpus shapes, ~11 segments each): rms error 24%.
+PROBE_SPREAD = 0.8
 BREAKDOWN_KEYS = ("container", "sample_rate", "channels", "duration")
 BUCKET_EDGES = [0, 1, 10, 60, 600, 3600]
 BUCKET_LABELS = ["<1s", "1-10s", "10-60s", "1-10min", "10-60min", ">1h", "unknown"]
@@ -124,7 +128,7 @@ def predict(config: JobConfig, size: InputSize, hardware: HardwareProfile, data:
     raw = startup + discover_seconds + seconds[bottleneck] + _fill_and_tail(
         bottleneck, _stage_work(size.audio_seconds / units, 1, hardware, data))
     wall = raw * correction
-    relative = _relative_error(size, history_error)
+    relative = _relative_error(size, history_error, _probe_error(hardware, seconds, bottleneck))
     output_seconds = size.audio_seconds * data.speech_fraction * data.kept_fraction
     output_bytes = output_seconds * data.output_bytes_per_output_second
     gpu_hours, cpu_hours = wall * resources.gpus / 3600, wall * resources.cpus / 3600
@@ -183,12 +187,21 @@ def _unit_count(config: JobConfig, size: InputSize) -> int:
     return max(1, by_audio, math.ceil(size.files / config.engine.unit_max_files))
 
 
-def _relative_error(size: InputSize, history_error: Optional[float]) -> float:
+def _relative_error(size: InputSize, history_error: Optional[float], probe_error: float = 0.0) -> float:
+    """Input size, model and probe errors combined; past runs on this profile replace the last
+    two with what they actually measured."""
     size_error = 0.0
     if size.audio_seconds:
         size_error = (size.audio_seconds_high - size.audio_seconds) / 1.96 / size.audio_seconds
-    model_error = history_error if history_error is not None else MODEL_ERROR
+    model_error = history_error if history_error is not None else math.hypot(MODEL_ERROR, probe_error)
     return math.sqrt(size_error**2 + model_error**2)
+
+
+def _probe_error(hardware: HardwareProfile, seconds: dict[str, float], bottleneck: str) -> float:
+    """The probe's relative sd, when the wall time rests on ASR (the bottleneck)."""
+    if not hardware.asr_probe_segments or bottleneck != "asr":
+        return 0.0
+    return PROBE_SPREAD / math.sqrt(hardware.asr_probe_segments)
 
 
 def _stage(name: str, resources: Resources, seconds: dict[str, float], audio: float, steady: float) -> StagePlan:

@@ -176,3 +176,18 @@ def test_cpu_asr_shares_its_cores_with_prep(config):
     assert stages["asr"].seconds == pytest.approx(asr_alone + taken)
     gpu = predict(config, size, _hardware(), DATA, resources_for(cpus=4, gpus=1, config=config.engine))
     assert {s.name: s for s in gpu.stages}["asr"].seconds == pytest.approx(asr_alone)
+
+
+def test_a_small_asr_probe_widens_the_interval_until_history_narrows_it(config):
+    """A probe of 9 segments leaves the ASR rate uncertain by about 0.8 / 3 = 27% (sd): the 95%
+    interval must say so; past runs on the profile replace that guess with what they measured."""
+    size = size_from_manifest(_manifest([3600.0] * 10))
+    resources = resources_for(cpus=9, gpus=2, config=config.engine)
+    plain = predict(config, size, _hardware(), DATA, resources)
+    probed = predict(config, size, _hardware(asr_seconds_per_speech_second=0.06, asr_probe_segments=9), DATA, resources)
+    half = (probed.wall_seconds_high - probed.wall_seconds) / probed.wall_seconds
+    assert half == pytest.approx(1.96 * (0.07**2 + (0.8 / 3) ** 2) ** 0.5)
+    assert half > (plain.wall_seconds_high - plain.wall_seconds) / plain.wall_seconds
+    learned = predict(config, size, _hardware(asr_seconds_per_speech_second=0.06, asr_probe_segments=9), DATA,
+                      resources, history_error=0.05, history_runs=3)
+    assert (learned.wall_seconds_high - learned.wall_seconds) / learned.wall_seconds == pytest.approx(1.96 * 0.05)
