@@ -54,8 +54,10 @@ def run(
     json_out: bool = typer.Option(False, "--json", help="print the summary as JSON on stdout"),
     skip_plan: bool = typer.Option(False, "--no-plan", help="start without estimating first"),
     restart: bool = typer.Option(False, "--restart", help="delete what voxmill wrote in OUTPUT, start over"),
+    new_version: bool = typer.Option(False, "--new-version",
+                                     help="changed settings: write OUTPUT/v2/ (v3, ...) instead of refusing"),
 ) -> None:
-    """Transcribe and shard INPUT into OUTPUT (resumes a run that was stopped).
+    """Transcribe and shard INPUT into OUTPUT (resumes a run that was stopped; a rerun adds new files).
 
     Prints the plan (wall time, cost) first and refuses to start past max_wall_hours/max_cost.
     """
@@ -66,6 +68,9 @@ def run(
     stdout = _json_stdout() if json_out else sys.stdout
     if restart:
         jobstate.clear(job.output)
+    elif new_version:
+        job = jobstate.versioned(job)
+        console.print(f"writing into {escape(job.output)}")
     try:
         storage.ensure_writable(job.output)  # a bad bucket or key fails before any calibration
         plan, manifest = (None, None) if skip_plan else plan_job(job)

@@ -13,7 +13,7 @@ from prefect.cache_policies import NO_CACHE
 
 from pipelines.discover import Discover, manifest_hours
 from pipelines.engine import run_job
-from pipelines import storage
+from pipelines import jobstate, storage
 from pipelines.planning import check_limits, plan_job
 from schemas.config import JobConfig, load_job_config
 from schemas.plan import JobPlan
@@ -94,13 +94,18 @@ def prepare_corpus(
     config_path: Optional[str] = None,
     overrides: Optional[dict[str, Any]] = None,
     plan: bool = True,
+    new_version: bool = False,
 ) -> dict:
     """Audio under `input` -> WebDataset shards, index and rejects under `output`.
 
     With `plan` (default) the job is estimated first and refused past `plan.max_wall_hours`
-    or `plan.max_cost`, before any compute is spent on it.
+    or `plan.max_cost`, before any compute is spent on it. Runs are incremental: on an output
+    that already holds units, only files new since then are processed and appended.
+    `new_version` writes a job whose settings changed into OUTPUT/vN/ instead of refusing it.
     """
     config = load_job_config(input, output, config_path, overrides)
+    if new_version:
+        config = jobstate.versioned(config)
     manifest = discover_inputs(config)
     estimate = plan_run(config, manifest) if plan else None
     summary = run_units(config, manifest, estimate)

@@ -25,7 +25,7 @@ from pipelines.discover import Discover, manifest_hours
 from pipelines.journal import AsrJournal, journal_name, journal_url
 from pipelines.ledger import Ledger
 from pipelines.prepare import Preparer, SourceFile
-from pipelines.units import WorkUnit, plan_units
+from pipelines.units import WorkUnit
 from pipelines.versions import versions
 from schemas.config import AsrConfig, EngineConfig, JobConfig
 
@@ -205,8 +205,7 @@ def run_job(config: JobConfig, progress: Optional[ProgressFn] = None,
         manifest = Discover(config.discover)(config.input)
     discover_seconds = time.perf_counter() - clock
     storage.ensure_writable(config.output)
-    units = plan_units(manifest, config.engine)
-    jobstate.claim(config, len(units), sum(u.seconds for u in units))
+    units = jobstate.claim(config, manifest)  # earlier runs' units, then new files as new units
     ledger = Ledger(config.output)
     records = ledger.done()
     finished = {u.index: ledger.lookup(records, u.index, u.digest) for u in units}

@@ -9,8 +9,11 @@ import hashlib
 import json
 from typing import Optional
 
+import pyarrow as pa
+
 from pipelines import storage
 from pipelines.ledger import Ledger
+from pipelines.units import WorkUnit, extend_units, unit_from_json, unit_to_json
 from schemas.config import JobConfig
 
 OUTPUT_PARTS = ("shards", "index", "rejects", "_ledger", "summary.json")
@@ -40,9 +43,12 @@ def read(output: str) -> Optional[dict]:
     return storage.read_json(_url(output), missing=None)
 
 
-def claim(config: JobConfig, units: int, seconds: float) -> None:
-    """Record the job on a fresh output, or check that a rerun uses the same settings.
+def claim(config: JobConfig, manifest: pa.Table) -> list[WorkUnit]:
+    """Record the job on a fresh output, or check that a rerun uses the same settings; return its units.
 
+    Incremental by design: the units of earlier runs are read back from `_ledger/layout-*.json`
+    and files not in any of them become new units numbered after the last one. The new layout is
+    committed before any unit starts, so a crashed run resumes with the very same units.
     A rerun after a crash also sweeps the scratch files and probes the crashed run left behind
     (never a committed file: those are either whole or absent).
     """
@@ -51,11 +57,43 @@ def claim(config: JobConfig, units: int, seconds: float) -> None:
     if previous and previous["fingerprint"] != fingerprint(settings):
         changed = sorted(_diff(previous["settings"], settings))
         raise ConfigChanged(
-            f"{config.output} was started with other settings ({', '.join(changed)}); "
-            "rerun with the original config, use --restart to start over, or pick a new output")
+            f"{config.output} was started with other settings ({', '.join(changed)}); rerun with the "
+            "original config, use --new-version to write OUTPUT/vN/ beside it, --restart to start over, "
+            "or pick a new output")
     storage.remove_leftovers(config.output, OUTPUT_FOLDERS)
+    known = layout(config.output)
+    added = extend_units(known, manifest, config.engine)
+    if added:
+        name = f"layout-{added[0].index:06d}.json"
+        storage.write_json(storage.join(config.output, "_ledger", name), [unit_to_json(u) for u in added])
+    units = known + added
     storage.write_json(_url(config.output), {"fingerprint": fingerprint(settings), "settings": settings,
-                                             "units": units, "input_seconds": seconds})
+                                             "units": len(units), "input_seconds": sum(u.seconds for u in units),
+                                             "units_added": len(added)})
+    return units
+
+
+def layout(output: str) -> list[WorkUnit]:
+    """Every unit this output was planned with, over all its runs, in index order."""
+    parts = storage.list_files(storage.join(output, "_ledger"), ".json", prefix="layout-")
+    units = [unit_from_json(u) for url in parts for u in storage.read_json(url)]
+    return sorted(units, key=lambda u: u.index)
+
+
+def versioned(config: JobConfig) -> JobConfig:
+    """`--new-version`: the same job into OUTPUT itself when its settings match (or it is new),
+    else into the first OUTPUT/vN/ (N = 2, 3, ...) that is new or was made with these settings.
+
+    Every version is a whole, separate output with its own ledger; none is ever mixed with another.
+    """
+    wanted = fingerprint(output_settings(config))
+    candidate, n = config.output, 1
+    while True:
+        job = read(candidate)
+        if job is None or job["fingerprint"] == wanted:
+            return config.model_copy(update={"output": candidate})
+        n += 1
+        candidate = storage.join(config.output, f"v{n}")
 
 
 def _diff(old: dict, new: dict, prefix: str = "") -> list[str]:

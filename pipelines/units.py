@@ -67,3 +67,24 @@ def _pieces(row: dict, excerpt: float) -> list[SourceFile]:
                                  offset=k * excerpt, limit=limit, context=EXCERPT_CONTEXT,
                                  length=duration - k * excerpt if last else excerpt))
     return pieces
+
+
+def unit_to_json(unit: WorkUnit) -> dict:
+    return {"index": unit.index, "files": [vars(f).copy() for f in unit.files]}
+
+
+def unit_from_json(data: dict) -> WorkUnit:
+    return WorkUnit(data["index"], [SourceFile(**f) for f in data["files"]])
+
+
+def extend_units(known: list[WorkUnit], manifest: pa.Table, config: EngineConfig) -> list[WorkUnit]:
+    """New units for the files of `manifest` that no known unit holds, numbered after the last one.
+
+    Known units keep their files and numbers, so files that arrive later never shift a unit
+    boundary: finished units stay finished, and a unit cut off by a crash is redone under the
+    same name (overwriting its partial shards) instead of its files landing in another unit.
+    """
+    seen = {f.id for unit in known for f in unit.files}
+    fresh = manifest.filter(pa.array([i not in seen for i in manifest.column("id").to_pylist()], pa.bool_()))
+    start = max((u.index for u in known), default=-1) + 1
+    return [WorkUnit(start + u.index, u.files) for u in plan_units(fresh, config)]
