@@ -116,6 +116,37 @@ def status(
         raise typer.Exit(1)
 
 
+@app.command()
+def backfill(
+    output: str = typer.Option(..., "--output", "-o", help="root: each prefix goes to OUTPUT/<its last path part>"),
+    prefix: Optional[list[str]] = typer.Option(None, "--prefix", help="an input prefix (repeatable)"),
+    pattern: Optional[str] = typer.Option(None, help="input URL with {date}, e.g. 's3://b/raw/{date}/'"),
+    date_from: Optional[str] = typer.Option(None, "--from", help="first date (YYYY-MM-DD) for --pattern"),
+    date_to: Optional[str] = typer.Option(None, "--to", help="last date (inclusive) for --pattern"),
+    config: Optional[Path] = CONFIG_OPTION,
+    concurrency: int = typer.Option(1, help="prefixes in flight at once (each is its own flow run)"),
+    json_out: bool = typer.Option(False, "--json", help="per-prefix results as JSON on stdout"),
+) -> None:
+    """Run many prefixes (or days) as Prefect flow runs; a rerun skips the complete ones."""
+    from flows.backfill import backfill_corpus  # Prefect loads only for this command
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    stdout = _json_stdout() if json_out else sys.stdout
+    try:
+        results = backfill_corpus(output=output, prefixes=prefix, pattern=pattern, date_from=date_from,
+                                  date_to=date_to, config_path=str(config) if config else None,
+                                  concurrency=concurrency)
+    except (ValueError, RuntimeError) as err:
+        _print_error(err)
+        raise typer.Exit(1)
+    if json_out:
+        stdout.write(json.dumps(results, indent=2) + "\n")
+    else:
+        for r in results:
+            console.print(f"{escape(r['prefix'])} -> {escape(r['output'])}: "
+                          + ("complete, skipped" if r["skipped"] else f"{r['samples']} samples"))
+
+
 def _json_stdout() -> TextIO:
     """The real stdout, kept for the JSON summary alone; everything else printed to stdout from
     now on (Ray forwards worker and raylet lines there, even after the job) goes to stderr."""
