@@ -11,7 +11,7 @@ from pipelines import history
 from pipelines.calibrate import stratified_sample
 from pipelines.discover import InputError
 from pipelines.engine import resources_for
-from pipelines.estimator import fit_deadline, predict, size_from_manifest, size_from_sample
+from pipelines.estimator import PROBE_SPREAD, fit_deadline, predict, size_from_manifest, size_from_sample
 from pipelines.planning import LimitExceeded, check_limits, parse_duration, plan_job
 from schemas.config import load_job_config
 from schemas.plan import DataProfile, HardwareProfile
@@ -179,14 +179,14 @@ def test_cpu_asr_shares_its_cores_with_prep(config):
 
 
 def test_a_small_asr_probe_widens_the_interval_until_history_narrows_it(config):
-    """A probe of 9 segments leaves the ASR rate uncertain by about 0.8 / 3 = 27% (sd): the 95%
+    """A probe of 9 segments leaves the ASR rate uncertain by PROBE_SPREAD / 3 (sd): the 95%
     interval must say so; past runs on the profile replace that guess with what they measured."""
     size = size_from_manifest(_manifest([3600.0] * 10))
     resources = resources_for(cpus=9, gpus=2, config=config.engine)
     plain = predict(config, size, _hardware(), DATA, resources)
     probed = predict(config, size, _hardware(asr_seconds_per_speech_second=0.06, asr_probe_segments=9), DATA, resources)
     half = (probed.wall_seconds_high - probed.wall_seconds) / probed.wall_seconds
-    assert half == pytest.approx(1.96 * (0.07**2 + (0.8 / 3) ** 2) ** 0.5)
+    assert half == pytest.approx(1.96 * (0.07**2 + (PROBE_SPREAD / 3) ** 2) ** 0.5)
     assert half > (plain.wall_seconds_high - plain.wall_seconds) / plain.wall_seconds
     learned = predict(config, size, _hardware(asr_seconds_per_speech_second=0.06, asr_probe_segments=9), DATA,
                       resources, history_error=0.05, history_runs=3)
