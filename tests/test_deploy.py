@@ -135,7 +135,8 @@ def test_nightly_schedule_and_limit(deployments):
     else:
         assert croniter.is_valid(cron)
     assert nightly["concurrency_limit"] == 1
-    assert set(nightly["parameters"]) == {"input", "output", "config_path"}
+    assert set(nightly["parameters"]) == {"input", "output", "config_path", "new_version"}
+    assert nightly["parameters"]["new_version"] is False  # nightly runs append to one output
     assert (ROOT / nightly["parameters"]["config_path"]).is_file()
 
 
