@@ -17,7 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from pipelines.discover import InputError
-from pipelines import history, jobstate, storage
+from pipelines import history, jobstate, report, storage
 from pipelines.engine import run_job
 from pipelines.planning import LimitExceeded, check_limits, load_manifest, load_profile, manifest_batches, parse_duration, plan_job
 from pipelines.storage import StorageError
@@ -114,6 +114,50 @@ def status(
         Console().print(table)
     if not state["complete"]:
         raise typer.Exit(1)
+
+
+@app.command()
+def inspect(
+    output: str = typer.Argument(..., help="fsspec URL of a voxmill output"),
+    json_out: bool = typer.Option(False, "--json", help="the summary as JSON on stdout"),
+    no_report: bool = typer.Option(False, "--no-report", help="print only; write nothing into OUTPUT/report/"),
+    samples: int = typer.Option(20, help="sample rows (with playable audio) on the report page"),
+) -> None:
+    """Hours kept and dropped (by reason), samples, shards, sources, languages and score percentiles
+    of OUTPUT; writes OUTPUT/report/ (plots and a page that plays samples) unless --no-report."""
+    try:
+        summary = report.gather(output, samples) if no_report else report.write_report(output, samples)
+    except (report.ReportError, StorageError) as err:
+        _print_error(err)
+        raise typer.Exit(2)
+    if json_out:
+        sys.stdout.write(summary.model_dump_json(indent=2) + "\n")
+        return
+    _print_dataset(summary)
+
+
+def _print_dataset(summary: report.DatasetSummary) -> None:
+    out = Console()
+    table = Table(title=f"voxmill inspect: {summary.output}", show_header=False)
+    for name, value in report.overview_rows(summary):
+        table.add_row(name, escape(value))
+    out.print(table)
+    if summary.dropped:
+        dropped = Table(title="dropped", show_header=True)
+        for column in ("stage: reason", "rows", "hours"):
+            dropped.add_column(column)
+        for d in summary.dropped:
+            dropped.add_row(escape(d.label), str(d.rows), f"{d.hours:.4f}")
+        out.print(dropped)
+    spread = Table(title="distributions", show_header=True)
+    for column in ("metric", "count", "p5", "p50", "p95"):
+        spread.add_column(column)
+    for name, d in report.distribution_rows(summary):
+        spread.add_row(name, *(["not scored", "", "", ""] if d is None else
+                               [str(d.count), f"{d.p5:.2f}", f"{d.p50:.2f}", f"{d.p95:.2f}"]))
+    out.print(spread)
+    if summary.report:
+        out.print(f"report: {escape(summary.report)}", soft_wrap=True)
 
 
 @app.command()

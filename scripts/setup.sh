@@ -6,10 +6,15 @@ PYTHON="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
 if [ "${1:-}" = "test" ]; then
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
   # HF datasets decodes audio through torchcodec, which needs the system FFmpeg libraries.
   if ! ldconfig -p | grep -q libavutil; then
-    SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
     $SUDO apt-get update -qq && $SUDO apt-get install -y -qq --no-install-recommends ffmpeg >/dev/null
+  fi
+  # The report test opens the page in a real headless browser: Debian's chromium, driven by
+  # Playwright (which must not download a browser of its own).
+  if ! command -v chromium >/dev/null; then
+    $SUDO apt-get update -qq && $SUDO apt-get install -y -qq --no-install-recommends chromium >/dev/null
   fi
   .venv/bin/python -m pip install --quiet -e ".[test]"
 else
