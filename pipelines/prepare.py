@@ -15,6 +15,7 @@ import numpy as np
 from pipelines import storage
 from pipelines.audio import ASR_RATE, DecodeError, Resampler, Waveform, decode, encode, peak_normalize
 from pipelines.keys import segment_key
+from pipelines.quality import QualityScorer, audio_hash, clipping_ratio
 from pipelines.vad import Segmenter, Span
 from schemas.config import JobConfig
 
@@ -55,6 +56,7 @@ class PreparedSegment:
     start: float
     end: float
     audio: bytes  # encoded output audio (FLAC/WAV)
+    scores: dict = field(default_factory=dict)  # acoustic quality scores (pipelines.quality); {} when off
 
 
 @dataclass
@@ -74,16 +76,50 @@ class Preparer:
         self.shard_format = config.shards.audio_format
         self.resample = Resampler(config.audio)
         self.segment = Segmenter(config.vad)
+        self.quality = QualityScorer(config.quality) if config.quality.enabled else None
 
     def setup(self) -> None:
         self.segment.setup()
+        if self.quality:
+            self.quality.setup()
 
     def __call__(self, unit: int, files: list[SourceFile]) -> tuple[list[np.ndarray], PreparedUnit]:
         prepared = PreparedUnit(unit)
         asr_audio: list[np.ndarray] = []
         for group in self._groups(files):
             asr_audio.extend(self._prepare_group(group, prepared))
+        if self.quality and asr_audio:
+            with _Clock(prepared.stage_seconds)("quality"):
+                asr_audio = self._score(asr_audio, prepared)
         return asr_audio, prepared
+
+    def _score(self, audios: list[np.ndarray], out: PreparedUnit) -> list[np.ndarray]:
+        """DNSMOS, SNR and loudness for all the unit's segments at once (DNSMOS windows batch
+        across segments). If the batch fails, each segment is scored alone, and one whose scoring
+        fails is a quality reject here, before ASR spends time on it. Returns the audio kept."""
+        try:
+            scored: list = self.quality.score(audios)
+        except Exception:  # noqa: BLE001 - isolate the segment that fails, below
+            scored = [self._score_one(audio) for audio in audios]
+        kept_segments, kept_audio = [], []
+        for seg, audio, scores in zip(out.segments, audios, scored, strict=True):
+            if isinstance(scores, str):
+                source = SourceFile(seg.source_id, seg.source_uri)
+                out.rejects.append(reject_row(source, out.unit, "quality", scores, Span(seg.start, seg.end),
+                                              key=seg.key))
+                continue
+            seg.scores = {**scores, **seg.scores}  # clipping from the decoded-rate audio wins
+            kept_segments.append(seg)
+            kept_audio.append(audio)
+        out.segments = kept_segments
+        return kept_audio
+
+    def _score_one(self, audio: np.ndarray) -> dict | str:
+        """Scores of one segment, or the error (the reject reason) when scoring it fails."""
+        try:
+            return self.quality.score([audio])[0]
+        except Exception as err:  # noqa: BLE001 - one bad segment is a reject, not a failed unit
+            return f"scoring failed: {type(err).__name__}: {err}"[:300]
 
     def _groups(self, files: list[SourceFile]) -> list[list[SourceFile]]:
         """One file at a time on the CPU (memory follows one file); on a GPU, files up to
@@ -153,7 +189,13 @@ class Preparer:
             part = Span(source.offset, source.offset + owned) if source.context else None
             out.rejects.append(reject_row(source, out.unit, "vad", "no speech found", part, duration=owned))
         with clock("encode"):
-            out.segments.extend(self._encode(source, target, span, base) for span in spans)
+            encoded = [self._encode(source, target, span, base) for span in spans]
+        if self.quality:
+            with clock("quality"):
+                for seg, span in zip(encoded, spans):
+                    seg.scores = {"clipping": round(clipping_ratio(_cut(wave, span)), 6),
+                                  "audio_hash": audio_hash(seg.audio)}
+        out.segments.extend(encoded)
         return [_cut(speech, span) for span in spans]
 
     def _decode(self, source: SourceFile) -> Waveform:
@@ -185,7 +227,9 @@ def _cut(wave: Waveform, span: Span) -> np.ndarray:
 def reject_row(
     source: SourceFile, unit: int, stage: str, reason: str, span: Span | None = None,
     duration: float | None = None, key: str | None = None,
+    metric: str | None = None, value: float | None = None, threshold: float | None = None,
 ) -> dict:
+    """One row of REJECTS_SCHEMA; `metric`/`value`/`threshold` say which quality filter dropped it."""
     return {
         "source_id": source.id,
         "source_uri": source.uri,
@@ -196,6 +240,9 @@ def reject_row(
         "start": span.start if span else None,
         "end": span.end if span else None,
         "duration": span.seconds if span else (duration if duration is not None else source.duration),
+        "metric": metric,
+        "value": value,
+        "threshold": threshold,
     }
 
 

@@ -70,6 +70,56 @@ class ShardConfig(_Section):
     max_samples: int = Field(100_000, ge=1)
 
 
+class QualityConfig(_Section):
+    """Per-segment scores and the filters on them (pipelines/quality.py).
+
+    Defaults suit TTS data and were measured on the real clips (benchmarks/quality.py): they keep
+    clean read speech (LibriSpeech, LJSpeech), the AMI headset, Common Voice and even the 1961 JFK
+    broadcast clip, and drop speech under white noise at 10 dB SNR, hard clipping, near silence,
+    and transcripts Whisper itself would call failed. Any threshold set to null is off; the scores
+    are written to the index and each sample's JSON either way, to filter again later.
+    """
+
+    enabled: bool = Field(True, description="score every segment and apply the filters; false = neither")
+    dnsmos_hop_seconds: float = Field(
+        1.0, ge=0.1, le=9.01,
+        description="DNSMOS reads 9.01 s windows; 1.0 is the reference hop, 9.01 = no overlap (cheaper on long segments)")
+    min_dnsmos_ovrl: Optional[float] = Field(
+        2.3, ge=1, le=5,
+        description="DNSMOS P.835 overall MOS (1-5). LJSpeech scores 2.8-3.0, JFK 2.46, white noise at 10 dB "
+                    "SNR 2.2; Emilia keeps >= 3.0 (after source separation), which would drop LJSpeech")
+    min_dnsmos_sig: Optional[float] = Field(None, ge=1, le=5, description="DNSMOS P.835 speech-signal MOS (1-5)")
+    min_dnsmos_bak: Optional[float] = Field(None, ge=1, le=5, description="DNSMOS P.835 background-noise MOS (1-5)")
+    min_snr_db: Optional[float] = Field(
+        15.0, description="blind SNR estimate, dB (loud vs quiet 25 ms frames); clean clips 29-58, "
+                          "white noise at 5 dB SNR reads 12")
+    max_clipping: Optional[float] = Field(
+        0.001, ge=0, le=1, description="share of samples on the segment's peak plateau; clean speech 0, "
+                                       "a copy clipped at 30% of its peak 0.0015")
+    min_loudness_lufs: Optional[float] = Field(
+        -45.0, description="integrated loudness (BS.1770, LUFS) of the 16 kHz segment; clean clips -33 to -13")
+    max_loudness_lufs: Optional[float] = Field(-5.0, description="louder = distorted or clipped level")
+    min_chars_per_second: Optional[float] = Field(
+        2.0, ge=0, description="letters and digits of the normalised transcript per second (English read "
+                               "speech 9-15; numbers as digits go down to 4): below = words missing")
+    max_chars_per_second: Optional[float] = Field(30.0, ge=0, description="above = hallucinated or misaligned text")
+    min_avg_logprob: Optional[float] = Field(
+        -1.0, le=0, description="Whisper's mean token log-prob; Whisper itself retries a decode below -1")
+    max_no_speech_prob: Optional[float] = Field(
+        0.6, ge=0, le=1, description="Whisper's no-speech probability; 0.6 is Whisper's own threshold")
+    min_language_prob: Optional[float] = Field(
+        None, ge=0, le=1, description="language-ID confidence (multilingual models); Emilia keeps >= 0.8")
+    languages: Optional[list[str]] = Field(None, description="keep only these detected languages; null = any")
+
+    @model_validator(mode="after")
+    def _check_bounds(self) -> "QualityConfig":
+        for low, high in (("min_loudness_lufs", "max_loudness_lufs"), ("min_chars_per_second", "max_chars_per_second")):
+            lo, hi = getattr(self, low), getattr(self, high)
+            if lo is not None and hi is not None and lo >= hi:
+                raise ValueError(f"quality.{low} must be below quality.{high}")
+        return self
+
+
 class EngineConfig(_Section):
     unit_minutes: float = Field(30.0, gt=0, description="audio per work unit (resume granularity)")
     unit_max_files: int = Field(2000, ge=1)
@@ -106,6 +156,7 @@ class JobConfig(_Section):
     vad: VadConfig = VadConfig()
     asr: AsrConfig = AsrConfig()
     shards: ShardConfig = ShardConfig()
+    quality: QualityConfig = QualityConfig()
     engine: EngineConfig = EngineConfig()
     plan: PlanConfig = PlanConfig()
 

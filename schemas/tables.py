@@ -31,6 +31,16 @@ INDEX_SCHEMA = pa.schema(
         pa.field("language_prob", pa.float32()),
         pa.field("avg_logprob", pa.float32()),
         pa.field("no_speech_prob", pa.float32()),
+        # quality scores (pipelines/quality.py); null when quality.enabled is false or not measurable
+        pa.field("dnsmos_sig", pa.float32()),  # DNSMOS P.835, 1-5
+        pa.field("dnsmos_bak", pa.float32()),
+        pa.field("dnsmos_ovrl", pa.float32()),
+        pa.field("snr_db", pa.float32()),  # blind estimate
+        pa.field("clipping", pa.float32()),  # share of samples on the peak plateau
+        pa.field("loudness_lufs", pa.float32()),  # BS.1770 integrated loudness
+        pa.field("chars_per_second", pa.float32()),  # letters+digits of the normalised transcript
+        pa.field("audio_hash", pa.string()),  # blake2b-128 hex of the stored KEY.flac/KEY.wav bytes
+        pa.field("near_duplicate_of", pa.string()),  # key of an earlier sample with the same text and length
     ]
 )
 
@@ -45,5 +55,9 @@ REJECTS_SCHEMA = pa.schema(
         pa.field("start", pa.float64()),
         pa.field("end", pa.float64()),
         pa.field("duration", pa.float64()),
+        # a quality filter's drop: which metric, its value and the threshold crossed; else null
+        pa.field("metric", pa.string()),
+        pa.field("value", pa.float64()),
+        pa.field("threshold", pa.float64()),
     ]
 )

@@ -1,0 +1,244 @@
+"""Quality: per-segment scores (DNSMOS, SNR, clipping, loudness, content hash) and the filters on them.
+
+Acoustic scores are computed in the prep task, where the segment audio already exists (no second
+decode, nothing extra crosses Ray); text scores and every filter run at commit, where the
+transcript meets them. A filter drops a segment into `rejects/` with the metric, its value and
+the threshold, so nothing is lost silently and a looser threshold can be re-applied from the index.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+import unicodedata
+from dataclasses import dataclass
+from importlib import resources
+from typing import Optional, Sequence
+
+import numpy as np
+
+from schemas.config import QualityConfig
+
+RATE = 16000  # DNSMOS, SNR and loudness read the 16 kHz segments the ASR actors get
+DNSMOS_WINDOW = 144160  # samples the P.835 model reads (9.01 s at 16 kHz)
+DNSMOS_BATCH = 64  # windows per onnxruntime call: ~37 MB of input, whatever the unit's length
+# The DNS Challenge's polynomial mapping from the P.835 model's raw outputs to MOS (the same
+# coefficients speechmos and Microsoft's dnsmos_local.py apply for the non-personalised model).
+SIG_POLY = np.poly1d([-0.08397278, 1.22083953, 0.0052439])
+BAK_POLY = np.poly1d([-0.13166888, 1.60915514, -0.39604546])
+OVRL_POLY = np.poly1d([-0.06766283, 1.11546468, 0.04602535])
+SNR_FRAME = 400  # 25 ms frames, 10 ms hop: the usual short-time analysis for speech
+SNR_HOP = 160
+CLIP_TOLERANCE = 1e-3  # a sample within this (relative) of the segment's peak sits on the plateau
+POWER_FLOOR = 1e-10  # -100 dBFS: digital silence must not turn an SNR into infinity
+SCORE_NAMES = ("dnsmos_sig", "dnsmos_bak", "dnsmos_ovrl", "snr_db", "clipping", "loudness_lufs")
+
+
+def dnsmos_model_path() -> str:
+    """The DNSMOS P.835 ONNX model shipped in the `speechmos` package.
+
+    Its own `speechmos.dnsmos` module is not used: it imports librosa at module load (only for
+    the P.808 model, which we do not need) and scores one 9 s window per onnxruntime call; this
+    module batches windows across a unit's segments instead.
+    """
+    return str(resources.files("speechmos") / "dnsmos_models" / "sig_bak_ovr.onnx")
+
+
+class QualityScorer:
+    """Acoustic scores for a batch of 16 kHz segments; the ONNX session loads once per worker."""
+
+    def __init__(self, config: QualityConfig):
+        self.config = config
+        self.session = None
+        self._meters: dict[int, object] = {}
+
+    def setup(self) -> None:
+        import onnxruntime as ort
+
+        providers = ["CPUExecutionProvider"]
+        if "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # no per-session warnings in every prep task's log
+        options.intra_op_num_threads = 1  # a prep task holds one CPU; more threads only oversubscribe
+        try:
+            self.session = ort.InferenceSession(dnsmos_model_path(), options, providers=providers)
+        except Exception:  # noqa: BLE001 - a CUDA build without a visible GPU: the CPU still works
+            self.session = ort.InferenceSession(dnsmos_model_path(), options, providers=["CPUExecutionProvider"])
+
+    def score(self, speech: Sequence[np.ndarray]) -> list[dict[str, Optional[float]]]:
+        """One dict of SCORE_NAMES per 16 kHz float32 segment.
+
+        Scores are rounded (3 decimals; clipping 6) so that float noise of a different batch
+        layout or accelerator cannot change a sample's JSON: a resumed unit stays byte-identical.
+        (The prep task measures clipping again on the decoded-rate audio, where clipped tops
+        are still flat; resampling rings around them.)"""
+        if self.session is None:
+            self.setup()
+        mos = self.dnsmos(speech)
+        return [
+            {
+                "dnsmos_sig": _round(sig), "dnsmos_bak": _round(bak), "dnsmos_ovrl": _round(ovrl),
+                "snr_db": _round(snr_db(audio)),
+                "clipping": _round(clipping_ratio(audio), 6),
+                "loudness_lufs": _round(self.loudness(audio, RATE)),
+            }
+            for (sig, bak, ovrl), audio in zip(mos, speech, strict=True)
+        ]
+
+    def dnsmos(self, speech: Sequence[np.ndarray]) -> list[tuple[float, float, float]]:
+        """(sig, bak, ovrl) per segment: every 9.01 s window of every segment in a few batched calls,
+        then each segment's windows averaged, as the reference scorer does one by one."""
+        windows, owners = [], []
+        for i, audio in enumerate(speech):
+            for window in dnsmos_windows(audio, self.config.dnsmos_hop_seconds):
+                windows.append(window)
+                owners.append(i)
+        raw = np.zeros((len(windows), 3), dtype=np.float64)
+        name = self.session.get_inputs()[0].name
+        for start in range(0, len(windows), DNSMOS_BATCH):
+            batch = np.stack(windows[start : start + DNSMOS_BATCH])
+            raw[start : start + len(batch)] = self.session.run(None, {name: batch})[0]
+        owners_arr = np.asarray(owners, dtype=np.int64)
+        scores = []
+        for i in range(len(speech)):
+            mean = raw[owners_arr == i].mean(axis=0)
+            scores.append((float(SIG_POLY(mean[0])), float(BAK_POLY(mean[1])), float(OVRL_POLY(mean[2]))))
+        return scores
+
+    def loudness(self, audio: np.ndarray, rate: int) -> Optional[float]:
+        """Integrated loudness (ITU-R BS.1770-4, LUFS); None when the segment is shorter than one
+        400 ms gating block or gates out entirely (digital silence)."""
+        import pyloudnorm
+
+        meter = self._meters.get(rate)
+        if meter is None:
+            meter = self._meters[rate] = pyloudnorm.Meter(rate)
+        if len(audio) < int(0.4 * rate) + 1:
+            return None
+        return _finite(meter.integrated_loudness(np.asarray(audio, dtype=np.float64)))
+
+
+def dnsmos_windows(audio: np.ndarray, hop_seconds: float = 1.0) -> list[np.ndarray]:
+    """The reference scorer's windows: a segment under 9.01 s is repeated until it is that long,
+    then 9.01 s windows start every `hop_seconds` (1 s in the reference) while they fit whole."""
+    audio = np.asarray(audio, dtype=np.float32)
+    if len(audio) == 0:
+        raise ValueError("empty segment")
+    if len(audio) < DNSMOS_WINDOW:
+        audio = np.tile(audio, math.ceil(DNSMOS_WINDOW / len(audio)))
+    hop = round(hop_seconds * RATE)
+    return [audio[start : start + DNSMOS_WINDOW] for start in range(0, len(audio) - DNSMOS_WINDOW + 1, hop)]
+
+
+def snr_db(audio: np.ndarray) -> Optional[float]:
+    """A blind SNR estimate (NIST STNR style): the loud frames' power (95th percentile of 25 ms
+    frame powers) over the noise floor (their 5th percentile). VAD segments keep pauses and
+    200 ms of padding, so the quiet frames hear the background. Capped at 100 dB (digital silence)."""
+    audio = np.asarray(audio, dtype=np.float64)
+    if len(audio) < SNR_FRAME:
+        return None
+    frames = np.lib.stride_tricks.sliding_window_view(audio, SNR_FRAME)[::SNR_HOP]
+    power = np.maximum((frames**2).mean(axis=1), POWER_FLOOR)
+    level = 10 * np.log10(power)
+    return float(min(100.0, np.percentile(level, 95) - np.percentile(level, 5)))
+
+
+def clipping_ratio(audio: np.ndarray) -> float:
+    """Share of samples on the segment's peak plateau (within CLIP_TOLERANCE of its peak).
+
+    Measured against the segment's own peak, not full scale, so audio clipped first and turned
+    down later still shows its flat tops; clean speech touches its peak in a handful of samples."""
+    magnitude = np.abs(np.asarray(audio, dtype=np.float32))
+    peak = float(magnitude.max()) if len(magnitude) else 0.0
+    if peak <= 0.0:
+        return 0.0
+    on_plateau = int(np.count_nonzero(magnitude >= peak * (1 - CLIP_TOLERANCE)))
+    return on_plateau / len(magnitude) if on_plateau > 1 else 0.0
+
+
+def audio_hash(encoded: bytes) -> str:
+    """Hex content hash of a sample's stored audio (`KEY.flac`/`KEY.wav`): users can recompute it
+    from the shard, and byte-identical audio (the same file under two names) shares it."""
+    return hashlib.blake2b(encoded, digest_size=16).hexdigest()
+
+
+def normalise_text(text: str) -> str:
+    """Lower case, NFKC, punctuation and symbols gone, whitespace collapsed: the text that the
+    speech rate counts and the near-duplicate check compares."""
+    text = unicodedata.normalize("NFKC", text).lower()
+    kept = "".join(c if unicodedata.category(c)[0] in "LNM" or c == "'" else " " for c in text)
+    return " ".join(kept.split())
+
+
+def chars_per_second(text: str, seconds: float) -> Optional[float]:
+    """Spoken characters (letters and digits of the normalised text, no spaces) per second."""
+    if seconds <= 0:
+        return None
+    return len(re.sub(r"[\s']", "", normalise_text(text))) / seconds
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Why a filter drops a segment: the metric, its value, and the threshold it crossed."""
+
+    metric: str
+    value: Optional[float]  # None for a categorical metric (language)
+    threshold: Optional[float]
+    reason: str
+
+
+def _bound(metric: str, value: float, threshold: float, op: str) -> Verdict:
+    return Verdict(metric, value, threshold, f"{metric} {_fmt(value)} {op} {_fmt(threshold)}")
+
+
+# (metric, config field of the minimum, config field of the maximum), checked in this order: the
+# first failing one names the reject, so the same row always gets the same reason.
+BOUNDS = (
+    ("dnsmos_ovrl", "min_dnsmos_ovrl", None),
+    ("dnsmos_sig", "min_dnsmos_sig", None),
+    ("dnsmos_bak", "min_dnsmos_bak", None),
+    ("snr_db", "min_snr_db", None),
+    ("clipping", None, "max_clipping"),
+    ("loudness_lufs", "min_loudness_lufs", "max_loudness_lufs"),
+    ("chars_per_second", "min_chars_per_second", "max_chars_per_second"),
+    ("avg_logprob", "min_avg_logprob", None),
+    ("no_speech_prob", None, "max_no_speech_prob"),
+    ("language_prob", "min_language_prob", None),
+)
+
+
+def verdict(config: QualityConfig, row: dict) -> Optional[Verdict]:
+    """The first threshold `row` (an index row with its scores) crosses, or None to keep it.
+
+    A missing score (e.g. loudness of a sub-400 ms segment) passes: a filter drops only what it
+    measured. Values are compared as the float32 the index stores, so a user who filters the
+    index again with the same threshold gets the same rows."""
+    for metric, low, high in BOUNDS:
+        value = row.get(metric)
+        if value is None or not math.isfinite(value):
+            continue
+        value = float(np.float32(value))
+        minimum = getattr(config, low) if low else None
+        maximum = getattr(config, high) if high else None
+        if minimum is not None and value < minimum:
+            return _bound(metric, value, minimum, "<")
+        if maximum is not None and value > maximum:
+            return _bound(metric, value, maximum, ">")
+    if config.languages is not None and row.get("language") not in config.languages:
+        allowed = ", ".join(config.languages)
+        return Verdict("language", None, None, f"language {row.get('language')} not in [{allowed}]")
+    return None
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.3g}" if abs(value) < 1 else f"{value:.2f}"
+
+
+def _round(value: Optional[float], digits: int = 3) -> Optional[float]:
+    return None if value is None else round(float(value), digits)
+
+
+def _finite(value: float) -> Optional[float]:
+    value = float(value)
+    return value if math.isfinite(value) else None

@@ -1,0 +1,165 @@
+"""Quality scores and filters: the scores on real clips and their degraded copies, and one whole job
+where a DNSMOS threshold drops real segments and an exact copy of a file is rejected as a duplicate."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pytest
+import soundfile as sf
+import soxr
+import webdataset as wds
+
+from pipelines.calibrate import PREP_STAGES
+from pipelines.engine import resources_for, run_job
+from pipelines.estimator import predict, size_from_manifest
+from pipelines.prepare import PreparedSegment, PreparedUnit, Preparer
+from pipelines.quality import SCORE_NAMES, QualityScorer, audio_hash, chars_per_second, verdict
+from schemas.config import QualityConfig, load_job_config
+from schemas.plan import DataProfile, HardwareProfile
+from schemas.tables import MANIFEST_SCHEMA
+from tests.conftest import DEMO, small_units_config
+
+CLEAN = "2412-153948-0000.flac"  # LibriSpeech read speech
+SCORE_COLUMNS = (*SCORE_NAMES, "chars_per_second", "audio_hash")
+THRESHOLD = 3.25  # DNSMOS ovrl: between the LibriSpeech 2412 clips (3.35-3.41) and the rest (2.46-3.16)
+
+
+def _speech(name: str) -> np.ndarray:
+    audio, rate = sf.read(DEMO / name, dtype="float32", always_2d=True)
+    return soxr.resample(audio.mean(axis=1), rate, 16000).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def scorer() -> QualityScorer:
+    scorer = QualityScorer(QualityConfig())
+    scorer.setup()
+    return scorer
+
+
+def test_noise_lowers_dnsmos_and_snr(scorer):
+    clean = _speech(CLEAN)
+    noise = np.random.default_rng(0).normal(0, np.sqrt(np.mean(clean**2)), len(clean)).astype(np.float32)
+    good, noisy = scorer.score([clean, clean + noise])  # 0 dB SNR
+    assert good["dnsmos_ovrl"] > 3.0 and good["dnsmos_ovrl"] - noisy["dnsmos_ovrl"] > 1.0
+    assert good["dnsmos_bak"] - noisy["dnsmos_bak"] > 1.5
+    assert good["snr_db"] > 30 and good["snr_db"] - noisy["snr_db"] > 20
+
+
+def test_clipping_and_loudness(scorer):
+    clean = _speech(CLEAN)
+    peak = float(np.abs(clean).max())
+    plain, clipped, quiet = scorer.score([clean, np.clip(clean, -0.1 * peak, 0.1 * peak), 0.1 * clean])
+    assert plain["clipping"] < 1e-4 and clipped["clipping"] > 0.02
+    assert plain["loudness_lufs"] - quiet["loudness_lufs"] == pytest.approx(20.0, abs=0.1)
+
+
+def test_scores_do_not_depend_on_the_batch(scorer):
+    """A segment scores the same alone or among others (resume redoes a unit whole, but a unit's
+    batch layout must not leak into its numbers either)."""
+    segments = [_speech(CLEAN), _speech("LJ002-0020.wav"), _speech("jfk.flac")]
+    together = scorer.score(segments)
+    assert [scorer.score([s])[0] for s in segments] == together
+    assert len({r["dnsmos_ovrl"] for r in together}) == 3
+
+
+def test_a_segment_that_cannot_be_scored_becomes_a_quality_reject():
+    config = load_job_config(str(DEMO), "/tmp/unused")
+    preparer = Preparer(config)
+    preparer.setup()
+    unit = PreparedUnit(7, segments=[
+        PreparedSegment(f"k{i}", "src", "file:///x.wav", float(i), i + 1.0, b"", {"audio_hash": str(i)})
+        for i in range(2)])
+    kept = preparer._score([_speech(CLEAN), np.zeros(0, dtype=np.float32)], unit)
+    assert len(kept) == 1 and [s.key for s in unit.segments] == ["k0"]
+    assert unit.segments[0].scores["audio_hash"] == "0" and unit.segments[0].scores["dnsmos_ovrl"] > 3
+    (reject,) = unit.rejects
+    assert reject["stage"] == "quality" and reject["key"] == "k1" and "empty segment" in reject["reason"]
+
+
+def test_filters_name_metric_value_and_threshold():
+    config = QualityConfig(min_dnsmos_ovrl=2.5)
+    failed = verdict(config, {"dnsmos_ovrl": 2.3141, "snr_db": 3.0})  # first failing metric in a fixed order
+    assert (failed.metric, failed.threshold, failed.reason) == ("dnsmos_ovrl", 2.5, "dnsmos_ovrl 2.31 < 2.50")
+    assert failed.value == pytest.approx(2.3141, rel=1e-6)
+    assert verdict(config, {"dnsmos_ovrl": 2.6, "loudness_lufs": None}) is None  # unmeasured passes
+    assert verdict(QualityConfig(languages=["de"]), {"language": "en"}).reason == "language en not in [de]"
+    assert chars_per_second("In 1813, sir!", 2.0) == pytest.approx(4.5)  # 9 letters and digits
+
+
+def test_plan_prices_quality_as_part_of_prep(tmp_path):
+    hardware = HardwareProfile(
+        name="cpu", cpu_model="test", cpus=4, asr_model="tiny.en", compute_type="int8", device="cpu",
+        batch_size=16, prep_seconds_per_input_second=0.03, quality_seconds_per_input_second=0.02,
+        asr_seconds_per_segment=0.5, write_seconds_per_unit=1.0, ray_start_seconds=1.0,
+        model_load_seconds=1.0, measured_on_seconds=60.0, measured_at="2026-01-01")
+    data = DataProfile(speech_fraction=0.5, segments_per_speech_second=0.25, kept_fraction=1.0,
+                       output_bytes_per_output_second=30000.0, sample_seconds=60.0, sample_files=3)
+    size = size_from_manifest(pa.Table.from_pylist(
+        [{"id": "a", "uri": "/a.flac", "bytes": 1, "duration": 36000.0}], schema=MANIFEST_SCHEMA))
+    prep = {}
+    for enabled in (True, False):
+        config = load_job_config("/in", "/out", overrides={"quality.enabled": enabled})
+        plan = predict(config, size, hardware, data, resources_for(4, 0, config.engine))
+        prep[enabled] = next(s.seconds for s in plan.stages if s.name == "prep")
+    assert prep[True] == pytest.approx(36000 * 0.03 / 3) and prep[False] == pytest.approx(36000 * 0.01 / 3)
+
+
+@pytest.fixture(scope="module")
+def quality_job(clips, local_ray, tmp_path_factory):
+    """The real clips plus a byte copy of a LibriSpeech file, in one unit, with a DNSMOS threshold
+    that keeps the two cleanest LibriSpeech clips only."""
+    folder = tmp_path_factory.mktemp("quality") / "in"
+    shutil.copytree(clips, folder)
+    shutil.copy(folder / CLEAN, folder / f"copy-{CLEAN}")
+    output = tmp_path_factory.mktemp("quality") / "out"
+    config = small_units_config(str(folder), str(output), **{
+        "engine.unit_minutes": 30, "quality.min_dnsmos_ovrl": THRESHOLD})
+    summary = run_job(config)
+    index = ds.dataset(f"{output}/index", format="parquet").to_table().to_pylist()
+    rejects = ds.dataset(f"{output}/rejects", format="parquet").to_table().to_pylist()
+    return folder, config, summary, index, rejects
+
+
+def test_dropped_segments_are_rejects_with_metric_value_and_threshold(quality_job):
+    folder, _, _, index, rejects = quality_job
+    dropped = [r for r in rejects if r["stage"] == "quality" and r["metric"] == "dnsmos_ovrl"]
+    assert {Path(r["source_uri"]).name for r in dropped} >= {"LJ002-0020.wav", "LJ002-0035.wav", "jfk.flac"}
+    for row in dropped:
+        assert row["threshold"] == THRESHOLD and row["value"] < THRESHOLD and row["key"]
+        assert row["reason"] == f"dnsmos_ovrl {row['value']:.2f} < {THRESHOLD:.2f}"
+    kept = {Path(r["source_uri"]).name for r in index}
+    assert kept == {CLEAN, "2412-153948-0001.flac"}
+    assert all(r["dnsmos_ovrl"] >= THRESHOLD for r in index)
+    inputs = {str(p) for p in folder.iterdir() if p.suffix not in {".md", ".jsonl"}}
+    assert {r["source_uri"] for r in index} | {r["source_uri"] for r in rejects} == inputs
+
+
+def test_exact_copy_is_rejected_naming_the_kept_key(quality_job):
+    _, _, _, index, rejects = quality_job
+    (original,) = [r for r in index if Path(r["source_uri"]).name == CLEAN]
+    (copy,) = [r for r in rejects if Path(r["source_uri"]).name == f"copy-{CLEAN}"]
+    assert copy["stage"] == "quality" and copy["metric"] == "audio_hash"
+    assert copy["reason"] == f"exact duplicate of {original['key']}"
+    assert (copy["start"], copy["end"]) == (original["start"], original["end"])
+
+
+def test_scores_are_in_the_index_and_in_each_samples_json(quality_job):
+    _, config, summary, index, _ = quality_job
+    urls = sorted(str(p) for p in Path(config.output, "shards").glob("shard-*.tar"))
+    samples = {s["__key__"]: s for s in wds.WebDataset(urls, shardshuffle=False)}
+    assert set(samples) == {r["key"] for r in index}
+    for row in index:
+        assert all(row[name] is not None for name in SCORE_COLUMNS), row
+        assert row["near_duplicate_of"] is None and 0 <= row["clipping"] < 0.001
+        meta = json.loads(samples[row["key"]]["json"])
+        assert {name: meta[name] for name in (*SCORE_COLUMNS, "near_duplicate_of")} == \
+            {name: row[name] for name in (*SCORE_COLUMNS, "near_duplicate_of")}
+        assert audio_hash(samples[row["key"]]["flac"]) == row["audio_hash"]
+    assert summary["stage_seconds"]["quality"] > 0
+    prep_stages = set(summary["stage_seconds"]) - {"discover", "asr", "write"}
+    assert prep_stages <= set(PREP_STAGES)  # every second a prep task spends is priced by the plan
