@@ -34,7 +34,7 @@ from schemas.plan import Calibration, DataProfile, HardwareProfile
 
 PRESAMPLE_ROWS = 5000
 MIN_PIECE = 20.0  # seconds: shorter excerpts would cut most utterances short
-PREP_STAGES = ("decode", "resample", "vad", "encode")
+PREP_STAGES = ("decode", "resample", "vad", "encode", "quality")  # what a prep task times (prepare.py)
 
 
 def sample_budget(config: JobConfig, input_seconds: float) -> float:
@@ -116,6 +116,7 @@ def calibrate(config: JobConfig, sample: list[SourceFile]) -> Calibration:
         asr_model=config.asr.model or "bundled tiny.en", compute_type=config.asr.compute_type,
         device="cuda" if resources.gpus else "cpu", batch_size=config.asr.batch_size,
         prep_seconds_per_input_second=sum(stage(s) for s in PREP_STAGES) / max(input_s, 1e-9),
+        quality_seconds_per_input_second=stage("quality") / max(input_s, 1e-9),
         asr_seconds_per_segment=stage("asr") / max(segments, 1),
         asr_seconds_per_speech_second=asr_rate, asr_probe_segments=probed,
         write_seconds_per_unit=stage("write") / max(len(reports), 1),

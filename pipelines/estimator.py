@@ -118,6 +118,7 @@ def predict(config: JobConfig, size: InputSize, hardware: HardwareProfile, data:
             correction: float = 1.0, history_error: Optional[float] = None, history_runs: int = 0) -> JobPlan:
     """The pipeline model. `correction` (actual/predicted of past runs) scales the wall time."""
     units = _unit_count(config, size)
+    hardware = _priced_for(config, hardware)
     work = _stage_work(size.audio_seconds, units, hardware, data)
     seconds = {
         "prep": work["prep"] / resources.prep_workers,
@@ -148,6 +149,17 @@ def predict(config: JobConfig, size: InputSize, hardware: HardwareProfile, data:
 
 
 STAGE_ORDER = ("prep", "asr", "write")
+
+
+def _priced_for(config: JobConfig, hardware: HardwareProfile) -> HardwareProfile:
+    """The profile's prep cost for this config: quality scoring (DNSMOS mostly) is part of every
+    prep task, and a profile measured with it prices a job without it (`quality.enabled: false`)
+    by taking its measured share out."""
+    quality = hardware.quality_seconds_per_input_second
+    if config.quality.enabled or not quality:
+        return hardware
+    prep = max(0.0, hardware.prep_seconds_per_input_second - quality)
+    return hardware.model_copy(update={"prep_seconds_per_input_second": prep, "quality_seconds_per_input_second": 0.0})
 
 
 def _stage_work(input_seconds: float, units: int, hardware: HardwareProfile, data: DataProfile) -> dict[str, float]:
