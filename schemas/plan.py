@@ -30,7 +30,8 @@ class HardwareProfile(BaseModel):
     compute_type: str
     device: str
     batch_size: int
-    prep_seconds_per_input_second: float  # decode + resample + VAD + encode, per CPU worker
+    prep_seconds_per_input_second: float  # decode + resample + VAD + encode + quality, per CPU worker
+    quality_seconds_per_input_second: Optional[float] = None  # the quality scores' part of it (None: not measured)
     asr_seconds_per_segment: float  # one ASR actor (a GPU, or the CPU pool), in the calibration run
     asr_seconds_per_speech_second: Optional[float] = None  # one ASR actor at full batches (the probe)
     asr_probe_segments: Optional[int] = None  # distinct segments the probe saw: how far to trust it
