@@ -88,7 +88,8 @@ def test_pull_step_sets_working_directory(prefect_yaml):
     (step,) = prefect_yaml["pull"]
     (name, args), = step.items()
     assert name == "prefect.deployments.steps.set_working_directory"
-    # resolved from the worker's environment at run time, not baked in at deploy time
+    # a placeholder, not a path baked into the file: resolved at deploy time if set there, else by the
+    # worker at run time (tests/test_prefect_server.py runs it the second way)
     assert re.fullmatch(r"\{\{\s*\$VOXMILL_HOME\s*\}\}", args["directory"]), args
 
 
@@ -118,6 +119,9 @@ def test_work_pool_names_agree(deployments):
     assert "prefect work-pool create voxmill-process --type process" in readme
     assert "prefect worker start --pool voxmill-process" in readme
     assert "prefect deploy --all --prefect-file deploy/prefect.yaml" in readme
+    # what tests/test_prefect_server.py also does: the worker's VOXMILL_HOME, an ad hoc run
+    assert 'export VOXMILL_HOME="$PWD"' in readme
+    assert "prefect deployment run prepare-corpus/adhoc-corpus" in readme
 
 
 def test_nightly_schedule_and_limit(deployments):
