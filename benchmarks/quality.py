@@ -34,9 +34,9 @@ def sources() -> list[SourceFile]:
     return [SourceFile(r["id"], r["uri"], r["duration"], r["error"]) for r in manifest]
 
 
-def timed_prep(enabled: bool, files: list[SourceFile], repeat: int) -> tuple[dict[str, float], list, list, float]:
+def timed_prep(overrides: dict, files: list[SourceFile], repeat: int) -> tuple[dict[str, float], list, list, float]:
     """Best-of-`repeat` stage seconds (each file prepared alone, as units of one file)."""
-    config = load_job_config(str(DEMO), "/tmp/unused", overrides={"quality.enabled": enabled})
+    config = load_job_config(str(DEMO), "/tmp/unused", overrides=overrides)
     preparer = Preparer(config)
     preparer.setup()
     best: dict[str, float] = {}
@@ -71,9 +71,10 @@ def main() -> None:
     parser.add_argument("--json", help="write the per-segment rows and timings here")
     args = parser.parse_args()
     files = sources()
-    off, _, _, _ = timed_prep(False, files, args.repeat)
+    off, _, _, _ = timed_prep({"quality.enabled": False}, files, args.repeat)
     started = time.perf_counter()
-    on, segments, audios, seconds = timed_prep(True, files, args.repeat)
+    on, segments, audios, seconds = timed_prep({}, files, args.repeat)
+    no_overlap, cheap, _, _ = timed_prep({"quality.dnsmos_hop_seconds": 9.01}, files, args.repeat)
     extra = asr_rows(segments, audios) if args.asr else [{} for _ in segments]
     rows = [{"file": Path(s.source_uri).name, "start": round(s.start, 2), "end": round(s.end, 2),
              **{k: s.scores.get(k) for k in SCORE_NAMES}, **e} for s, e in zip(segments, extra)]
@@ -86,6 +87,9 @@ def main() -> None:
         "prep_seconds_per_audio_second": prep / seconds,
         "quality_seconds_per_audio_second": quality / seconds,
         "quality_over_prep": quality / prep,
+        "quality_seconds_per_audio_second_hop_9.01": no_overlap.get("quality", 0.0) / seconds,
+        "dnsmos_ovrl_change_hop_9.01_max": max(abs(a.scores["dnsmos_ovrl"] - b.scores["dnsmos_ovrl"])
+                                              for a, b in zip(segments, cheap)),
         "stage_seconds_without_quality": off, "stage_seconds_with_quality": on,
         "wall_seconds": time.perf_counter() - started,
     }

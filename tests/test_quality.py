@@ -14,10 +14,12 @@ import soundfile as sf
 import soxr
 import webdataset as wds
 
+from pipelines.asr import AsrResult, Transcriber
 from pipelines.calibrate import PREP_STAGES
+from pipelines.commit import UnitCommitter
 from pipelines.engine import resources_for, run_job
 from pipelines.estimator import predict, size_from_manifest
-from pipelines.prepare import PreparedSegment, PreparedUnit, Preparer
+from pipelines.prepare import PreparedSegment, PreparedUnit, Preparer, SourceFile
 from pipelines.quality import SCORE_NAMES, QualityScorer, audio_hash, chars_per_second, verdict
 from schemas.config import QualityConfig, load_job_config
 from schemas.plan import DataProfile, HardwareProfile
@@ -163,3 +165,35 @@ def test_scores_are_in_the_index_and_in_each_samples_json(quality_job):
     assert summary["stage_seconds"]["quality"] > 0
     prep_stages = set(summary["stage_seconds"]) - {"discover", "asr", "write"}
     assert prep_stages <= set(PREP_STAGES)  # every second a prep task spends is priced by the plan
+
+
+def test_a_second_take_is_flagged_as_near_duplicate_and_kept(tmp_path):
+    """The same LibriSpeech utterance at 98% gain: other bytes (no exact duplicate), same words and
+    length, so the second sample names the first in `near_duplicate_of`."""
+    audio, rate = sf.read(DEMO / CLEAN, dtype="float32")
+    sf.write(tmp_path / "a.wav", audio, rate, subtype="FLOAT")
+    sf.write(tmp_path / "b.wav", 0.98 * audio, rate, subtype="FLOAT")
+    config = load_job_config(str(tmp_path), str(tmp_path / "out"))
+    preparer = Preparer(config)
+    preparer.setup()
+    files = [SourceFile(name, str(tmp_path / f"{name}.wav")) for name in ("a", "b")]
+    audios, prepared = preparer(0, files)
+    transcriber = Transcriber(config.asr)
+    transcriber.setup()
+    rows, rejects = UnitCommitter(config)._rows(prepared, transcriber(audios))
+    assert not rejects and len(rows) == 2
+    (first, _), (second, _) = rows
+    assert first["audio_hash"] != second["audio_hash"] and first["text"] == second["text"]
+    assert first["near_duplicate_of"] is None and second["near_duplicate_of"] == first["key"]
+
+
+def test_quality_off_scores_and_filters_nothing(tmp_path):
+    config = load_job_config(str(DEMO), str(tmp_path / "out"), overrides={"quality.enabled": False})
+    preparer = Preparer(config)
+    preparer.setup()
+    _, prepared = preparer(0, [SourceFile("jfk", str(DEMO / "jfk.flac"))])
+    assert prepared.segments and all(s.scores == {} for s in prepared.segments)
+    assert "quality" not in prepared.stage_seconds
+    row = UnitCommitter(config)._index_row(0, prepared.segments[0], AsrResult("And so", "en", 1.0, -5.0, 0.9))
+    assert all(row[name] is None for name in (*SCORE_COLUMNS, "near_duplicate_of"))
+    assert UnitCommitter(config)._drop(row, {}) is None  # avg_logprob -5 would fail the default filter
