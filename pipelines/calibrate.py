@@ -145,7 +145,7 @@ def asr_probe(config: JobConfig, sample: list[SourceFile], threads: int) -> tupl
     window's neighbours come from the same recording, as in a unit. The sequence is repeated
     until it fills `batch_size` windows. Returns (rate, re-decoded share, distinct segments):
     the last says how far to trust the rate (see `estimator.PROBE_SPREAD`)."""
-    preparer = Preparer(config)
+    preparer = Preparer(_unscored(config))
     preparer.setup()
     audios, _ = preparer(0, [_with_context(piece) for piece in sample])
     speech = sum(len(a) for a in audios) / ASR_RATE
@@ -161,6 +161,12 @@ def asr_probe(config: JobConfig, sample: list[SourceFile], threads: int) -> tupl
     return seconds / (speech * repeats), transcriber.counts["fallback"] / (len(audios) * repeats), len(audios)
 
 
+def _unscored(config: JobConfig) -> JobConfig:
+    """The config without quality scoring: the probe and the speech measure need the segments only
+    (scoring does not change them), and DNSMOS would cost the plan more than decode and VAD do."""
+    return config.model_copy(update={"quality": config.quality.model_copy(update={"enabled": False})})
+
+
 def _with_context(piece: SourceFile) -> SourceFile:
     """An excerpt that keeps whole the utterances starting inside it (see `SourceFile.owns`)."""
     if piece.limit is None:
@@ -171,7 +177,7 @@ def _with_context(piece: SourceFile) -> SourceFile:
 def measure_data(config: JobConfig, sample: list[SourceFile], kept_fraction: float,
                  fallback: float = 0.0) -> DataProfile:
     """The input's speech without ASR (in-process decode + VAD), for plans on a saved hardware profile."""
-    preparer = Preparer(config)
+    preparer = Preparer(_unscored(config))
     preparer.setup()
     _, prepared = preparer(0, sample)
     speech = sum(s.end - s.start for s in prepared.segments)

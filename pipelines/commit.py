@@ -24,7 +24,6 @@ from schemas.config import JobConfig
 from schemas.tables import INDEX_SCHEMA, REJECTS_SCHEMA
 
 NEAR_DUPLICATE_SECONDS = 0.05  # same normalised text and a duration this close: the same take, likely
-FLOAT32_COLUMNS = (*SCORE_NAMES, "chars_per_second")
 
 
 class UnitCommitter:
@@ -87,7 +86,7 @@ class UnitCommitter:
         """reject_row arguments when the quality filters drop `row`, else None."""
         if not self.quality.enabled:
             return None
-        if row["audio_hash"] in kept_hashes:
+        if self.quality.drop_exact_duplicates and row["audio_hash"] in kept_hashes:
             return {"stage": "quality", "reason": f"exact duplicate of {kept_hashes[row['audio_hash']]}",
                     "metric": "audio_hash"}
         failed = verdict(self.quality, row)
