@@ -74,7 +74,9 @@ def plan_resources(config: EngineConfig) -> Resources:
 def _prepare(config: JobConfig, unit: int, files: list[SourceFile]):
     preparer = Preparer(config)
     preparer.setup()
-    return preparer(unit, files)
+    audios, prepared = preparer(unit, files)
+    prepared.node = ray.get_runtime_context().get_node_id()  # where the unit ran: summary "nodes"
+    return audios, prepared
 
 
 class _AsrWorker:
@@ -101,7 +103,7 @@ def _commit(config: JobConfig, prepared, transcribed, digest: str) -> dict:
     prepared.stage_seconds["asr"] += asr_seconds
     report = UnitCommitter(config)(prepared, results, digest)
     AsrJournal(journal_url(config.output, prepared.unit, digest)).clear()  # the ledger holds the unit now
-    return {**report, "asr_counts": asr_counts}  # windows, encoder seconds: what calibration fits
+    return {**report, "asr_counts": asr_counts, "node": getattr(prepared, "node", None)}  # windows, encoder seconds: what calibration fits
 
 
 PREP_GPU_SHARE = 0.25  # of each GPU, left to the prep tasks that resample on it
@@ -268,6 +270,7 @@ def build_summary(config: JobConfig, manifest: pa.Table, units: list[WorkUnit], 
         "stage_seconds": dict(stage_seconds),
         "asr_counts": dict(sum((Counter(r.get("asr_counts", {})) for r in reports), Counter())),
         "resources": vars(resources),
+        "nodes": dict(Counter(r.get("node") for r in reports)),  # units prepared per Ray node, this run
         "failures": failures,
         "config": config.model_dump(mode="json"),
         "versions": versions(),
