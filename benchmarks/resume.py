@@ -5,8 +5,12 @@ random point of its processing K times and rerunning the same command after each
 run finishes. Reports, as a markdown table:
 
 * redone audio: seconds of audio in units that a killed run had started (one of their files was
-  opened for decoding, seen with inotify) but not ledgered when it died. That work is thrown away
-  and done again by the next run; its share of the corpus is the cost of a crash (target < 5%).
+  opened for decoding, seen with inotify) but not ledgered when it died. Their prep (decode,
+  resample, VAD, encode) is thrown away and done again by the next run.
+* redone ASR: seconds of speech in ASR batches a killed run had started (the job notes each batch
+  it starts in VOXMILL_ASR_TRACE) but not saved to the unit's ASR journal. ASR is nearly all of
+  the job's compute; journaled batches are read back, not decoded again (`pipelines/journal.py`).
+  Their shares of the corpus are the cost of a crash (target < 5%).
 * wall seconds of all the runs against the uninterrupted one (start-up is paid once per run);
 * whether the final output equals the uninterrupted run's: same keys, same audio bytes per key.
 
@@ -41,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.make_corpus import SHAPES, make_corpus, summarize  # noqa: E402
 from benchmarks.processes import descendants, kill  # noqa: E402
 from pipelines.discover import Discover  # noqa: E402
+from pipelines.journal import TRACE_ENV  # noqa: E402
 from pipelines.units import WorkUnit, plan_units  # noqa: E402
 from schemas.config import DiscoverConfig, EngineConfig  # noqa: E402
 
@@ -98,8 +103,24 @@ class OpenWatch:
 # ----------------------------------------------------------------------------- processes
 
 
-def _env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+def _env(trace: Optional[Path] = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    if trace:
+        env[TRACE_ENV] = str(trace)
+    return env
+
+
+def asr_thrown_away(trace: Path, ledgered: set[int]) -> float:
+    """Speech seconds of the traced ASR batches whose result was saved nowhere: not in the unit's
+    journal, and the unit not ledgered. Those are decoded again by the next run."""
+    lost = 0.0
+    for line in trace.read_text().splitlines() if trace.exists() else []:
+        batch = json.loads(line)
+        unit = int(batch["journal"].rstrip("/").rsplit("/", 1)[-1].split("-")[1])
+        saved = Path(batch["journal"].removeprefix("file://")) / f"{batch['tag']}.json"
+        if unit not in ledgered and not saved.exists():
+            lost += batch["speech_seconds"]
+    return lost
 
 
 def _ledgered(output: Path) -> set[int]:
@@ -122,6 +143,7 @@ class Run:
     ledgered_after: int
     started_not_ledgered: list[int] = field(default_factory=list)
     redone_seconds: float = 0.0
+    asr_redone_seconds: float = 0.0  # speech in ASR batches started, neither journaled nor ledgered
     in_flight_bound_seconds: float = 0.0
 
 
@@ -138,8 +160,9 @@ def killed_run(command: list[str], output: Path, units: list[WorkUnit], watch: O
     """Start the job; once it has ledgered a unit, SIGKILL the driver after a random delay in
     [0, window) seconds (or let it finish). Count what the kill threw away."""
     before, started = _ledgered(output), time.time()
+    trace = output.parent / f"asr-trace-{int(started * 1000)}.jsonl"
     clock = time.perf_counter()
-    driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env(),
+    driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env(trace),
                               start_new_session=True)
     while driver.poll() is None and len(_ledgered(output)) == len(before):
         time.sleep(0.05)
@@ -156,7 +179,9 @@ def killed_run(command: list[str], output: Path, units: list[WorkUnit], watch: O
     kill(tree)
     wall = time.perf_counter() - clock
     after = _ledgered(output)
-    return _account(wall, before, after, units, watch.opened(max(started, _claimed_at(output)), killed_at))
+    run = _account(wall, before, after, units, watch.opened(max(started, _claimed_at(output)), killed_at))
+    run.asr_redone_seconds = asr_thrown_away(trace, after)
+    return run
 
 
 def _account(wall: float, before: set[int], after: set[int], units: list[WorkUnit], opened: set[str]) -> Run:
@@ -250,18 +275,22 @@ def report(args: argparse.Namespace, units: list[WorkUnit], total: float, ref_wa
            same: tuple[bool, bool]) -> None:
     kills = [r for r in runs if not r.finished]
     redone = sum(r.redone_seconds for r in kills)
+    asr_redone = sum(r.asr_redone_seconds for r in kills)
     bound = sum(r.in_flight_bound_seconds for r in kills)
-    lines = ["| run | wall s | units ledgered before -> after | started, not ledgered | redone audio s |",
-             "|---|---|---|---|---|",
-             f"| uninterrupted | {ref_wall:.1f} | 0 -> {len(units)} | - | - |"]
+    lines = ["| run | wall s | units ledgered before -> after | started, not ledgered | redone prep audio s "
+             "| redone ASR speech s |",
+             "|---|---|---|---|---|---|",
+             f"| uninterrupted | {ref_wall:.1f} | 0 -> {len(units)} | - | - | - |"]
     for i, r in enumerate(runs, 1):
         name = f"killed {i}" if not r.finished else "final resume"
         lines.append(f"| {name} | {r.wall:.1f} | {r.ledgered_before} -> {r.ledgered_after} | "
                      f"{len(r.started_not_ledgered) if not r.finished else '-'} | "
-                     f"{r.redone_seconds:.1f} |")
+                     f"{r.redone_seconds:.1f} | {r.asr_redone_seconds:.1f} |")
     wall = sum(r.wall for r in runs)
     lines += ["", "| metric | value | target | met |", "|---|---|---|---|",
-              f"| redone audio / corpus ({len(kills)} kills) | {redone:.1f} s / {total:.0f} s = "
+              f"| redone ASR speech / corpus ({len(kills)} kills) | {asr_redone:.1f} s / {total:.0f} s = "
+              f"**{asr_redone / total:.1%}** | < 5% | {'yes' if asr_redone / total < 0.05 else 'no'} |",
+              f"| redone prep audio / corpus ({len(kills)} kills) | {redone:.1f} s / {total:.0f} s = "
               f"**{redone / total:.1%}** | < 5% | {'yes' if redone / total < 0.05 else 'no'} |",
               f"| bound: units in flight at each kill / corpus | {bound / total:.1%} | | |",
               f"| final output = uninterrupted (keys / audio bytes) | {'yes' if same[0] else 'NO'} / "
@@ -272,6 +301,7 @@ def report(args: argparse.Namespace, units: list[WorkUnit], total: float, ref_wa
     (args.workdir / "resume.json").write_text(json.dumps({
         "args": {k: str(v) for k, v in vars(args).items()}, "units": len(units), "corpus_seconds": total,
         "uninterrupted_wall": ref_wall, "runs": [asdict(r) for r in runs], "redone_seconds": redone,
+        "asr_redone_seconds": asr_redone,
         "in_flight_bound_seconds": bound, "same_keys": same[0], "same_bytes": same[1], "table": table,
     }, indent=2))
 

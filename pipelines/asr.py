@@ -117,6 +117,7 @@ class Transcriber:
             tag = f"alone-{start:06d}"
             saved = journal.get(tag)
             if saved is None:
+                journal.started(tag, sum(len(audios[i]) for i in batch) / ASR_RATE)
                 self.counts.update(windows=len(batch), alone=len(batch))
                 saved = dict(zip(batch, self._batch([audios[i] for i in batch]))), []
                 journal.put(tag, *saved)
@@ -135,6 +136,7 @@ class Transcriber:
             tag = f"{name}-{start:06d}"
             saved = journal.get(tag)
             if saved is None:
+                journal.started(tag, sum(len(audios[p.index]) for w in batch for p in w.placed) / ASR_RATE)
                 saved = self._decode_packed(batch, audios)
                 journal.put(tag, *saved)
             else:

@@ -9,6 +9,8 @@ uninterrupted run.
 """
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Optional
 
@@ -18,6 +20,7 @@ if TYPE_CHECKING:
     from pipelines.asr import AsrResult
 
 FOLDER = "asr"  # under OUTPUT/_ledger/
+TRACE_ENV = "VOXMILL_ASR_TRACE"  # a local file: one line per ASR batch started (benchmarks/resume.py)
 
 
 def journal_name(unit: int, digest: str) -> str:
@@ -46,6 +49,16 @@ class AsrJournal:
         data = storage.read_json(storage.join(self.url, f"{tag}.json"))
         results = {int(i): AsrResult(**fields) for i, fields in data["results"].items()}
         return results, list(data["unresolved"])
+
+    def started(self, tag: str, speech_seconds: float) -> None:
+        """Note a batch about to be decoded, when VOXMILL_ASR_TRACE names a file. A batch that was
+        started but never `put` is ASR work a kill threw away: that is how the resume benchmark
+        measures it, exactly, from outside the job."""
+        trace = os.environ.get(TRACE_ENV)
+        if trace and self.url:
+            line = json.dumps({"journal": self.url, "tag": tag, "speech_seconds": speech_seconds})
+            with open(trace, "a") as fh:  # one short O_APPEND write per batch: lines never interleave
+                fh.write(line + "\n")
 
     def put(self, tag: str, results: dict[int, "AsrResult"], unresolved: list[int]) -> None:
         if self.url is None:
