@@ -1,4 +1,4 @@
-"""Prefect flow `prepare_corpus`: validate config -> discover -> plan -> run the Ray job -> summarise.
+"""Prefect flow `prepare_corpus`: validate config -> discover -> plan -> run the Ray job -> summarise -> report.
 
 Thin on purpose: each task calls the same engine functions as the CLI.
 """
@@ -13,7 +13,7 @@ from prefect.cache_policies import NO_CACHE
 
 from pipelines.discover import Discover, manifest_hours
 from pipelines.engine import run_job
-from pipelines import jobstate, storage
+from pipelines import jobstate, report, storage
 from pipelines.planning import check_limits, plan_job
 from schemas.config import JobConfig, load_job_config
 from schemas.plan import JobPlan
@@ -87,6 +87,23 @@ def summary_markdown(summary: dict) -> str:
     return "\n".join(lines)
 
 
+@task(cache_policy=NO_CACHE)
+def publish_report(output: str) -> Optional[dict]:
+    """OUTPUT/report/ (plots, page, sample clips) and its summary as the `voxmill-report` artifact.
+
+    An output with no index yet (every unit failed) has nothing to report: logged, not raised, so
+    the flow still fails with the job's own error.
+    """
+    try:
+        summary = report.write_report(output)
+    except report.ReportError as err:
+        get_run_logger().warning("no report: %s", err)
+        return None
+    create_markdown_artifact(markdown=report.markdown(summary), key="voxmill-report",
+                             description=f"voxmill dataset report for {output}")
+    return summary.model_dump(mode="json")
+
+
 @flow(name="prepare-corpus", log_prints=True)
 def prepare_corpus(
     input: Optional[str] = None,
@@ -111,6 +128,7 @@ def prepare_corpus(
     summary = run_units(config, manifest, estimate)
     create_markdown_artifact(markdown=summary_markdown(summary), key="voxmill-summary",
                              description=f"voxmill run into {config.output}")
+    publish_report(config.output)
     if not summary["complete"]:
         raise RuntimeError(f"{summary['counts']['units_failed']} units failed; rerun to resume")
     return summary

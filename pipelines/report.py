@@ -72,7 +72,7 @@ class Distribution(BaseModel):
 
 
 class Drop(BaseModel):
-    label: str  # "stage: reason", the metric added when the reason does not name it
+    label: str  # "stage: reason", or "stage: metric < threshold" for a quality filter
     stage: str
     rows: int
     hours: float
@@ -183,18 +183,31 @@ def _hours(table: pa.Table) -> float:
 
 
 def drops(rejects: pa.Table) -> list[Drop]:
-    """Rejected rows and hours per `stage: reason`, most hours first."""
+    """Rejected rows and hours per `stage: reason`, most hours first.
+
+    A quality reject's reason carries its own value ("dnsmos_ovrl 2.41 < 3.00"), which would give
+    every row its own bar; rows that name a metric are grouped by metric and threshold instead.
+    """
     if rejects.num_rows == 0:
         return []
-    metric = rejects["metric"].to_pylist() if "metric" in rejects.column_names else [None] * rejects.num_rows
-    duration = rejects["duration"].to_pylist()
+    none = [None] * rejects.num_rows
+    extra = [rejects[c].to_pylist() if c in rejects.column_names else none for c in ("metric", "value", "threshold")]
     groups: dict[tuple[str, str], list[float]] = {}
-    for stage, reason, name, seconds in zip(rejects["stage"].to_pylist(), rejects["reason"].to_pylist(),
-                                            metric, duration):
-        label = f"{stage}: {reason}" + (f" ({name})" if name and name not in reason else "")
+    for stage, reason, seconds, metric, value, threshold in zip(
+            rejects["stage"].to_pylist(), rejects["reason"].to_pylist(), rejects["duration"].to_pylist(), *extra):
+        label = drop_label(stage, reason, metric, value, threshold)
         groups.setdefault((label, stage), []).append(seconds or 0.0)
     found = [Drop(label=label, stage=stage, rows=len(s), hours=sum(s) / 3600) for (label, stage), s in groups.items()]
     return sorted(found, key=lambda d: (-d.hours, d.label))
+
+
+def drop_label(stage: str, reason: str, metric: Optional[str] = None, value: Optional[float] = None,
+               threshold: Optional[float] = None) -> str:
+    if not metric:
+        return f"{stage}: {reason}"
+    if value is not None and threshold is not None:
+        return f"{stage}: {metric} {'<' if value < threshold else '>'} {threshold:g}"
+    return f"{stage}: {metric}"
 
 
 def languages(index: pa.Table) -> list[LanguageShare]:
@@ -260,7 +273,7 @@ def gather_with_index(output: str, samples: int = 20) -> tuple[DatasetSummary, p
     """The statistics and the index columns they came from (the plots draw the same values)."""
     _check_output(output)
     index = read_parts(output, "index", INDEX_COLUMNS)
-    rejects = read_parts(output, "rejects", ("stage", "reason", "duration", "metric"))
+    rejects = read_parts(output, "rejects", ("stage", "reason", "duration", "metric", "value", "threshold"))
     records = list(Ledger(output).done().values())
     summary = storage.read_json(storage.join(output, "summary.json"), missing={})
     kept, dropped = _hours(index), _hours(rejects)
