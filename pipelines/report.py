@@ -399,9 +399,9 @@ def copy_audio(output: str, report: str, rows: list[SampleRow]) -> None:
 
 def _remove_stale_audio(report: str, rows: list[SampleRow]) -> None:
     """Clips of an earlier report that this one no longer shows (an incremental run moved the picks)."""
-    keep = {storage.join(report, row.audio) for row in rows if row.audio}
+    keep = {row.audio.rsplit("/", 1)[-1] for row in rows if row.audio}  # by name: listings give absolute paths
     for url in storage.list_files(storage.join(report, "audio")):
-        if url not in keep:
+        if url.rsplit("/", 1)[-1] not in keep:
             fs, path = storage.filesystem(url)
             fs.rm(path)
 

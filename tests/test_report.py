@@ -183,9 +183,10 @@ def test_page_in_headless_chromium_shows_the_plots_and_plays_a_sample(written):
                 const a = [...document.querySelectorAll('audio')].find(e => e.getAttribute('src') === src);
                 const ended = new Promise(ok => a.addEventListener('ended', ok));
                 await a.play();
-                const first = a.currentTime;
+                const first = a.currentTime, clock = performance.now();
                 await Promise.race([ended, new Promise(ok => setTimeout(ok, 15000))]);
-                return {ended: a.ended, currentTime: a.currentTime, first, error: a.error && a.error.code};
+                return {ended: a.ended, currentTime: a.currentTime, first, error: a.error && a.error.code,
+                        seconds: (performance.now() - clock) / 1000};
             }""", shortest.audio)
         finally:
             browser.close()
@@ -195,6 +196,7 @@ def test_page_in_headless_chromium_shows_the_plots_and_plays_a_sample(written):
     assert durations == pytest.approx([r.duration for r in summary.sample_rows], abs=0.05)
     assert played["error"] is None and played["ended"] and played["currentTime"] > played["first"], played
     assert played["currentTime"] == pytest.approx(shortest.duration, abs=0.05)
+    assert played["seconds"] > 0.8 * shortest.duration, played  # really played out, not cut short
     assert not errors
     print(f"chromium: loaded, {len(images)} images, played {shortest.duration:.2f} s in {seconds:.1f} s")
 
@@ -335,3 +337,28 @@ def test_flow_task_publishes_the_report_as_an_artifact(mixed):
     assert f"| samples | {summary.samples} |" in markdown
     assert "| quality: dnsmos_ovrl < 3 | 2 |" in markdown
     assert f"| DNSMOS overall | {summary.scores['dnsmos_ovrl'].count} |" in markdown
+
+
+def test_report_on_s3(finished_job):
+    """The same report through s3fs against moto's server: read, copied and committed by URL."""
+    import s3fs
+    from moto.server import ThreadedMotoServer
+
+    from tests.conftest import S3_PORT
+
+    config, job = finished_job
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=S3_PORT)
+    server.start()
+    try:
+        fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": f"http://127.0.0.1:{S3_PORT}"})
+        fs.mkdir("reports")
+        fs.put(f"{config.output}/", "reports/out", recursive=True)
+        summary = report.write_report("s3://reports/out", samples=4)
+        fs.invalidate_cache()
+        written = {p.split("reports/out/report/", 1)[1] for p in fs.find("reports/out/report")}
+        page = fs.cat_file("reports/out/report/index.html").decode()
+    finally:
+        server.stop()
+    assert summary.samples == job["counts"]["samples"] and summary.report == "s3://reports/out/report/index.html"
+    assert written == {*report.PLOTS, "index.html", "summary.json", *(r.audio for r in summary.sample_rows)}
+    assert page.count("<audio ") == len(summary.sample_rows) == 4
