@@ -154,7 +154,7 @@ def _print_dataset(summary: report.DatasetSummary) -> None:
         spread.add_column(column)
     for name, d in report.distribution_rows(summary):
         spread.add_row(name, *(["not scored", "", "", ""] if d is None else
-                               [str(d.count), f"{d.p5:.2f}", f"{d.p50:.2f}", f"{d.p95:.2f}"]))
+                               [str(d.count), *map(report.number, (d.p5, d.p50, d.p95))]))
     out.print(spread)
     if summary.report:
         out.print(f"report: {escape(summary.report)}", soft_wrap=True)

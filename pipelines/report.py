@@ -412,10 +412,15 @@ def _fmt(value: Optional[float], digits: int = 3) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
-def _table(headers: list[str], rows: list[list[str]], css: str = "") -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+def number(value: Optional[float]) -> str:
+    """Four significant digits: scores span 0.0015 (clipping) to -32.31 (LUFS) in one table."""
+    return "–" if value is None else f"{value:.4g}"
+
+
+def _table(headers: Optional[list[str]], rows: list[list[str]], css: str = "") -> str:
+    head = "<thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in headers) + "</tr></thead>" if headers else ""
     body = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in rows)
-    return f'<table class="{css}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+    return f'<table class="{css}">{head}<tbody>{body}</tbody></table>'
 
 
 def overview_rows(summary: DatasetSummary) -> list[tuple[str, str]]:
@@ -446,22 +451,22 @@ def distribution_rows(summary: DatasetSummary) -> list[tuple[str, Optional[Distr
 def _distribution_cells(name: str, d: Optional[Distribution]) -> list[str]:
     if d is None:
         return [html.escape(name), '<span class="muted">not scored</span>', *[""] * 6]
-    return [html.escape(name), str(d.count), *(_fmt(v, 2) for v in (d.min, d.p5, d.p50, d.mean, d.p95, d.max))]
+    return [html.escape(name), str(d.count), *(number(v) for v in (d.min, d.p5, d.p50, d.mean, d.p95, d.max))]
 
 
 def _sample_cells(row: SampleRow) -> list[str]:
     audio = (f'<audio controls preload="metadata" src="{html.escape(quote(row.audio))}"></audio>'
              if row.audio else "")
-    scores = [_fmt(row.scores.get(c), 2) if c in row.scores else "–" for c in SAMPLE_SCORES]
+    scores = [number(row.scores.get(c)) for c in SAMPLE_SCORES]
     return [f"<code>{html.escape(row.key)}</code>", f"{row.duration:.2f}", html.escape(row.language or ""),
             html.escape(row.text), *scores, audio]
 
 
 def page(summary: DatasetSummary) -> str:
     """The self-contained HTML page: styles inline, plots and clips by relative URL."""
-    figures = "".join(f'<figure><img src="{name}" alt="{html.escape(title)}" width="640" height="360">'
-                      f"<figcaption>{html.escape(title)}</figcaption></figure>" for name, title in PLOTS.items())
-    overview = _table(["", ""], [[html.escape(k), html.escape(v)] for k, v in overview_rows(summary)])
+    figures = "".join(f'<figure><img src="{name}" alt="{html.escape(title)}" width="640" height="360"></figure>'
+                      for name, title in PLOTS.items())
+    overview = _table(None, [[html.escape(k), html.escape(v)] for k, v in overview_rows(summary)])
     dropped = _table(["stage: reason", "rows", "hours"],
                      [[html.escape(d.label), str(d.rows), f"{d.hours:.4f}"] for d in summary.dropped]) \
         if summary.dropped else '<p class="muted">nothing dropped</p>'
@@ -477,7 +482,8 @@ body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; }}
 table {{ border-collapse: collapse; margin: 0.5em 0 1.5em; }}
 th, td {{ border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; vertical-align: top; }}
 th {{ background: #f3f3f3; }}
-.samples td:nth-child(4) {{ max-width: 32em; }}
+.samples td:nth-child(1) {{ min-width: 14em; max-width: 18em; word-break: break-all; font-size: 0.85em; }}
+.samples td:nth-child(4) {{ min-width: 24em; max-width: 40em; }}
 .muted {{ color: #888; }}
 figure {{ display: inline-block; margin: 0 1em 1em 0; }}
 </style></head>
@@ -499,7 +505,7 @@ def markdown(summary: DatasetSummary) -> str:
     lines += ["", "| dropped: stage: reason | rows | hours |", "| --- | --- | --- |"]
     lines += [f"| {d.label} | {d.rows} | {d.hours:.4f} |" for d in summary.dropped] or ["| nothing dropped | 0 | 0 |"]
     lines += ["", "| distribution | count | p5 | p50 | p95 |", "| --- | --- | --- | --- | --- |"]
-    lines += [f"| {n} | not scored | | | |" if d is None else f"| {n} | {d.count} | {d.p5:.2f} | {d.p50:.2f} | {d.p95:.2f} |"
+    lines += [f"| {n} | not scored | | | |" if d is None else f"| {n} | {d.count} | {number(d.p5)} | {number(d.p50)} | {number(d.p95)} |"
               for n, d in distribution_rows(summary)]
     if summary.report:
         lines += ["", f"Report page: `{summary.report}`"]

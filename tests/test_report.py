@@ -7,6 +7,7 @@ import hashlib
 import json
 import shutil
 import time
+from collections import Counter
 from datetime import datetime
 from pathlib import Path
 
@@ -72,21 +73,15 @@ def test_summary_matches_the_index_rejects_and_ledger(written):
         shown[drop.stage] = shown.get(drop.stage, 0.0) + drop.hours
     assert shown == pytest.approx(by_stage)
     assert sum(d.rows for d in summary.dropped) == rejects.num_rows
-    if "metric" not in rejects.column_names:  # without quality filters, labels are the plain reasons
-        assert {d.label: d.rows for d in summary.dropped} == {
-            f"{s}: {r}": n for (s, r), n in _counts(zip(rejects["stage"].to_pylist(), rejects["reason"].to_pylist()))}
+    metrics = rejects["metric"].to_pylist() if "metric" in rejects.column_names else [None] * rejects.num_rows
+    plain = Counter(f"{s}: {r}" for s, r, m in zip(rejects["stage"].to_pylist(), rejects["reason"].to_pylist(),
+                                                   metrics) if not m)  # no quality metric: the reason is the label
+    assert plain and {d.label: d.rows for d in summary.dropped if d.label in plain} == plain
     assert summary.trimmed_hours == pytest.approx(summary.input_hours - summary.kept_hours - summary.dropped_hours)
     durations = np.array(index["duration"].to_pylist())
     assert summary.duration.p50 == pytest.approx(np.median(durations))
     assert summary.duration.max == pytest.approx(durations.max()) and summary.duration.count == len(durations)
     assert sum(lang.samples for lang in summary.languages) == summary.samples
-
-
-def _counts(pairs) -> list[tuple[tuple[str, str], int]]:
-    found: dict[tuple[str, str], int] = {}
-    for pair in pairs:
-        found[pair] = found.get(pair, 0) + 1
-    return list(found.items())
 
 
 def test_scores_are_reported_only_where_the_index_has_them(written):
