@@ -152,8 +152,8 @@ def _print_dataset(summary: report.DatasetSummary) -> None:
     spread = Table(title="distributions", show_header=True)
     for column in ("metric", "count", "p5", "p50", "p95"):
         spread.add_column(column)
-    for name, d in report.distribution_rows(summary):
-        spread.add_row(name, *(["not scored", "", "", ""] if d is None else
+    for name, d, missing in report.distribution_rows(summary):
+        spread.add_row(name, *([missing, "", "", ""] if d is None else
                                [str(d.count), *map(report.number, (d.p5, d.p50, d.p95))]))
     out.print(spread)
     if summary.report:

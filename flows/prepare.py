@@ -119,6 +119,7 @@ def prepare_corpus(
     or `plan.max_cost`, before any compute is spent on it. Runs are incremental: on an output
     that already holds units, only files new since then are processed and appended.
     `new_version` writes a job whose settings changed into OUTPUT/vN/ instead of refusing it.
+    After the job, OUTPUT/report/ is written and its summary published as `voxmill-report`.
     """
     config = load_job_config(input, output, config_path, overrides)
     if new_version:

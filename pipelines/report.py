@@ -444,13 +444,16 @@ def overview_rows(summary: DatasetSummary) -> list[tuple[str, str]]:
     return rows
 
 
-def distribution_rows(summary: DatasetSummary) -> list[tuple[str, Optional[Distribution]]]:
-    return [("duration (s)", summary.duration), *((SCORE_LABELS[c], d) for c, d in summary.scores.items())]
+def distribution_rows(summary: DatasetSummary) -> list[tuple[str, Optional[Distribution], str]]:
+    """(label, distribution, what to say when it is None): a score nobody computed is "not scored";
+    durations are missing only when there is no sample at all."""
+    return [("duration (s)", summary.duration, "no samples"),
+            *((SCORE_LABELS[c], d, "not scored") for c, d in summary.scores.items())]
 
 
-def _distribution_cells(name: str, d: Optional[Distribution]) -> list[str]:
+def _distribution_cells(name: str, d: Optional[Distribution], missing: str) -> list[str]:
     if d is None:
-        return [html.escape(name), '<span class="muted">not scored</span>', *[""] * 6]
+        return [html.escape(name), f'<span class="muted">{missing}</span>', *[""] * 6]
     return [html.escape(name), str(d.count), *(number(v) for v in (d.min, d.p5, d.p50, d.mean, d.p95, d.max))]
 
 
@@ -471,7 +474,7 @@ def page(summary: DatasetSummary) -> str:
                      [[html.escape(d.label), str(d.rows), f"{d.hours:.4f}"] for d in summary.dropped]) \
         if summary.dropped else '<p class="muted">nothing dropped</p>'
     spread = _table(["metric", "count", "min", "p5", "p50", "mean", "p95", "max"],
-                    [_distribution_cells(n, d) for n, d in distribution_rows(summary)])
+                    [_distribution_cells(*row) for row in distribution_rows(summary)])
     samples = _table(["key", "seconds", "lang", "text", *SAMPLE_SCORES, "audio"],
                      [_sample_cells(r) for r in summary.sample_rows], "samples")
     title = f"voxmill report: {html.escape(summary.output)}"
@@ -505,8 +508,9 @@ def markdown(summary: DatasetSummary) -> str:
     lines += ["", "| dropped: stage: reason | rows | hours |", "| --- | --- | --- |"]
     lines += [f"| {d.label} | {d.rows} | {d.hours:.4f} |" for d in summary.dropped] or ["| nothing dropped | 0 | 0 |"]
     lines += ["", "| distribution | count | p5 | p50 | p95 |", "| --- | --- | --- | --- | --- |"]
-    lines += [f"| {n} | not scored | | | |" if d is None else f"| {n} | {d.count} | {number(d.p5)} | {number(d.p50)} | {number(d.p95)} |"
-              for n, d in distribution_rows(summary)]
+    lines += [f"| {n} | {missing} | | | |" if d is None else
+              f"| {n} | {d.count} | {number(d.p5)} | {number(d.p50)} | {number(d.p95)} |"
+              for n, d, missing in distribution_rows(summary)]
     if summary.report:
         lines += ["", f"Report page: `{summary.report}`"]
     return "\n".join(lines)
