@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 from pathlib import Path
 from typing import Optional
 
@@ -54,3 +55,38 @@ def kill(processes: dict[int, int]) -> list[int]:
             except ProcessLookupError:
                 pass
     return killed
+
+
+class Sessions:
+    """Processes started each in a session of their own (servers, Ray nodes, workers), logging to
+    LOGS/NAME.log. `stop` ends them newest first: SIGTERM to the group, SIGKILL after `grace`, and
+    then whatever they had started in sessions of their own (a worker's flow run and its Ray),
+    noted before the parent went. Nothing else on the machine is touched."""
+
+    def __init__(self, logs: Path, cwd: Optional[Path] = None):
+        self.logs = logs
+        self.cwd = cwd
+        self.started: list[subprocess.Popen] = []
+
+    def start(self, args: list[str], name: str, env: dict[str, str]) -> subprocess.Popen:
+        proc = subprocess.Popen(args, cwd=self.cwd, env=env, stdout=(self.logs / f"{name}.log").open("w"),
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        self.started.append(proc)
+        return proc
+
+    def tail(self, name: str, chars: int = 4000) -> str:
+        log = self.logs / f"{name}.log"
+        return log.read_text(errors="replace")[-chars:] if log.exists() else ""
+
+    def stop(self, grace: float = 30.0) -> None:
+        for proc in reversed(self.started):
+            if proc.poll() is not None:
+                continue
+            stragglers = descendants(proc.pid)
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+            kill(stragglers)

@@ -6,9 +6,14 @@ import socket
 
 # Ray workers read fsspec's S3 settings from the environment at import, so point `s3://` at the
 # loopback moto server (see test_s3.py) before anything starts; fake credentials only.
-with socket.socket() as _sock:
-    _sock.bind(("127.0.0.1", 0))
-    S3_PORT = _sock.getsockname()[1]
+def free_port() -> int:
+    """A loopback port nobody holds right now (for the servers the tests start)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+S3_PORT = free_port()
 os.environ.update({
     "FSSPEC_S3_ENDPOINT_URL": f"http://127.0.0.1:{S3_PORT}",
     "AWS_ACCESS_KEY_ID": "voxmill-test-key",

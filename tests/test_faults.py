@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tarfile
@@ -27,6 +26,7 @@ from typer.testing import CliRunner
 from benchmarks.processes import cmdline, descendants, kill, stat
 from flows.cli import app
 from pipelines.keys import segment_key, source_id
+from tests.conftest import free_port
 from tests.faultproxy import FAULTS, FaultProxy
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="reads /proc and sends POSIX signals")
@@ -274,19 +274,13 @@ def _plant_leftovers(out: Path) -> list[Path]:
 # ----------------------------------------------------------------------------- object storage
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def flaky_s3(clips):
     """moto's S3 on loopback, the clips in `faults-raw/in/`, and a FaultProxy in front of it.
 
     Tests talk to moto directly (`direct`); voxmill only ever sees the proxy.
     """
-    port = _free_port()
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
     server.start()
     direct = s3fs.S3FileSystem(endpoint_url=f"http://127.0.0.1:{port}", skip_instance_cache=True)

@@ -13,8 +13,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,7 +24,8 @@ import pyarrow.dataset as ds
 import pytest
 import yaml
 
-from tests.conftest import NO_SPEECH, references
+from benchmarks.processes import Sessions
+from tests.conftest import NO_SPEECH, free_port, references
 
 ROOT = Path(__file__).resolve().parent.parent
 PREFECT = str(Path(sys.executable).with_name("prefect"))
@@ -34,78 +33,10 @@ POOL = "voxmill-process"
 RUN_TIMEOUT = 900  # s for the flow run itself; it took 45-110 s on 2 cores shared with other jobs
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _children() -> dict[int, list[int]]:
-    tree: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-        except OSError:
-            continue
-        ppid = int(text.rsplit(")", 1)[1].split()[1])
-        tree.setdefault(ppid, []).append(int(stat.parent.name))
-    return tree
-
-
-def _descendants(pid: int) -> list[int]:
-    tree, found, todo = _children(), [], [pid]
-    while todo:
-        for child in tree.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
-def _signal(pids: list[int], sig: int) -> None:
-    for pid in pids:
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
-
-
-class Processes:
-    """The processes this test starts, each in a new session; `stop` ends them newest first."""
-
-    def __init__(self, logs: Path):
-        self.logs = logs
-        self.started: list[tuple[subprocess.Popen, Path]] = []
-
-    def start(self, args: list[str], name: str, env: dict) -> subprocess.Popen:
-        log = self.logs / f"{name}.log"
-        proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
-        self.started.append((proc, log))
-        return proc
-
-    def stop(self) -> None:
-        for proc, _ in reversed(self.started):
-            if proc.poll() is not None:
-                continue
-            # the worker starts each flow run in a session of its own: note them before the worker goes
-            stragglers = _descendants(proc.pid)
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(10)
-            _signal(stragglers, signal.SIGKILL)
-
-
-def _tail(path: Path, chars: int = 4000) -> str:
-    return path.read_text(errors="replace")[-chars:] if path.exists() else ""
-
-
 @pytest.fixture
 def prefect(tmp_path):
     """A `prefect server start` of its own; yields (environment for the CLI, API URL, processes)."""
-    port = _free_port()
+    port = free_port()
     api = f"http://127.0.0.1:{port}/api"
     home = tmp_path / "prefect-home"
     home.mkdir()
@@ -127,19 +58,19 @@ def prefect(tmp_path):
     })
     logs = tmp_path / "logs"
     logs.mkdir()
-    procs = Processes(logs)
+    procs = Sessions(logs, cwd=ROOT)
     try:
         server = procs.start([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
                              "server", env)
         deadline = time.time() + 180
         while True:
-            assert server.poll() is None, f"prefect server exited:\n{_tail(logs / 'server.log')}"
+            assert server.poll() is None, f"prefect server exited:\n{procs.tail('server')}"
             try:
                 if httpx.get(f"{api}/health", timeout=5).json() is True:
                     break
             except (httpx.HTTPError, ValueError):
                 pass
-            assert time.time() < deadline, f"prefect server not healthy in 180 s:\n{_tail(logs / 'server.log')}"
+            assert time.time() < deadline, f"prefect server not healthy in 180 s:\n{procs.tail('server')}"
             time.sleep(1)
         yield env, api, procs
     finally:
@@ -204,7 +135,7 @@ def test_deployment_runs_on_a_local_server_and_worker(prefect, clips, tmp_path):
          "--watch", "--watch-timeout", str(RUN_TIMEOUT)],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT + 60, stdin=subprocess.DEVNULL)
     elapsed = time.time() - started
-    logs = f"{run.stdout[-6000:]}\n{run.stderr[-3000:]}\n--- worker:\n{_tail(procs.logs / 'worker.log', 8000)}"
+    logs = f"{run.stdout[-6000:]}\n{run.stderr[-3000:]}\n--- worker:\n{procs.tail('worker', 8000)}"
     assert worker.poll() is None, logs
     assert run.returncode == 0, logs
     match = re.search(r"UUID: ([0-9a-f-]{36})", run.stdout)

@@ -5,51 +5,34 @@ Ray 2.52+ clusters started with `ray start` use token authentication; every proc
 nodes and the CLI driver) gets one fresh token through RAY_AUTH_TOKEN, so nothing is read from or
 written to ~/.ray/auth_token, which other Ray clusters on the machine may share.
 
-Only the processes this test starts are stopped (their process groups), never `ray stop`, which
+Only the processes this test starts are stopped (their sessions), never `ray stop`, which
 would kill every Ray on the machine."""
 from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
+import secrets
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
-import secrets
-import shutil
-import tempfile
-
 import pytest
+
+from benchmarks.processes import Sessions
+from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 RAY = str(Path(sys.executable).with_name("ray"))
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def _ray_start(nodes: Sessions, name: str, env: dict[str, str], *args: str) -> None:
+    nodes.start([RAY, "start", "--block", "--disable-usage-stats", *args], name, env)
 
 
-def _start(args: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen([RAY, "start", "--block", "--disable-usage-stats", *args], stdout=log.open("w"),
-                            stderr=subprocess.STDOUT, start_new_session=True, env=env)
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-
-
-def _wait_for_nodes(address: str, count: int, env: dict[str, str], timeout: float = 180) -> None:
+def _wait_for_nodes(address: str, count: int, env: dict[str, str], nodes: Sessions, timeout: float = 180) -> None:
     probe = ("import ray,sys; ray.init(address=sys.argv[1], logging_level='ERROR');"
              "print(sum(1 for n in ray.nodes() if n['Alive']))")
     deadline = time.time() + timeout
@@ -62,41 +45,39 @@ def _wait_for_nodes(address: str, count: int, env: dict[str, str], timeout: floa
         if out.returncode == 0 and out.stdout.strip().splitlines()[-1:] == [str(count)]:
             return
         time.sleep(3)
-    raise TimeoutError(f"Ray cluster at {address} did not reach {count} nodes")
+    raise TimeoutError(f"Ray cluster at {address} did not reach {count} nodes:\n{nodes.tail('head')}\n"
+                       f"{nodes.tail('node2')}")
 
 
 @pytest.mark.slow
 def test_cli_job_runs_on_two_nodes(clips, tmp_path):
-    port = _free_port()
+    port = free_port()
     address = f"127.0.0.1:{port}"
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
     env.pop("RAY_ADDRESS", None)
     temp_dir = tempfile.mkdtemp(prefix="vxray-")  # short: Ray's socket paths must fit in 107 bytes
-    # 2 logical CPUs per node: one for the node's ASR actor (SPREAD puts one on each), one for prep
-    head = _start(["--head", f"--port={port}", "--num-cpus=2",
-                   "--resources={\"head\": 1}", "--include-dashboard=false",
-                   f"--temp-dir={temp_dir}", f"--ray-client-server-port={_free_port()}",
-                   f"--node-manager-port={_free_port()}", f"--object-manager-port={_free_port()}"],
-                  tmp_path / "head.log", env)
-    nodes = [head]
+    nodes = Sessions(tmp_path)
     try:
+        # 2 logical CPUs per node: one for the node's ASR actor (SPREAD puts one on each), one for prep
+        _ray_start(nodes, "head", env, "--head", f"--port={port}", "--num-cpus=2", '--resources={"head": 1}',
+                   "--include-dashboard=false", f"--temp-dir={temp_dir}",
+                   f"--ray-client-server-port={free_port()}", f"--node-manager-port={free_port()}",
+                   f"--object-manager-port={free_port()}")
         time.sleep(5)
-        nodes.append(_start([f"--address={address}", "--num-cpus=2",
-                             "--resources={\"node2\": 1}", f"--node-manager-port={_free_port()}",
-                             f"--object-manager-port={_free_port()}"], tmp_path / "node2.log", env))
-        _wait_for_nodes(address, 2, env)
-        env["RAY_ADDRESS"] = address
+        _ray_start(nodes, "node2", env, f"--address={address}", "--num-cpus=2", '--resources={"node2": 1}',
+                   f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}")
+        _wait_for_nodes(address, 2, env, nodes)
         out = tmp_path / "out"
         job = tmp_path / "job.yaml"  # ~15 s units: the 11 clips make several units to spread
         job.write_text(f"input: {clips}\noutput: {out}\nengine: {{unit_minutes: 0.25}}\n")
         run = subprocess.run([sys.executable, "-m", "flows.cli", "run", "--config", str(job), "--no-plan", "--json"],
-                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+                             cwd=ROOT, env={**env, "RAY_ADDRESS": address}, capture_output=True, text=True,
+                             timeout=600)
         assert run.returncode == 0, run.stderr[-3000:]
         summary = json.loads(run.stdout)
         assert summary["complete"] and summary["counts"]["samples"] > 0
         assert len(summary["nodes"]) >= 2, summary["nodes"]
         assert summary["resources"]["asr_actors"] == 2
     finally:
-        for proc in reversed(nodes):
-            _stop(proc)
+        nodes.stop()
         shutil.rmtree(temp_dir, ignore_errors=True)
