@@ -69,8 +69,9 @@ class QualityScorer:
     def score(self, speech: Sequence[np.ndarray]) -> list[dict[str, Optional[float]]]:
         """One dict of SCORE_NAMES per 16 kHz float32 segment.
 
-        Scores are rounded (3 decimals; clipping 6) so that float noise of a different batch
-        layout or accelerator cannot change a sample's JSON: a resumed unit stays byte-identical.
+        Scores are rounded (3 decimals; clipping 6) so that float noise (another batch layout,
+        an accelerator) almost never reaches a sample's JSON; a resumed unit repeats the same
+        batches anyway, so its output stays byte-identical.
         (The prep task measures clipping again on the decoded-rate audio, where clipped tops
         are still flat; resampling rings around them.)"""
         if self.session is None:
@@ -88,21 +89,19 @@ class QualityScorer:
 
     def dnsmos(self, speech: Sequence[np.ndarray]) -> list[tuple[float, float, float]]:
         """(sig, bak, ovrl) per segment: every 9.01 s window of every segment in a few batched calls,
-        then each segment's windows averaged, as the reference scorer does one by one."""
-        windows, owners = [], []
-        for i, audio in enumerate(speech):
-            for window in dnsmos_windows(audio, self.config.dnsmos_hop_seconds):
-                windows.append(window)
-                owners.append(i)
+        then each segment's windows averaged, as the reference scorer does one by one. Windows are
+        cut per batch, so memory stays at one batch however many short (tiled) segments a unit has."""
+        hop = round(self.config.dnsmos_hop_seconds * RATE)
+        windows = [(i, start) for i, audio in enumerate(speech) for start in window_starts(len(audio), hop)]
         raw = np.zeros((len(windows), 3), dtype=np.float64)
         name = self.session.get_inputs()[0].name
-        for start in range(0, len(windows), DNSMOS_BATCH):
-            batch = np.stack(windows[start : start + DNSMOS_BATCH])
-            raw[start : start + len(batch)] = self.session.run(None, {name: batch})[0]
-        owners_arr = np.asarray(owners, dtype=np.int64)
+        for first in range(0, len(windows), DNSMOS_BATCH):
+            batch = np.stack([dnsmos_window(speech[i], start) for i, start in windows[first : first + DNSMOS_BATCH]])
+            raw[first : first + len(batch)] = self.session.run(None, {name: batch})[0]
+        owners = np.asarray([i for i, _ in windows], dtype=np.int64)
         scores = []
         for i in range(len(speech)):
-            mean = raw[owners_arr == i].mean(axis=0)
+            mean = raw[owners == i].mean(axis=0)
             scores.append((float(SIG_POLY(mean[0])), float(BAK_POLY(mean[1])), float(OVRL_POLY(mean[2]))))
         return scores
 
@@ -119,16 +118,21 @@ class QualityScorer:
         return _finite(meter.integrated_loudness(np.asarray(audio, dtype=np.float64)))
 
 
-def dnsmos_windows(audio: np.ndarray, hop_seconds: float = 1.0) -> list[np.ndarray]:
-    """The reference scorer's windows: a segment under 9.01 s is repeated until it is that long,
-    then 9.01 s windows start every `hop_seconds` (1 s in the reference) while they fit whole."""
-    audio = np.asarray(audio, dtype=np.float32)
-    if len(audio) == 0:
+def window_starts(samples: int, hop: int) -> range:
+    """Where the reference scorer's windows start: a segment under 9.01 s is repeated until it is
+    that long (see `dnsmos_window`), then a 9.01 s window starts every `hop` samples while it fits."""
+    if samples == 0:
         raise ValueError("empty segment")
+    length = samples * math.ceil(DNSMOS_WINDOW / samples) if samples < DNSMOS_WINDOW else samples
+    return range(0, length - DNSMOS_WINDOW + 1, hop)
+
+
+def dnsmos_window(audio: np.ndarray, start: int) -> np.ndarray:
+    """One float32 window of DNSMOS_WINDOW samples from `start` (of the tiled audio when short)."""
+    audio = np.asarray(audio, dtype=np.float32)
     if len(audio) < DNSMOS_WINDOW:
         audio = np.tile(audio, math.ceil(DNSMOS_WINDOW / len(audio)))
-    hop = round(hop_seconds * RATE)
-    return [audio[start : start + DNSMOS_WINDOW] for start in range(0, len(audio) - DNSMOS_WINDOW + 1, hop)]
+    return audio[start : start + DNSMOS_WINDOW]
 
 
 def snr_db(audio: np.ndarray) -> Optional[float]:
