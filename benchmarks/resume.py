@@ -191,7 +191,8 @@ def _account(wall: float, before: set[int], after: set[int], units: list[WorkUni
     lost = sorted(started - after)
     pending = [u for u in units if u.index not in after]
     bound = sum(u.seconds for u in pending[:3])
-    return Run(wall, False, len(before), len(after), lost, sum(units[i].seconds for i in lost), bound)
+    return Run(wall, False, len(before), len(after), lost, sum(units[i].seconds for i in lost),
+               in_flight_bound_seconds=bound)
 
 
 # ----------------------------------------------------------------------------- outputs
