@@ -118,21 +118,29 @@ class QualityScorer:
         return _finite(meter.integrated_loudness(np.asarray(audio, dtype=np.float64)))
 
 
-def window_starts(samples: int, hop: int) -> range:
-    """Where the reference scorer's windows start: a segment under 9.01 s is repeated until it is
-    that long (see `dnsmos_window`), then a 9.01 s window starts every `hop` samples while it fits."""
+def window_starts(samples: int, hop: int) -> list[int]:
+    """Where the reference scorer's windows start (Microsoft's dnsmos_local.py, which speechmos
+    follows): audio under 9.01 s is doubled until it is that long (`dnsmos_window`), then windows
+    start every hop while the window count `floor(seconds) - 9.01` allows and the window fits."""
     if samples == 0:
         raise ValueError("empty segment")
-    length = samples * math.ceil(DNSMOS_WINDOW / samples) if samples < DNSMOS_WINDOW else samples
-    return range(0, length - DNSMOS_WINDOW + 1, hop)
+    length = _tiled_length(samples)
+    count = int((math.floor(length / RATE) - DNSMOS_WINDOW / RATE) / (hop / RATE)) + 1
+    return [i * hop for i in range(count) if i * hop + DNSMOS_WINDOW <= length]
 
 
 def dnsmos_window(audio: np.ndarray, start: int) -> np.ndarray:
-    """One float32 window of DNSMOS_WINDOW samples from `start` (of the tiled audio when short)."""
+    """One float32 window of DNSMOS_WINDOW samples from `start` (of the doubled audio when short)."""
     audio = np.asarray(audio, dtype=np.float32)
     if len(audio) < DNSMOS_WINDOW:
-        audio = np.tile(audio, math.ceil(DNSMOS_WINDOW / len(audio)))
+        audio = np.tile(audio, _tiled_length(len(audio)) // len(audio))
     return audio[start : start + DNSMOS_WINDOW]
+
+
+def _tiled_length(samples: int) -> int:
+    while samples < DNSMOS_WINDOW:
+        samples *= 2
+    return samples
 
 
 def snr_db(audio: np.ndarray) -> Optional[float]:

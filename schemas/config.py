@@ -75,7 +75,7 @@ class QualityConfig(_Section):
 
     Defaults were measured on the real clips (benchmarks/quality.py): they keep clean read speech
     (LibriSpeech, LJSpeech), the AMI headset, Common Voice and the 1961 JFK clip (also at 8 kHz 8-bit),
-    and drop speech under white noise at 5 dB SNR, hard clipping, near silence, exact copies and
+    and drop speech under white noise at 5 dB SNR (by the SNR estimate), hard clipping, near silence, exact copies and
     transcripts Whisper itself would call failed. They are floors: a TTS corpus from in-the-wild
     audio will want stricter ones (Emilia: DNSMOS >= 3.0). Any threshold set to null is off; the
     scores are written to the index and each sample's JSON either way, to filter again later.
@@ -87,9 +87,9 @@ class QualityConfig(_Section):
         description="DNSMOS reads 9.01 s windows; 1.0 is the reference hop, 9.01 = no overlap (cheaper on long segments)")
     min_dnsmos_ovrl: Optional[float] = Field(
         2.0, ge=1, le=5,
-        description="DNSMOS P.835 overall MOS (1-5): a floor for clearly degraded audio. LJSpeech scores 2.8-3.0, "
-                    "JFK (1961) 2.46, JFK at 8 kHz 8-bit 2.22, white noise at 5 dB SNR 1.95. Emilia keeps >= 3.0 "
-                    "(in-the-wild audio after source separation), which would drop short LJSpeech segments")
+        description="DNSMOS P.835 overall MOS (1-5): a floor for clearly degraded audio. LJSpeech scores 2.72-2.98, "
+                    "JFK (1961) 2.45-2.65, JFK at 8 kHz 8-bit 2.16, LibriSpeech under white noise at 0 dB SNR 1.60. "
+                    "Emilia keeps >= 3.0 (in-the-wild audio after source separation): that drops LJSpeech")
     drop_exact_duplicates: bool = Field(
         True, description="a segment whose stored audio is byte-identical to a kept one of the same unit is a reject")
     min_dnsmos_sig: Optional[float] = Field(None, ge=1, le=5, description="DNSMOS P.835 speech-signal MOS (1-5)")
