@@ -54,7 +54,7 @@ class UnitCommitter:
             "speech_seconds": sum(s.end - s.start for s in prepared.segments),
             "shards": sorted(set(placed.values())),
             "rejects": len(rejects),
-            "reject_reasons": dict(Counter(f"{r['stage']}: {r['reason']}" for r in rejects)),
+            "reject_reasons": dict(Counter(_reason_label(r) for r in rejects)),
             "stage_seconds": stages,
             "finished_at": datetime.now(timezone.utc).isoformat(),  # throughput over the run
         }
@@ -130,6 +130,17 @@ class UnitCommitter:
         url = storage.join(self.output, folder, f"part-{unit:06d}.parquet")
         with storage.atomic_local_file(url, ".parquet") as scratch:
             pq.write_table(pa.Table.from_pylist(rows, schema=schema), scratch)
+
+
+def _reason_label(row: dict) -> str:
+    """How the summary counts a reject: by `stage: reason`, except that a quality drop's reason
+    holds its own value (or the kept key), so those count by metric and threshold instead."""
+    if row.get("metric") == "audio_hash":
+        return "quality: exact duplicate"
+    if row.get("metric") and row.get("threshold") is not None:
+        op = "<" if row["value"] < row["threshold"] else ">"
+        return f"{row['stage']}: {row['metric']} {op} {row['threshold']:g}"
+    return f"{row['stage']}: {row['reason']}"
 
 
 def _near_duplicate(texts: dict[str, list[tuple[float, str]]], text: str, row: dict) -> Optional[str]:

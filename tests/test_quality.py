@@ -137,6 +137,8 @@ def test_dropped_segments_are_rejects_with_metric_value_and_threshold(quality_jo
     kept = {Path(r["source_uri"]).name for r in index}
     assert kept == {CLEAN, "2412-153948-0001.flac"}
     assert all(r["dnsmos_ovrl"] >= THRESHOLD for r in index)
+    reasons = quality_job[2]["reject_reasons"]  # counted by metric and threshold, not by each value
+    assert reasons[f"quality: dnsmos_ovrl < {THRESHOLD:g}"] == len(dropped) and reasons["quality: exact duplicate"] == 1
     inputs = {str(p) for p in folder.iterdir() if p.suffix not in {".md", ".jsonl"}}
     assert {r["source_uri"] for r in index} | {r["source_uri"] for r in rejects} == inputs
 
