@@ -13,8 +13,12 @@ if [ "${1:-}" = "test" ]; then
   fi
   # The report test opens the page in a real headless browser: Debian's chromium, driven by
   # Playwright (which must not download a browser of its own).
-  if ! command -v chromium >/dev/null; then
-    $SUDO apt-get update -qq && $SUDO apt-get install -y -qq --no-install-recommends chromium >/dev/null
+  # The bad-input tests make an 8 kHz 8-bit file with sox; the report test needs chromium.
+  missing=""
+  command -v chromium >/dev/null || missing="$missing chromium"
+  command -v sox >/dev/null || missing="$missing sox"
+  if [ -n "$missing" ]; then
+    $SUDO apt-get update -qq && $SUDO apt-get install -y -qq --no-install-recommends $missing >/dev/null
   fi
   .venv/bin/python -m pip install --quiet -e ".[test]"
 else
