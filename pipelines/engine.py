@@ -71,10 +71,23 @@ def plan_resources(config: EngineConfig) -> Resources:
     return resources_for(int(available.get("CPU", 1)), int(available.get("GPU", 0)), config, nodes)
 
 
+_PREPARERS: dict[str, Preparer] = {}  # this worker process's Preparer, by config
+
+
+def _preparer(config: JobConfig) -> Preparer:
+    """One Preparer per worker process and config. Ray reuses worker processes across tasks, so the
+    VAD and DNSMOS sessions, and onnxruntime's slow first call (~1 s), are paid once per worker
+    instead of once per unit; calibration's few small units would otherwise overprice prep."""
+    key = config.model_dump_json()
+    if key not in _PREPARERS:
+        _PREPARERS.clear()  # one job per worker at a time: keep no stale models
+        _PREPARERS[key] = Preparer(config)
+        _PREPARERS[key].setup()
+    return _PREPARERS[key]
+
+
 def _prepare(config: JobConfig, unit: int, files: list[SourceFile]):
-    preparer = Preparer(config)
-    preparer.setup()
-    audios, prepared = preparer(unit, files)
+    audios, prepared = _preparer(config)(unit, files)
     prepared.node = ray.get_runtime_context().get_node_id()  # where the unit ran: summary "nodes"
     return audios, prepared
 
