@@ -5,7 +5,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -114,15 +114,9 @@ class Transcriber:
         size = self.config.batch_size
         for start in range(0, len(order), size):
             batch = order[start : start + size]
-            tag = f"alone-{start:06d}"
-            saved = journal.get(tag)
-            if saved is None:
-                journal.started(tag, sum(len(audios[i]) for i in batch) / ASR_RATE)
-                self.counts.update(windows=len(batch), alone=len(batch))
-                saved = dict(zip(batch, self._batch([audios[i] for i in batch]))), []
-                journal.put(tag, *saved)
-            else:
-                self.counts.update(restored_windows=len(batch))  # work a resume did not redo
+            seconds = sum(len(audios[i]) for i in batch) / ASR_RATE
+            saved = self._journaled(journal, f"alone-{start:06d}", len(batch), seconds,
+                                    lambda: self._decode_alone(batch, audios))
             for i, result in saved[0].items():
                 results[i] = result
 
@@ -133,18 +127,29 @@ class Transcriber:
         size = self.config.batch_size
         for start in range(0, len(windows), size):
             batch = windows[start : start + size]
-            tag = f"{name}-{start:06d}"
-            saved = journal.get(tag)
-            if saved is None:
-                journal.started(tag, sum(len(audios[p.index]) for w in batch for p in w.placed) / ASR_RATE)
-                saved = self._decode_packed(batch, audios)
-                journal.put(tag, *saved)
-            else:
-                self.counts.update(restored_windows=len(batch))
+            seconds = sum(len(audios[p.index]) for w in batch for p in w.placed) / ASR_RATE
+            saved = self._journaled(journal, f"{name}-{start:06d}", len(batch), seconds,
+                                    lambda: self._decode_packed(batch, audios))
             for index, result in saved[0].items():
                 results[index] = result
             unresolved += saved[1]
         return unresolved
+
+    def _journaled(self, journal: AsrJournal, tag: str, windows: int, speech_seconds: float,
+                   decode: Callable[[], tuple[dict[int, AsrResult], list[int]]]) -> tuple[dict[int, AsrResult], list[int]]:
+        """One batch's (results, unresolved): read back from the journal, or decoded now and saved."""
+        saved = journal.get(tag)
+        if saved is not None:
+            self.counts.update(restored_windows=windows)  # work a resume did not redo
+            return saved
+        journal.started(tag, speech_seconds)
+        saved = decode()
+        journal.put(tag, *saved)
+        return saved
+
+    def _decode_alone(self, batch: list[int], audios: Sequence[np.ndarray]) -> tuple[dict[int, AsrResult], list[int]]:
+        self.counts.update(windows=len(batch), alone=len(batch))
+        return dict(zip(batch, self._batch([audios[i] for i in batch]))), []
 
     def _decode_packed(self, batch: list[Window], audios: Sequence[np.ndarray]) -> tuple[dict[int, AsrResult], list[int]]:
         """One batch of packed windows: results of the segments split back, and those not."""
