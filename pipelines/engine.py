@@ -116,7 +116,7 @@ def _commit(config: JobConfig, prepared, transcribed, digest: str) -> dict:
     prepared.stage_seconds["asr"] += asr_seconds
     report = UnitCommitter(config)(prepared, results, digest)
     AsrJournal(journal_url(config.output, prepared.unit, digest)).clear()  # the ledger holds the unit now
-    return {**report, "asr_counts": asr_counts, "node": getattr(prepared, "node", None)}  # windows, encoder seconds: what calibration fits
+    return {**report, "asr_counts": asr_counts, "node": prepared.node}  # asr_counts: what calibration fits
 
 
 PREP_GPU_SHARE = 0.25  # of each GPU, left to the prep tasks that resample on it

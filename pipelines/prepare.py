@@ -66,6 +66,7 @@ class PreparedUnit:
     rejects: list[dict] = field(default_factory=list)
     input_seconds: float = 0.0
     stage_seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    node: Optional[str] = None  # the Ray node that prepared it (summary "nodes")
 
 
 class Preparer:
