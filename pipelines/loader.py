@@ -19,12 +19,13 @@ import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 import soundfile as sf
 import soxr
 import torch
 import webdataset as wds
 from webdataset.tariterators import base_plus_ext, group_by_keys, tar_file_expander
+
+from pipelines import tables
 
 AUDIO_EXTENSIONS = ("flac", "wav")
 
@@ -69,13 +70,23 @@ def parse_filter(condition: str) -> tuple[str, pc.Expression]:
 
 def read_index(root: str, filters: str | Sequence[str] = (), columns: Sequence[str] | None = None,
                storage_options: dict | None = None) -> pa.Table:
-    """The index rows matching every condition, read with pushdown so only those rows load."""
-    fs, path = fsspec.url_to_fs(root, **(storage_options or {}))
-    dataset = ds.dataset(f"{path.rstrip('/')}/index", filesystem=fs, format="parquet")
+    """The index rows matching every condition, read with pushdown so only those rows load.
+
+    Every part counts (`tables.open_parts`): a column only newer parts have can be filtered on,
+    and reads as null in the older parts' rows.
+    """
     parsed = [parse_filter(c) for c in ([filters] if isinstance(filters, str) else filters)]
-    unknown = sorted({column for column, _ in parsed} - set(dataset.schema.names))
+    dataset = tables.open_parts(root, "index", storage_options)
+    if not dataset.files:
+        raise FileNotFoundError(f"no index parts under {root.rstrip('/')}/index: not a voxmill output, "
+                                "or no unit has finished yet")
+    names = dataset.schema.names
+    unknown = sorted({column for column, _ in parsed} - set(names))
     if unknown:
-        raise ValueError(f"filter on unknown column {unknown}; the index has {dataset.schema.names}")
+        raise ValueError(f"filter on unknown column {unknown}; the index has {names}")
+    missing = [c for c in columns or () if c not in names]
+    if missing:
+        raise ValueError(f"unknown column {missing}; the index has {names}")
     expression = None
     for _, term in parsed:
         expression = term if expression is None else expression & term

@@ -22,11 +22,10 @@ from urllib.parse import quote
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
-import pyarrow.parquet as pq
 from pydantic import BaseModel
 
-from pipelines import storage
+from pipelines import storage, tables
+from pipelines.tables import read_parts  # every part under one unified schema; see tables
 from pipelines.ledger import Ledger
 
 REPORT_FOLDER = "report"
@@ -127,33 +126,10 @@ class DatasetSummary(BaseModel):
 
 # ---- reading ----
 
-def _parts(output: str, folder: str) -> list[str]:
-    return storage.list_files(storage.join(output, folder), ".parquet", prefix="part-")
-
-
-def read_parts(output: str, folder: str, columns: Iterable[str] = (),
-               filter: Optional[pc.Expression] = None) -> pa.Table:
-    """The wanted columns of every part under `folder`, under one schema unified from all parts.
-
-    Parts written by different voxmill versions carry different columns; a column a part lacks
-    reads as nulls there, and a column no part has is left out (callers test for it).
-    """
-    urls = _parts(output, folder)
-    if not urls:
-        return pa.table({})
-    fs, _ = storage.filesystem(urls[0])
-    paths = [storage.filesystem(u)[1] for u in urls]
-    schemas = [pq.read_schema(p, filesystem=fs) for p in paths]
-    schema = pa.unify_schemas(schemas, promote_options="permissive")
-    dataset = ds.dataset(paths, schema=schema, filesystem=fs, format="parquet")
-    wanted = [c for c in columns if c in schema.names] if columns else None
-    return dataset.to_table(columns=wanted, filter=filter)
-
-
 def _check_output(output: str) -> None:
     if not storage.exists(output):
         raise ReportError(f"output not found: {output}")
-    if not _parts(output, "index"):
+    if not tables.part_urls(output, "index"):
         raise ReportError(f"{output} holds no index (index/part-*.parquet): not a voxmill output, "
                           "or no unit has finished yet")
 

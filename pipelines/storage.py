@@ -34,14 +34,27 @@ class OutputError(StorageError):
     """The output cannot be written (missing bucket, no permission, disk full, read-only)."""
 
 
-def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
-    """The filesystem and the protocol-less path for `url` (S3 with retries and backoff)."""
+def filesystem(url: str, options: dict | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The filesystem and the protocol-less path for `url` (S3 with retries and backoff).
+
+    `options` are fsspec storage options (endpoint, credentials, ...); on S3 they are merged over
+    the retry settings, so a caller's own `config_kwargs` keep the retries unless they set some.
+    """
+    options = dict(options or {})
     protocol, _ = fsspec.core.split_protocol(url)
     if protocol is None:  # a plain local path: never parsed as a URL chain (a name may hold "::")
-        return fsspec.filesystem("file"), make_path_posix(url)
-    options = s3_options() if protocol in S3_PROTOCOLS else {}
+        return fsspec.filesystem("file", **options), make_path_posix(url)
+    if protocol in S3_PROTOCOLS:
+        options = _with_retries(options)
     fs, path = fsspec.core.url_to_fs(url, **options)
     return fs, path
+
+
+def _with_retries(options: dict) -> dict:
+    base = s3_options()["config_kwargs"]
+    given = dict(options.get("config_kwargs") or {})
+    retries = {**base["retries"], **given.get("retries", {})}
+    return {**options, "config_kwargs": {**base, **given, "retries": retries}}
 
 
 def s3_options() -> dict:
@@ -156,6 +169,11 @@ def exists(url: str) -> bool:
 def list_files(url: str, suffix: str = "", prefix: str = "") -> list[str]:
     """Full URLs of committed files directly under `url` (scratch files excluded)."""
     fs, path = filesystem(url)
+    return [to_url(fs, p) for p in list_paths(fs, path, suffix, prefix)]
+
+
+def list_paths(fs: fsspec.AbstractFileSystem, path: str, suffix: str = "", prefix: str = "") -> list[str]:
+    """`list_files` on a filesystem already open: sorted protocol-less paths, for `fs` itself."""
     try:
         if not fs.exists(path):
             return []
@@ -163,10 +181,9 @@ def list_files(url: str, suffix: str = "", prefix: str = "") -> list[str]:
     except FileNotFoundError:
         return []
     except OSError as err:
-        raise StorageError(f"cannot list {url}: {type(err).__name__}: {err}") from err
-    names = [p for p in names if p.endswith(suffix) and p.rsplit("/", 1)[-1].startswith(prefix)
-             and SCRATCH_MARK not in p]
-    return sorted(to_url(fs, p) for p in names)
+        raise StorageError(f"cannot list {to_url(fs, path)}: {type(err).__name__}: {err}") from err
+    return sorted(p for p in names if p.endswith(suffix) and p.rsplit("/", 1)[-1].startswith(prefix)
+                  and SCRATCH_MARK not in p)
 
 
 def remove_leftovers(url: str, folders: tuple[str, ...]) -> int:
