@@ -13,10 +13,12 @@ if [ "${1:-}" = "test" ]; then
   fi
   # The report test opens the page in a real headless browser: Debian's chromium, driven by
   # Playwright (which must not download a browser of its own).
-  # The bad-input tests make an 8 kHz 8-bit file with sox; the report test needs chromium.
+  # The bad-input tests make an 8 kHz 8-bit file with sox; the report test needs chromium; the
+  # language test speaks German and Spanish with espeak-ng.
   missing=""
   command -v chromium >/dev/null || missing="$missing chromium"
   command -v sox >/dev/null || missing="$missing sox"
+  command -v espeak-ng >/dev/null || missing="$missing espeak-ng"
   if [ -n "$missing" ]; then
     $SUDO apt-get update -qq && $SUDO apt-get install -y -qq --no-install-recommends $missing >/dev/null
   fi

