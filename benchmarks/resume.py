@@ -4,13 +4,16 @@ Runs `voxmill run` once uninterrupted, then again into a fresh output, SIGKILLin
 random point of its processing K times and rerunning the same command after each kill, until one
 run finishes. Reports, as a markdown table:
 
-* redone audio: seconds of audio in units that a killed run had started (one of their files was
-  opened for decoding, seen with inotify) but not ledgered when it died. Their prep (decode,
-  resample, VAD, encode) is thrown away and done again by the next run.
-* redone ASR: seconds of speech in ASR batches a killed run had started (the job notes each batch
-  it starts in VOXMILL_ASR_TRACE) but not saved to the unit's ASR journal. ASR is nearly all of
-  the job's compute; journaled batches are read back, not decoded again (`pipelines/journal.py`).
-  Their shares of the corpus are the cost of a crash (target < 5%).
+* redone decode: seconds of audio in units that a killed run had started (one of their files was
+  opened for decoding, seen with inotify) but not ledgered when it died. Their decode, resample,
+  VAD and encode are done again by the next run (cheap: a few % of the job's compute).
+* redone scoring: seconds of audio in units whose quality scoring a killed run had started (the
+  job notes it in VOXMILL_ASR_TRACE) but neither journaled nor ledgered. Journaled scores are read
+  back, not computed again (`pipelines/journal.py`); DNSMOS is most of prep's cost.
+* redone ASR: seconds of speech in ASR batches a killed run had started (noted in the same trace)
+  but not saved to the unit's journal; journaled batches are read back, not decoded again.
+  Their shares of the corpus are the cost of a crash (target < 5%), and so is the compute they
+  cost, priced at the uninterrupted run's own per-stage rates, as a share of that run's compute.
 * wall seconds of all the runs against the uninterrupted one (start-up is paid once per run);
 * whether the final output equals the uninterrupted run's: same keys, same audio bytes per key.
 
@@ -110,16 +113,17 @@ def _env(trace: Optional[Path] = None) -> dict[str, str]:
     return env
 
 
-def asr_thrown_away(trace: Path, ledgered: set[int]) -> float:
-    """Speech seconds of the traced ASR batches whose result was saved nowhere: not in the unit's
-    journal, and the unit not ledgered. Those are decoded again by the next run."""
-    lost = 0.0
+def thrown_away(trace: Path, ledgered: set[int]) -> dict[str, float]:
+    """Seconds, by stage ("asr": speech, "quality": input audio), of the traced work whose result
+    was saved nowhere: not in the unit's journal, and the unit not ledgered. That work is done
+    again by the next run."""
+    lost = {"asr": 0.0, "quality": 0.0}
     for line in trace.read_text().splitlines() if trace.exists() else []:
-        batch = json.loads(line)
-        unit = int(batch["journal"].rstrip("/").rsplit("/", 1)[-1].split("-")[1])
-        saved = Path(batch["journal"].removeprefix("file://")) / f"{batch['tag']}.json"
+        work = json.loads(line)
+        unit = int(work["journal"].rstrip("/").rsplit("/", 1)[-1].split("-")[1])
+        saved = Path(work["journal"].removeprefix("file://")) / f"{work['tag']}.json"
         if unit not in ledgered and not saved.exists():
-            lost += batch["speech_seconds"]
+            lost[work["stage"]] += work["seconds"]
     return lost
 
 
@@ -142,7 +146,8 @@ class Run:
     ledgered_before: int
     ledgered_after: int
     started_not_ledgered: list[int] = field(default_factory=list)
-    redone_seconds: float = 0.0
+    redone_seconds: float = 0.0  # audio decoded again: units started, not ledgered
+    scoring_redone_seconds: float = 0.0  # audio of units scored, neither journaled nor ledgered
     asr_redone_seconds: float = 0.0  # speech in ASR batches started, neither journaled nor ledgered
     in_flight_bound_seconds: float = 0.0
 
@@ -180,7 +185,8 @@ def killed_run(command: list[str], output: Path, units: list[WorkUnit], watch: O
     wall = time.perf_counter() - clock
     after = _ledgered(output)
     run = _account(wall, before, after, units, watch.opened(max(started, _claimed_at(output)), killed_at))
-    run.asr_redone_seconds = asr_thrown_away(trace, after)
+    lost = thrown_away(trace, after)
+    run.asr_redone_seconds, run.scoring_redone_seconds = lost["asr"], lost["quality"]
     return run
 
 
@@ -269,40 +275,68 @@ def main(argv: Optional[list[str]] = None) -> None:
             runs.append(Run(wall, True, before, len(_ledgered(resumed))))
     finally:
         watch.close()
-    report(args, units, total, ref_wall, runs, same_output(reference, resumed))
+    report(args, units, total, ref_wall, runs, same_output(reference, resumed), ref_summary)
+
+
+DECODE_STAGES = ("decode", "resample", "vad", "encode")
+
+
+def compute_rates(summary: dict) -> tuple[dict[str, float], float]:
+    """Seconds of compute per redone second, by stage, from the uninterrupted run's own stage
+    times ("decode" and "quality" per input second, "asr" per second of kept speech), and that
+    run's total compute seconds."""
+    stages, input_s = summary["stage_seconds"], summary["input_hours"] * 3600
+    rates = {
+        "decode": sum(stages.get(s, 0.0) for s in DECODE_STAGES) / input_s,
+        "quality": stages.get("quality", 0.0) / input_s,
+        "asr": stages.get("asr", 0.0) / max(summary["output_hours"] * 3600, 1e-9),
+    }
+    return rates, sum(stages.values())
+
+
+def _row(name: str, seconds: float, total: float, unit: str) -> str:
+    share = seconds / total
+    return (f"| {name} | {seconds:.1f} s / {total:.0f} s {unit} = **{share:.1%}** | < 5% | "
+            f"{'yes' if share < 0.05 else 'no'} |")
 
 
 def report(args: argparse.Namespace, units: list[WorkUnit], total: float, ref_wall: float, runs: list[Run],
-           same: tuple[bool, bool]) -> None:
+           same: tuple[bool, bool], summary: dict) -> None:
     kills = [r for r in runs if not r.finished]
-    redone = sum(r.redone_seconds for r in kills)
-    asr_redone = sum(r.asr_redone_seconds for r in kills)
+    redone = {"decode": sum(r.redone_seconds for r in kills),
+              "quality": sum(r.scoring_redone_seconds for r in kills),
+              "asr": sum(r.asr_redone_seconds for r in kills)}
+    rates, compute = compute_rates(summary)
+    redone_compute = sum(redone[stage] * rates[stage] for stage in redone)
     bound = sum(r.in_flight_bound_seconds for r in kills)
-    lines = ["| run | wall s | units ledgered before -> after | started, not ledgered | redone prep audio s "
-             "| redone ASR speech s |",
-             "|---|---|---|---|---|---|",
-             f"| uninterrupted | {ref_wall:.1f} | 0 -> {len(units)} | - | - | - |"]
+    lines = ["| run | wall s | units ledgered before -> after | started, not ledgered | redone decode audio s "
+             "| redone scoring audio s | redone ASR speech s |",
+             "|---|---|---|---|---|---|---|",
+             f"| uninterrupted | {ref_wall:.1f} | 0 -> {len(units)} | - | - | - | - |"]
     for i, r in enumerate(runs, 1):
         name = f"killed {i}" if not r.finished else "final resume"
         lines.append(f"| {name} | {r.wall:.1f} | {r.ledgered_before} -> {r.ledgered_after} | "
                      f"{len(r.started_not_ledgered) if not r.finished else '-'} | "
-                     f"{r.redone_seconds:.1f} | {r.asr_redone_seconds:.1f} |")
+                     f"{r.redone_seconds:.1f} | {r.scoring_redone_seconds:.1f} | {r.asr_redone_seconds:.1f} |")
     wall = sum(r.wall for r in runs)
+    n = len(kills)
     lines += ["", "| metric | value | target | met |", "|---|---|---|---|",
-              f"| redone ASR speech / corpus ({len(kills)} kills) | {asr_redone:.1f} s / {total:.0f} s = "
-              f"**{asr_redone / total:.1%}** | < 5% | {'yes' if asr_redone / total < 0.05 else 'no'} |",
-              f"| redone prep audio / corpus ({len(kills)} kills) | {redone:.1f} s / {total:.0f} s = "
-              f"**{redone / total:.1%}** | < 5% | {'yes' if redone / total < 0.05 else 'no'} |",
+              _row(f"redone compute / job compute ({n} kills)", redone_compute, compute, "of compute"),
+              _row(f"redone ASR speech / corpus ({n} kills)", redone["asr"], total, "of audio"),
+              _row(f"redone scoring (DNSMOS) audio / corpus ({n} kills)", redone["quality"], total, "of audio"),
+              _row(f"redone decode+resample+VAD audio / corpus ({n} kills)", redone["decode"], total, "of audio"),
               f"| bound: units in flight at each kill / corpus | {bound / total:.1%} | | |",
               f"| final output = uninterrupted (keys / audio bytes) | {'yes' if same[0] else 'NO'} / "
               f"{'yes' if same[1] else 'NO'} | yes | {'yes' if all(same) else 'no'} |",
-              f"| wall of all runs / uninterrupted | {wall:.1f} / {ref_wall:.1f} s = {wall / ref_wall:.2f}x | | |"]
+              f"| wall of all runs / uninterrupted | {wall:.1f} / {ref_wall:.1f} s = {wall / ref_wall:.2f}x | | |",
+              "", "compute per redone second (uninterrupted run): "
+              + ", ".join(f"{k} {v:.4f} s" for k, v in rates.items())]
     table = "\n".join(lines)
     print(table)
     (args.workdir / "resume.json").write_text(json.dumps({
         "args": {k: str(v) for k, v in vars(args).items()}, "units": len(units), "corpus_seconds": total,
-        "uninterrupted_wall": ref_wall, "runs": [asdict(r) for r in runs], "redone_seconds": redone,
-        "asr_redone_seconds": asr_redone,
+        "uninterrupted_wall": ref_wall, "runs": [asdict(r) for r in runs], "redone": redone,
+        "redone_compute_seconds": redone_compute, "compute_seconds": compute, "rates": rates,
         "in_flight_bound_seconds": bound, "same_keys": same[0], "same_bytes": same[1], "table": table,
     }, indent=2))
 

@@ -22,7 +22,7 @@ from pipelines import history, jobstate, journal, storage
 from pipelines.asr import AsrResult, Transcriber
 from pipelines.commit import UnitCommitter
 from pipelines.discover import Discover, manifest_hours
-from pipelines.journal import AsrJournal, journal_name, journal_url
+from pipelines.journal import AsrJournal, ScoreJournal, journal_name, journal_url
 from pipelines.ledger import Ledger
 from pipelines.prepare import Preparer, SourceFile
 from pipelines.units import WorkUnit
@@ -86,8 +86,8 @@ def _preparer(config: JobConfig) -> Preparer:
     return _PREPARERS[key]
 
 
-def _prepare(config: JobConfig, unit: int, files: list[SourceFile]):
-    audios, prepared = _preparer(config)(unit, files)
+def _prepare(config: JobConfig, unit: int, files: list[SourceFile], journal: Optional[str] = None):
+    audios, prepared = _preparer(config)(unit, files, ScoreJournal(journal))
     prepared.node = ray.get_runtime_context().get_node_id()  # where the unit ran: summary "nodes"
     return audios, prepared
 
@@ -151,11 +151,11 @@ class _Scheduler:
         ray.get([a.ready.remote() for a in self.actors])  # model loads count as start-up
 
     def submit(self, unit: WorkUnit):
-        audios, prepared = self.prepare.remote(self.config, unit.index, unit.files)
+        journal = journal_url(self.config.output, unit.index, unit.digest)  # scores and ASR batches
+        audios, prepared = self.prepare.remote(self.config, unit.index, unit.files, journal)
         slot = min(self.load, key=self.load.__getitem__)
         self.load[slot] += 1
-        saved_batches = journal_url(self.config.output, unit.index, unit.digest)
-        transcribed = self.actors[slot].transcribe.remote(audios, saved_batches)
+        transcribed = self.actors[slot].transcribe.remote(audios, journal)
         return self.commit.remote(self.config, prepared, transcribed, unit.digest), slot
 
     def release(self, slot: int) -> None:

@@ -1,8 +1,11 @@
-"""ASR journal: a unit's finished ASR batches, kept next to the output until the unit commits.
+"""Unit journal: a unit's finished ASR batches and quality scores, kept next to the output until
+the unit commits.
 
-Without it a kill throws away the whole transcription of every unit in flight. With it a
-rerun redoes only the cheap, deterministic prep of those units and reads each journaled batch
-back instead of decoding it again: a kill costs at most the batch in progress per actor.
+Without it a kill throws away the whole transcription and scoring of every unit in flight. With
+it a rerun redoes only the cheap, deterministic decode, resample and VAD of those units, reads
+their DNSMOS scores back (`ScoreJournal`: scoring is most of prep's cost) and each journaled ASR
+batch instead of decoding it again: a kill costs at most the batch in progress per actor and the
+units being scored.
 Packing and batching cut a unit's segments the same way on every run, so a batch read back
 holds exactly what decoding it again would give, and the output stays that of an
 uninterrupted run.
@@ -20,7 +23,8 @@ if TYPE_CHECKING:
     from pipelines.asr import AsrResult
 
 FOLDER = "asr"  # under OUTPUT/_ledger/
-TRACE_ENV = "VOXMILL_ASR_TRACE"  # a local file: one line per ASR batch started (benchmarks/resume.py)
+TRACE_ENV = "VOXMILL_ASR_TRACE"  # a local file: one line per ASR batch or unit scoring started (benchmarks/resume.py)
+SCORES = "quality"  # the unit's scores: OUTPUT/_ledger/asr/unit-.../quality.json
 
 
 def journal_name(unit: int, digest: str) -> str:
@@ -51,14 +55,9 @@ class AsrJournal:
         return results, list(data["unresolved"])
 
     def started(self, tag: str, speech_seconds: float) -> None:
-        """Note a batch about to be decoded, when VOXMILL_ASR_TRACE names a file. A batch that was
-        started but never `put` is ASR work a kill threw away: that is how the resume benchmark
-        measures it, exactly, from outside the job."""
-        trace = os.environ.get(TRACE_ENV)
-        if trace and self.url:
-            line = json.dumps({"journal": self.url, "tag": tag, "speech_seconds": speech_seconds})
-            with open(trace, "a") as fh:  # one short O_APPEND write per batch: lines never interleave
-                fh.write(line + "\n")
+        """Note a batch about to be decoded (see `trace`)."""
+        if self.url:
+            trace(self.url, "asr", tag, speech_seconds)
 
     def put(self, tag: str, results: dict[int, "AsrResult"], unresolved: list[int]) -> None:
         if self.url is None:
@@ -72,6 +71,40 @@ class AsrJournal:
         folder is only read by a unit with the same digest, and swept by `sweep`)."""
         if self.url:
             _remove(self.url)
+
+
+class ScoreJournal:
+    """A unit's quality scores by segment key (a dict of scores, or the reason scoring failed).
+
+    Segment keys come from source id and VAD times, which a rerun finds again exactly, so the
+    scores read back are those scoring again would give. All or nothing: a unit is scored in
+    one pass and journaled once; no url = a journal that keeps nothing."""
+
+    def __init__(self, url: Optional[str] = None):
+        self.url = url
+        self.path = storage.join(url, f"{SCORES}.json") if url else None
+
+    def get(self) -> dict[str, dict | str]:
+        return storage.read_json(self.path, missing={}) if self.path else {}
+
+    def started(self, input_seconds: float) -> None:
+        if self.url:
+            trace(self.url, SCORES, SCORES, input_seconds)
+
+    def put(self, scores: dict[str, dict | str]) -> None:
+        if self.path:
+            storage.write_json(self.path, scores)
+
+
+def trace(journal: str, stage: str, tag: str, seconds: float) -> None:
+    """Note work about to start, when VOXMILL_ASR_TRACE names a file. Work that was started but
+    never journaled is what a kill threw away: that is how the resume benchmark measures it,
+    exactly, from outside the job (seconds: speech for an ASR batch, input audio for scoring)."""
+    path = os.environ.get(TRACE_ENV)
+    if path:
+        line = json.dumps({"journal": journal, "stage": stage, "tag": tag, "seconds": seconds})
+        with open(path, "a") as fh:  # one short O_APPEND write per line: lines never interleave
+            fh.write(line + "\n")
 
 
 def sweep(output: str, keep: set[str]) -> None:

@@ -14,6 +14,7 @@ import numpy as np
 
 from pipelines import storage
 from pipelines.audio import ASR_RATE, DecodeError, Resampler, Waveform, decode, encode, peak_normalize
+from pipelines.journal import ScoreJournal
 from pipelines.keys import segment_key
 from pipelines.quality import QualityScorer, audio_hash, clipping_ratio
 from pipelines.vad import Segmenter, Span
@@ -84,24 +85,29 @@ class Preparer:
         if self.quality:
             self.quality.setup()
 
-    def __call__(self, unit: int, files: list[SourceFile]) -> tuple[list[np.ndarray], PreparedUnit]:
+    def __call__(self, unit: int, files: list[SourceFile],
+                 journal: Optional[ScoreJournal] = None) -> tuple[list[np.ndarray], PreparedUnit]:
+        """With a `journal`, scores it holds for this unit are read back instead of computed,
+        and scores computed here are saved to it (see `pipelines.journal`)."""
         prepared = PreparedUnit(unit)
         asr_audio: list[np.ndarray] = []
         for group in self._groups(files):
             asr_audio.extend(self._prepare_group(group, prepared))
         if self.quality and asr_audio:
             with _Clock(prepared.stage_seconds)("quality"):
-                asr_audio = self._score(asr_audio, prepared)
+                asr_audio = self._score(asr_audio, prepared, journal or ScoreJournal())
         return asr_audio, prepared
 
-    def _score(self, audios: list[np.ndarray], out: PreparedUnit) -> list[np.ndarray]:
-        """DNSMOS, SNR and loudness for all the unit's segments at once (DNSMOS windows batch
-        across segments). If the batch fails, each segment is scored alone, and one whose scoring
-        fails is a quality reject here, before ASR spends time on it. Returns the audio kept."""
-        try:
-            scored: list = self.quality.score(audios)
-        except Exception:  # noqa: BLE001 - isolate the segment that fails, below
-            scored = [self._score_one(audio) for audio in audios]
+    def _score(self, audios: list[np.ndarray], out: PreparedUnit, journal: ScoreJournal) -> list[np.ndarray]:
+        """Scores, then the segments whose scoring failed are quality rejects here, before ASR
+        spends time on them. Returns the audio kept."""
+        saved = journal.get()
+        if all(seg.key in saved for seg in out.segments):
+            scored = [saved[seg.key] for seg in out.segments]
+        else:
+            journal.started(out.input_seconds)
+            scored = self._score_all(audios)
+            journal.put({seg.key: scores for seg, scores in zip(out.segments, scored, strict=True)})
         kept_segments, kept_audio = [], []
         for seg, audio, scores in zip(out.segments, audios, scored, strict=True):
             if isinstance(scores, str):
@@ -114,6 +120,14 @@ class Preparer:
             kept_audio.append(audio)
         out.segments = kept_segments
         return kept_audio
+
+    def _score_all(self, audios: list[np.ndarray]) -> list[dict | str]:
+        """DNSMOS, SNR and loudness for all the unit's segments at once (DNSMOS windows batch
+        across segments). If the batch fails, each segment is scored alone."""
+        try:
+            return self.quality.score(audios)
+        except Exception:  # noqa: BLE001 - isolate the segment that fails
+            return [self._score_one(audio) for audio in audios]
 
     def _score_one(self, audio: np.ndarray) -> dict | str:
         """Scores of one segment, or the error (the reject reason) when scoring it fails."""
