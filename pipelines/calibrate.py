@@ -28,6 +28,7 @@ from pipelines.estimator import _duration_bucket
 from pipelines.asr import Transcriber
 from pipelines.audio import ASR_RATE
 from pipelines.prepare import Preparer, SourceFile
+from pipelines.quality import QualityScorer
 from pipelines.units import EXCERPT_CONTEXT, WorkUnit
 from schemas.config import JobConfig
 from schemas.plan import Calibration, DataProfile, HardwareProfile
@@ -109,14 +110,14 @@ def calibrate(config: JobConfig, sample: list[SourceFile]) -> Calibration:
     total = lambda name: sum(r[name] for r in reports)  # noqa: E731
     input_s, segments, samples = total("input_seconds"), total("segments"), total("samples")
     output_s, speech_s = total("output_seconds"), total("speech_seconds")
-    asr_rate, fallback, probed = asr_probe(config, sample, max(1, resources.cpus // resources.asr_actors))
+    asr_rate, fallback, probed, quality_rate = asr_probe(config, sample, max(1, resources.cpus // resources.asr_actors))
+    prep_rate = sum(stage(s) for s in PREP_STAGES if s != "quality") / max(input_s, 1e-9) + quality_rate
     hardware = HardwareProfile(
         name=machine_key(config, resources.gpus), cpu_model=cpu_model(), cpus=resources.cpus,
         gpu_name=gpu_name() if resources.gpus else None, gpus=resources.gpus,
         asr_model=config.asr.model or "bundled tiny.en", compute_type=config.asr.compute_type,
         device="cuda" if resources.gpus else "cpu", batch_size=config.asr.batch_size,
-        prep_seconds_per_input_second=sum(stage(s) for s in PREP_STAGES) / max(input_s, 1e-9),
-        quality_seconds_per_input_second=stage("quality") / max(input_s, 1e-9),
+        prep_seconds_per_input_second=prep_rate, quality_seconds_per_input_second=quality_rate,
         asr_seconds_per_segment=stage("asr") / max(segments, 1),
         asr_seconds_per_speech_second=asr_rate, asr_probe_segments=probed,
         write_seconds_per_unit=stage("write") / max(len(reports), 1),
@@ -134,23 +135,24 @@ def calibrate(config: JobConfig, sample: list[SourceFile]) -> Calibration:
     return Calibration(hardware=hardware, data=data)
 
 
-def asr_probe(config: JobConfig, sample: list[SourceFile], threads: int) -> tuple[float, float, int]:
+def asr_probe(config: JobConfig, sample: list[SourceFile], threads: int) -> tuple[float, float, int, float]:
     """ASR seconds per second of speech with full batches of packed windows, as long units run
     them (calibration units are too small to fill a batch), and the share of segments decoded
-    again alone.
+    again alone; then quality scoring's seconds per input second on the same segments.
 
     Two things make the probe see what a run sees: excerpts are decoded with context, so no
     segment holds a word clipped at a random cut (the alignment cannot place those, and each
     one costs a solo re-decode a run never pays); and segments keep their input order, so a
     window's neighbours come from the same recording, as in a unit. The sequence is repeated
-    until it fills `batch_size` windows. Returns (rate, re-decoded share, distinct segments):
-    the last says how far to trust the rate (see `estimator.PROBE_SPREAD`)."""
+    until it fills `batch_size` windows. Returns (rate, re-decoded share, distinct segments,
+    quality rate): the third says how far to trust the rate (see `estimator.PROBE_SPREAD`)."""
     preparer = Preparer(_unscored(config))
     preparer.setup()
-    audios, _ = preparer(0, [_with_context(piece) for piece in sample])
+    audios, prepared = preparer(0, [_with_context(piece) for piece in sample])
     speech = sum(len(a) for a in audios) / ASR_RATE
     if not audios:
-        return 0.0, 0.0, 0
+        return 0.0, 0.0, 0, 0.0
+    quality_rate = quality_probe(config, audios) / max(prepared.input_seconds, 1e-9)
     per_window = max(config.asr.pack_seconds, speech / len(audios))
     repeats = max(1, math.ceil(config.asr.batch_size * per_window / speech))
     transcriber = Transcriber(config.asr.model_copy(update={"cpu_threads": config.asr.cpu_threads or threads}))
@@ -158,7 +160,21 @@ def asr_probe(config: JobConfig, sample: list[SourceFile], threads: int) -> tupl
     started = time.perf_counter()
     transcriber(audios * repeats)
     seconds = time.perf_counter() - started
-    return seconds / (speech * repeats), transcriber.counts["fallback"] / (len(audios) * repeats), len(audios)
+    return seconds / (speech * repeats), transcriber.counts["fallback"] / (len(audios) * repeats), len(audios), quality_rate
+
+
+def quality_probe(config: JobConfig, audios: list[np.ndarray]) -> float:
+    """Seconds to score `audios` on one core, alone. The calibration run's own scoring time is
+    not used: on a CPU-only machine it shares the cores with an ASR actor that is far busier on
+    calibration's small units than in a run, and came out 50% dear; the estimator adds the cores
+    a run's ASR takes from prep itself (`estimator._cores_taken`)."""
+    if not config.quality.enabled:
+        return 0.0
+    scorer = QualityScorer(config.quality)
+    scorer.setup()
+    started = time.perf_counter()
+    scorer.score(audios)
+    return time.perf_counter() - started
 
 
 def _unscored(config: JobConfig) -> JobConfig:

@@ -121,8 +121,9 @@ def predict(config: JobConfig, size: InputSize, hardware: HardwareProfile, data:
     hardware = _priced_for(config, hardware)
     work = _stage_work(size.audio_seconds, units, hardware, data)
     seconds = {
-        "prep": work["prep"] / resources.prep_workers,
-        "asr": work["asr"] / resources.asr_actors + _cores_taken_from_asr(work, resources),
+        "prep": work["prep"] / resources.prep_workers + _cores_taken(work["asr"] / resources.asr_actors, resources),
+        "asr": work["asr"] / resources.asr_actors
+        + _cores_taken((work["prep"] + work["write"]) / resources.prep_workers, resources),
         "write": work["write"] / resources.prep_workers,
     }
     bottleneck = max(seconds, key=seconds.get)
@@ -180,13 +181,15 @@ def _asr_seconds_per_speech_second(hardware: HardwareProfile, data: DataProfile)
     return hardware.asr_seconds_per_speech_second
 
 
-def _cores_taken_from_asr(work: dict[str, float], resources: Resources) -> float:
-    """Without GPUs, an ASR actor runs a thread on every core of its node, so each CPU-second a
-    prep worker spends there is a core taken from ASR: the ASR stage stretches by prep's CPU time
-    spread over all cores. (Calibration's probe times ASR alone, so this is not counted twice.)"""
+def _cores_taken(other_busy_seconds: float, resources: Resources) -> float:
+    """Without GPUs, an ASR actor runs a thread on every core of its node next to the node's prep
+    workers: while both are busy, cores - actors + cores threads share the cores, so each stage
+    runs at cores / (2 cores - actors) of its speed. Over the other stage's busy time that
+    stretches a stage by busy x (1/speed - 1) = busy x prep_workers / cpus. (Calibration's probes
+    time ASR and scoring alone, so this is not counted twice.)"""
     if resources.gpus:
         return 0.0
-    return (work["prep"] + work["write"]) / max(1, resources.cpus)
+    return other_busy_seconds * resources.prep_workers / max(1, resources.cpus)
 
 
 def _fill_and_tail(bottleneck: str, one_unit: dict[str, float]) -> float:

@@ -95,12 +95,14 @@ class Preparer:
             asr_audio.extend(self._prepare_group(group, prepared))
         if self.quality and asr_audio:
             with _Clock(prepared.stage_seconds)("quality"):
-                asr_audio = self._score(asr_audio, prepared, journal or ScoreJournal())
+                asr_audio = self._score(asr_audio, prepared, journal)
         return asr_audio, prepared
 
-    def _score(self, audios: list[np.ndarray], out: PreparedUnit, journal: ScoreJournal) -> list[np.ndarray]:
+    def _score(self, audios: list[np.ndarray], out: PreparedUnit,
+               journal: Optional[ScoreJournal] = None) -> list[np.ndarray]:
         """Scores, then the segments whose scoring failed are quality rejects here, before ASR
         spends time on them. Returns the audio kept."""
+        journal = journal or ScoreJournal()
         saved = journal.get()
         if all(seg.key in saved for seg in out.segments):
             scored = [saved[seg.key] for seg in out.segments]

@@ -71,6 +71,21 @@ def test_more_gpus_move_the_bottleneck_to_the_cpus(config):
     assert many.wall_seconds < few.wall_seconds
 
 
+def test_on_cpus_alone_asr_and_prep_slow_each_other_down(config):
+    """No GPU: the ASR actor's threads use every core, so whichever stage is the bottleneck runs
+    slower while the other is busy, by the other's busy time x prep workers / cores."""
+    size = size_from_manifest(_manifest([3600.0] * 10))
+    cpu = _hardware(name="cpu", cpus=2, gpus=0, gpu_name=None, device="cpu", compute_type="int8")
+    resources = resources_for(cpus=2, gpus=0, config=config.engine)  # 1 ASR actor, 1 prep worker
+    asr = 36000 * 0.5 * 0.25 * 0.5  # the actor's busy seconds
+    heavy_prep = predict(config, size, cpu.model_copy(update={"prep_seconds_per_input_second": 0.2}), DATA, resources)
+    stages = {s.name: s.seconds for s in heavy_prep.stages}
+    assert heavy_prep.bottleneck == "prep" and stages["prep"] == pytest.approx(36000 * 0.2 + asr / 2)
+    light_prep = predict(config, size, cpu, DATA, resources)
+    stages = {s.name: s.seconds for s in light_prep.stages}
+    assert light_prep.bottleneck == "asr" and stages["asr"] == pytest.approx(asr + (36000 * 0.01 + 10 * 1.0) / 2)
+
+
 def test_sampled_headers_extrapolate_with_an_interval_that_holds_the_truth():
     rng = np.random.default_rng(1)
     truth = rng.lognormal(2.0, 0.8, 100_000)
