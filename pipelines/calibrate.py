@@ -28,7 +28,7 @@ from pipelines.estimator import _duration_bucket
 from pipelines.asr import Transcriber
 from pipelines.audio import ASR_RATE
 from pipelines.prepare import Preparer, SourceFile
-from pipelines.quality import QualityScorer
+from pipelines.quality import DNSMOS_WINDOW, QualityScorer
 from pipelines.units import EXCERPT_CONTEXT, WorkUnit
 from schemas.config import JobConfig
 from schemas.plan import Calibration, DataProfile, HardwareProfile
@@ -36,6 +36,7 @@ from schemas.plan import Calibration, DataProfile, HardwareProfile
 PRESAMPLE_ROWS = 5000
 MIN_PIECE = 20.0  # seconds: shorter excerpts would cut most utterances short
 PREP_STAGES = ("decode", "resample", "vad", "encode", "quality")  # what a prep task times (prepare.py)
+PROBE_WINDOWS = 8  # DNSMOS windows per timed batch (~3 s on one core)
 
 
 def sample_budget(config: JobConfig, input_seconds: float) -> float:
@@ -110,7 +111,9 @@ def calibrate(config: JobConfig, sample: list[SourceFile]) -> Calibration:
     total = lambda name: sum(r[name] for r in reports)  # noqa: E731
     input_s, segments, samples = total("input_seconds"), total("segments"), total("samples")
     output_s, speech_s = total("output_seconds"), total("speech_seconds")
-    asr_rate, fallback, probed, quality_rate = asr_probe(config, sample, max(1, resources.cpus // resources.asr_actors))
+    asr_rate, fallback, probed, windows = asr_probe(config, sample, max(1, resources.cpus // resources.asr_actors))
+    per_window = dnsmos_window_seconds(config)
+    quality_rate = windows * per_window if per_window else 0.0
     prep_rate = sum(stage(s) for s in PREP_STAGES if s != "quality") / max(input_s, 1e-9) + quality_rate
     hardware = HardwareProfile(
         name=machine_key(config, resources.gpus), cpu_model=cpu_model(), cpus=resources.cpus,
@@ -118,6 +121,7 @@ def calibrate(config: JobConfig, sample: list[SourceFile]) -> Calibration:
         asr_model=config.asr.model or "bundled tiny.en", compute_type=config.asr.compute_type,
         device="cuda" if resources.gpus else "cpu", batch_size=config.asr.batch_size,
         prep_seconds_per_input_second=prep_rate, quality_seconds_per_input_second=quality_rate,
+        dnsmos_seconds_per_window=per_window,
         asr_seconds_per_segment=stage("asr") / max(segments, 1),
         asr_seconds_per_speech_second=asr_rate, asr_probe_segments=probed,
         write_seconds_per_unit=stage("write") / max(len(reports), 1),
@@ -128,7 +132,7 @@ def calibrate(config: JobConfig, sample: list[SourceFile]) -> Calibration:
         speech_fraction=total("speech_seconds") / max(input_s, 1e-9),
         segments_per_speech_second=segments / max(speech_s, 1e-9),
         kept_fraction=samples / max(segments, 1),
-        fallback_fraction=fallback,
+        fallback_fraction=fallback, dnsmos_windows_per_input_second=windows,
         output_bytes_per_output_second=shard_bytes / max(output_s, 1e-9),
         sample_seconds=input_s, sample_files=len(sample),
     )
@@ -138,21 +142,22 @@ def calibrate(config: JobConfig, sample: list[SourceFile]) -> Calibration:
 def asr_probe(config: JobConfig, sample: list[SourceFile], threads: int) -> tuple[float, float, int, float]:
     """ASR seconds per second of speech with full batches of packed windows, as long units run
     them (calibration units are too small to fill a batch), and the share of segments decoded
-    again alone; then quality scoring's seconds per input second on the same segments.
+    again alone; and how many DNSMOS windows those segments hold per input second.
 
     Two things make the probe see what a run sees: excerpts are decoded with context, so no
     segment holds a word clipped at a random cut (the alignment cannot place those, and each
     one costs a solo re-decode a run never pays); and segments keep their input order, so a
     window's neighbours come from the same recording, as in a unit. The sequence is repeated
     until it fills `batch_size` windows. Returns (rate, re-decoded share, distinct segments,
-    quality rate): the third says how far to trust the rate (see `estimator.PROBE_SPREAD`)."""
+    DNSMOS windows per input second): the third says how far to trust the rate (see
+    `estimator.PROBE_SPREAD`)."""
     preparer = Preparer(_unscored(config))
     preparer.setup()
     audios, prepared = preparer(0, [_with_context(piece) for piece in sample])
     speech = sum(len(a) for a in audios) / ASR_RATE
     if not audios:
         return 0.0, 0.0, 0, 0.0
-    quality_rate = quality_probe(config, audios) / max(prepared.input_seconds, 1e-9)
+    windows = dnsmos_windows(config, audios) / max(prepared.input_seconds, 1e-9)
     per_window = max(config.asr.pack_seconds, speech / len(audios))
     repeats = max(1, math.ceil(config.asr.batch_size * per_window / speech))
     transcriber = Transcriber(config.asr.model_copy(update={"cpu_threads": config.asr.cpu_threads or threads}))
@@ -160,21 +165,34 @@ def asr_probe(config: JobConfig, sample: list[SourceFile], threads: int) -> tupl
     started = time.perf_counter()
     transcriber(audios * repeats)
     seconds = time.perf_counter() - started
-    return seconds / (speech * repeats), transcriber.counts["fallback"] / (len(audios) * repeats), len(audios), quality_rate
+    return seconds / (speech * repeats), transcriber.counts["fallback"] / (len(audios) * repeats), len(audios), windows
 
 
-def quality_probe(config: JobConfig, audios: list[np.ndarray]) -> float:
-    """Seconds to score `audios` on one core, alone. The calibration run's own scoring time is
-    not used: on a CPU-only machine it shares the cores with an ASR actor that is far busier on
-    calibration's small units than in a run, and came out 50% dear; the estimator adds the cores
-    a run's ASR takes from prep itself (`estimator._cores_taken`)."""
+def dnsmos_windows(config: JobConfig, audios: list[np.ndarray]) -> int:
+    """DNSMOS windows in these segments: quality scoring's cost follows them (see quality.py)."""
     if not config.quality.enabled:
-        return 0.0
+        return 0
+    scorer = QualityScorer(config.quality)
+    return sum(len(scorer.window_starts(len(a))) for a in audios)
+
+
+def dnsmos_window_seconds(config: JobConfig) -> Optional[float]:
+    """Seconds one DNSMOS window costs on one core, at full batches, alone: a constant of the
+    machine. The plan multiplies it by the input's windows per second (`dnsmos_windows`), so a
+    saved profile prices inputs of other segment lengths right. (The calibration run's own
+    scoring time is not used: it shares the cores with an ASR actor far busier on calibration's
+    small units than in a run, and came out 50% dear; the estimator adds the cores a run's
+    ASR takes from prep itself, `estimator._cores_taken`.)"""
+    if not config.quality.enabled:
+        return None
     scorer = QualityScorer(config.quality)
     scorer.setup()
+    batch = np.random.default_rng(0).normal(0.0, 0.05, (PROBE_WINDOWS, DNSMOS_WINDOW)).astype(np.float32)
+    name = scorer.session.get_inputs()[0].name
+    scorer.session.run(None, {name: batch})  # this batch shape's first run allocates
     started = time.perf_counter()
-    scorer.score(audios)
-    return time.perf_counter() - started
+    scorer.session.run(None, {name: batch})
+    return (time.perf_counter() - started) / PROBE_WINDOWS
 
 
 def _unscored(config: JobConfig) -> JobConfig:
@@ -195,7 +213,7 @@ def measure_data(config: JobConfig, sample: list[SourceFile], kept_fraction: flo
     """The input's speech without ASR (in-process decode + VAD), for plans on a saved hardware profile."""
     preparer = Preparer(_unscored(config))
     preparer.setup()
-    _, prepared = preparer(0, sample)
+    audios, prepared = preparer(0, sample)
     speech = sum(s.end - s.start for s in prepared.segments)
     encoded = sum(len(s.audio) for s in prepared.segments)
     return DataProfile(
@@ -203,6 +221,7 @@ def measure_data(config: JobConfig, sample: list[SourceFile], kept_fraction: flo
         segments_per_speech_second=len(prepared.segments) / max(speech, 1e-9),
         kept_fraction=kept_fraction,
         fallback_fraction=fallback,
+        dnsmos_windows_per_input_second=dnsmos_windows(config, audios) / max(prepared.input_seconds, 1e-9),
         output_bytes_per_output_second=encoded / max(speech, 1e-9) * 1.01,  # + tar headers
         sample_seconds=prepared.input_seconds, sample_files=len(sample),
     )

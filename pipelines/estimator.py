@@ -118,7 +118,7 @@ def predict(config: JobConfig, size: InputSize, hardware: HardwareProfile, data:
             correction: float = 1.0, history_error: Optional[float] = None, history_runs: int = 0) -> JobPlan:
     """The pipeline model. `correction` (actual/predicted of past runs) scales the wall time."""
     units = _unit_count(config, size)
-    hardware = _priced_for(config, hardware)
+    hardware = _priced_for(config, hardware, data)
     work = _stage_work(size.audio_seconds, units, hardware, data)
     seconds = {
         "prep": work["prep"] / resources.prep_workers + _cores_taken(work["asr"] / resources.asr_actors, resources),
@@ -152,15 +152,21 @@ def predict(config: JobConfig, size: InputSize, hardware: HardwareProfile, data:
 STAGE_ORDER = ("prep", "asr", "write")
 
 
-def _priced_for(config: JobConfig, hardware: HardwareProfile) -> HardwareProfile:
-    """The profile's prep cost for this config: quality scoring (DNSMOS mostly) is part of every
-    prep task, and a profile measured with it prices a job without it (`quality.enabled: false`)
-    by taking its measured share out."""
-    quality = hardware.quality_seconds_per_input_second
-    if config.quality.enabled or not quality:
-        return hardware
-    prep = max(0.0, hardware.prep_seconds_per_input_second - quality)
-    return hardware.model_copy(update={"prep_seconds_per_input_second": prep, "quality_seconds_per_input_second": 0.0})
+def _priced_for(config: JobConfig, hardware: HardwareProfile, data: DataProfile) -> HardwareProfile:
+    """The profile's prep cost for this config and input. Quality scoring (DNSMOS mostly) is part
+    of every prep task: its cost follows the DNSMOS windows the input's segments hold, so a
+    profile that knows its seconds per window prices this input's windows per second; without
+    scoring (`quality.enabled: false`) the measured share comes out."""
+    quality = hardware.quality_seconds_per_input_second or 0.0
+    base = max(0.0, hardware.prep_seconds_per_input_second - quality)
+    if not config.quality.enabled:
+        priced = 0.0
+    elif hardware.dnsmos_seconds_per_window and data.dnsmos_windows_per_input_second is not None:
+        priced = hardware.dnsmos_seconds_per_window * data.dnsmos_windows_per_input_second
+    else:
+        priced = quality
+    return hardware.model_copy(update={"prep_seconds_per_input_second": base + priced,
+                                       "quality_seconds_per_input_second": priced})
 
 
 def _stage_work(input_seconds: float, units: int, hardware: HardwareProfile, data: DataProfile) -> dict[str, float]:

@@ -32,6 +32,7 @@ class HardwareProfile(BaseModel):
     batch_size: int
     prep_seconds_per_input_second: float  # decode + resample + VAD + encode + quality, per CPU worker
     quality_seconds_per_input_second: Optional[float] = None  # the quality scores' part of it (None: not measured)
+    dnsmos_seconds_per_window: Optional[float] = None  # one 9.01 s DNSMOS window on one core: prices quality per input
     asr_seconds_per_segment: float  # one ASR actor (a GPU, or the CPU pool), in the calibration run
     asr_seconds_per_speech_second: Optional[float] = None  # one ASR actor at full batches (the probe)
     asr_probe_segments: Optional[int] = None  # distinct segments the probe saw: how far to trust it
@@ -50,6 +51,7 @@ class DataProfile(BaseModel):
     segments_per_speech_second: float
     kept_fraction: float  # samples / segments after ASR
     fallback_fraction: float = 0.0  # packed segments ASR had to decode again on their own
+    dnsmos_windows_per_input_second: Optional[float] = None  # from the VAD segments' lengths (quality's cost)
     output_bytes_per_output_second: float
     sample_seconds: float
     sample_files: int

@@ -151,6 +151,14 @@ def test_plan_prices_quality_as_part_of_prep(tmp_path):
     assert prep[True] == pytest.approx(36000 * 0.03 / 3 + contention)
     assert prep[False] == pytest.approx(36000 * 0.01 / 3 + contention)
 
+    # a profile that knows a DNSMOS window's cost prices this input's windows, not the sample's seconds
+    per_window = hardware.model_copy(update={"dnsmos_seconds_per_window": 0.4})
+    few_windows = data.model_copy(update={"dnsmos_windows_per_input_second": 0.1})
+    config = load_job_config("/in", "/out")
+    plan = predict(config, size, per_window, few_windows, resources_for(4, 0, config.engine))
+    assert next(s.seconds for s in plan.stages if s.name == "prep") == pytest.approx(
+        36000 * (0.01 + 0.4 * 0.1) / 3 + contention)
+
 
 @pytest.fixture(scope="module")
 def quality_job(clips, local_ray, tmp_path_factory):
