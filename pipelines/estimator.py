@@ -120,16 +120,18 @@ def predict(config: JobConfig, size: InputSize, hardware: HardwareProfile, data:
     units = _unit_count(config, size)
     hardware = _priced_for(config, hardware, data)
     work = _stage_work(size.audio_seconds, units, hardware, data)
+    one_unit = _stage_work(size.audio_seconds / units, 1, hardware, data)
+    # while prep runs, ASR has all but the last unit to do (that one is the tail), and the reverse
+    asr_beside_prep = max(0.0, work["asr"] - one_unit["asr"]) / resources.asr_actors
+    prep_beside_asr = max(0.0, work["prep"] + work["write"] - one_unit["prep"]) / resources.prep_workers
     seconds = {
-        "prep": work["prep"] / resources.prep_workers + _cores_taken(work["asr"] / resources.asr_actors, resources),
-        "asr": work["asr"] / resources.asr_actors
-        + _cores_taken((work["prep"] + work["write"]) / resources.prep_workers, resources),
+        "prep": work["prep"] / resources.prep_workers + _cores_taken(asr_beside_prep, resources),
+        "asr": work["asr"] / resources.asr_actors + _cores_taken(prep_beside_asr, resources),
         "write": work["write"] / resources.prep_workers,
     }
     bottleneck = max(seconds, key=seconds.get)
     startup = (0.0 if ray_running else hardware.ray_start_seconds) + hardware.model_load_seconds
-    raw = startup + discover_seconds + seconds[bottleneck] + _fill_and_tail(
-        bottleneck, _stage_work(size.audio_seconds / units, 1, hardware, data))
+    raw = startup + discover_seconds + seconds[bottleneck] + _fill_and_tail(bottleneck, one_unit)
     wall = raw * correction
     relative = _relative_error(size, history_error, _probe_error(hardware, seconds, bottleneck))
     output_seconds = size.audio_seconds * data.speech_fraction * data.kept_fraction
@@ -190,8 +192,8 @@ def _asr_seconds_per_speech_second(hardware: HardwareProfile, data: DataProfile)
 def _cores_taken(other_busy_seconds: float, resources: Resources) -> float:
     """Without GPUs, an ASR actor runs a thread on every core of its node next to the node's prep
     workers: while both are busy, cores - actors + cores threads share the cores, so each stage
-    runs at cores / (2 cores - actors) of its speed. Over the other stage's busy time that
-    stretches a stage by busy x (1/speed - 1) = busy x prep_workers / cpus. (Calibration's probes
+    runs at cores / (2 cores - actors) of its speed. Over the other stage's busy time beside it
+    (not its fill or tail) that stretches a stage by busy x (1/speed - 1) = busy x prep_workers / cpus. (Calibration's probes
     time ASR and scoring alone, so this is not counted twice.)"""
     if resources.gpus:
         return 0.0

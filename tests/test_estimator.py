@@ -77,13 +77,15 @@ def test_on_cpus_alone_asr_and_prep_slow_each_other_down(config):
     size = size_from_manifest(_manifest([3600.0] * 10))
     cpu = _hardware(name="cpu", cpus=2, gpus=0, gpu_name=None, device="cpu", compute_type="int8")
     resources = resources_for(cpus=2, gpus=0, config=config.engine)  # 1 ASR actor, 1 prep worker
-    asr = 36000 * 0.5 * 0.25 * 0.5  # the actor's busy seconds
+    asr = 36000 * 0.5 * 0.25 * 0.5  # the actor's busy seconds, a tenth of them per unit
     heavy_prep = predict(config, size, cpu.model_copy(update={"prep_seconds_per_input_second": 0.2}), DATA, resources)
     stages = {s.name: s.seconds for s in heavy_prep.stages}
-    assert heavy_prep.bottleneck == "prep" and stages["prep"] == pytest.approx(36000 * 0.2 + asr / 2)
+    assert heavy_prep.bottleneck == "prep"
+    assert stages["prep"] == pytest.approx(36000 * 0.2 + 0.9 * asr / 2)  # the last unit's ASR is the tail
     light_prep = predict(config, size, cpu, DATA, resources)
     stages = {s.name: s.seconds for s in light_prep.stages}
-    assert light_prep.bottleneck == "asr" and stages["asr"] == pytest.approx(asr + (36000 * 0.01 + 10 * 1.0) / 2)
+    assert light_prep.bottleneck == "asr"  # the first unit's prep is the fill
+    assert stages["asr"] == pytest.approx(asr + (0.9 * 36000 * 0.01 + 10 * 1.0) / 2)
 
 
 def test_sampled_headers_extrapolate_with_an_interval_that_holds_the_truth():
@@ -186,7 +188,7 @@ def test_cpu_asr_shares_its_cores_with_prep(config):
     cpu = _hardware(name="test-cpu", gpus=0, gpu_name=None, device="cpu", cpus=4)
     plan = predict(config, size, cpu, DATA, resources_for(cpus=4, gpus=0, config=config.engine))
     asr_alone = 36000 * 0.5 * 0.25 * 0.5  # one actor on the node
-    taken = (36000 * 0.01 + 10 * 1.0) / 4  # prep + write CPU-seconds over 4 cores
+    taken = (0.9 * 36000 * 0.01 + 10 * 1.0) / 4  # prep (but the first unit's) + write CPU-seconds over 4 cores
     stages = {s.name: s for s in plan.stages}
     assert stages["asr"].seconds == pytest.approx(asr_alone + taken)
     gpu = predict(config, size, _hardware(), DATA, resources_for(cpus=4, gpus=1, config=config.engine))
