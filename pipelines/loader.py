@@ -242,16 +242,20 @@ class SpeechShards(torch.utils.data.IterableDataset):
     rank: int | None = None
     world_size: int | None = None
     storage_options: dict | None = None
+    drop_duplicates: bool = False  # byte-identical audio in several units: keep the smallest key only
 
     def __post_init__(self) -> None:
         super().__init__()
         self.rank, self.world_size = distributed_rank(self.rank, self.world_size)
-        table = read_index(self.root, self.filters, ["key", "shard", "duration"], self.storage_options)
+        columns = ["key", "shard", "duration"] + (["audio_hash"] if self.drop_duplicates else [])
+        table = read_index(self.root, self.filters, columns, self.storage_options)  # no hashes: a clear error
+        if self.drop_duplicates:
+            table = table.filter(pc.invert(tables.later_copies(table)))
         self.num_samples = table.num_rows
         self.seconds = float(pc.sum(table["duration"]).as_py() or 0.0)
         base = self.root.rstrip("/")
         self.urls = [f"{base}/{s}" for s in sorted(pc.unique(table["shard"]).to_pylist())]
-        self.keys = frozenset(table["key"].to_pylist()) if self.filters else None
+        self.keys = frozenset(table["key"].to_pylist()) if self.filters or self.drop_duplicates else None
 
     def set_epoch(self, epoch: int) -> None:
         """A new shard order (and shuffle seed) per epoch; every node must be given the same epoch."""

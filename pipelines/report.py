@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 from pydantic import BaseModel
 
 from pipelines import storage, tables
-from pipelines.tables import read_parts  # every part under one unified schema; see tables
+from pipelines.tables import later_copies, read_parts  # every part under one unified schema; see tables
 from pipelines.ledger import Ledger
 
 REPORT_FOLDER = "report"
@@ -43,7 +43,7 @@ SCORE_LABELS = {
     "no_speech_prob": "ASR no-speech prob",
 }
 SAMPLE_SCORES = ("dnsmos_ovrl", "snr_db", "chars_per_second", "avg_logprob")  # columns of the sample table
-INDEX_COLUMNS = ("key", "shard", "source_id", "duration", "language", "near_duplicate_of", *SCORE_LABELS)
+INDEX_COLUMNS = ("key", "shard", "source_id", "duration", "language", "near_duplicate_of", "audio_hash", *SCORE_LABELS)
 PLOTS = {
     "duration.png": "Segment durations",
     "dnsmos.png": "DNSMOS overall",
@@ -117,6 +117,7 @@ class DatasetSummary(BaseModel):
     duration: Optional[Distribution]
     scores: dict[str, Optional[Distribution]]  # None: not scored
     near_duplicates: Optional[int]  # None: not checked
+    exact_duplicates: Optional[int] = None  # samples whose audio another unit also stored; None: not hashed
     throughput: list[ThroughputPoint]
     wall_seconds: Optional[float]
     complete: Optional[bool]
@@ -272,6 +273,7 @@ def gather_with_index(output: str, samples: int = 20) -> tuple[DatasetSummary, p
         duration=distribution(_values(index, "duration")),
         scores={c: distribution(_values(index, c)) for c in SCORE_LABELS},
         near_duplicates=duplicates,
+        exact_duplicates=int(pc.sum(later_copies(index)).as_py() or 0) if "audio_hash" in index.column_names else None,
         throughput=throughput(records, summary.get("started_at")),
         wall_seconds=summary.get("wall_seconds"),
         complete=summary.get("complete"),
@@ -412,6 +414,8 @@ def overview_rows(summary: DatasetSummary) -> list[tuple[str, str]]:
         ("trimmed hours (non-speech)", _fmt(summary.trimmed_hours, 4)),
         ("languages", ", ".join(f"{s.language} {s.samples}" for s in summary.languages) or "–"),
         ("near duplicates", "not checked" if summary.near_duplicates is None else str(summary.near_duplicates)),
+        ("exact copies across units", "not checked" if summary.exact_duplicates is None
+         else f"{summary.exact_duplicates} (SpeechShards(drop_duplicates=True) skips them)"),
     ]
     if summary.wall_seconds is not None:
         rows.append(("last run wall seconds", f"{summary.wall_seconds:.1f}"))

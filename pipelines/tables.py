@@ -58,3 +58,20 @@ def read_parts(output: str, folder: str, columns: Iterable[str] = (), filter: Op
         if "No match for FieldRef" not in str(err):
             raise
         raise ValueError(f"filter {filter} names a column no part of {folder}/ has; they have {names}") from err
+
+
+def later_copies(index: pa.Table) -> pa.ChunkedArray | pa.Array:
+    """True for each index row whose stored audio is byte-identical (same `audio_hash`) to a row
+    with a smaller key: the copies to drop, keeping one per audio, the same one whatever order
+    the units committed in. A unit rejects copies within itself at run time; this finds those
+    across units, from the index alone. All False when the index has no hashes."""
+    if "audio_hash" not in index.column_names or index.num_rows == 0:
+        return pa.array([False] * index.num_rows)
+    order = pa.table({"key": index["key"], "hash": index["audio_hash"], "row": pa.array(range(index.num_rows))})
+    hashed = order.filter(pc.is_valid(order["hash"])).sort_by([("hash", "ascending"), ("key", "ascending")])
+    hashes = hashed["hash"].to_numpy(zero_copy_only=False)
+    repeat = [False] + [hashes[i] == hashes[i - 1] for i in range(1, len(hashes))]
+    flags = [False] * index.num_rows
+    for row, is_copy in zip(hashed["row"].to_pylist(), repeat):
+        flags[row] = is_copy
+    return pa.array(flags)

@@ -146,3 +146,33 @@ def test_rank_and_world_size_from_the_environment(monkeypatch):
         distributed_rank(rank=0)
     with pytest.raises(ValueError):
         distributed_rank(2, 2)
+
+
+def test_copies_across_units_are_found_and_skipped_on_request(clips, local_ray, tmp_path):
+    """A unit rejects exact copies within itself; a copy that lands in another unit is kept at run
+    time, and the index's audio hashes let the report count it and the loader skip it."""
+    import shutil
+
+    from pipelines.engine import run_job
+    from pipelines.report import gather
+    from tests.conftest import small_units_config
+
+    source = tmp_path / "in"
+    (source / "a").mkdir(parents=True)
+    (source / "z").mkdir()
+    for name in ("2412-153948-0000.flac", "LJ002-0020.wav"):
+        shutil.copy(clips / name, source / "a" / name)
+    shutil.copy(clips / "LJ002-0020.wav", source / "z" / "again.wav")  # same bytes, sorted last: another unit
+    output = str(tmp_path / "out")
+    run_job(small_units_config(str(source), output, **{"engine.unit_minutes": 0.05}))
+    index = read_index(output, columns=["key", "source_id", "audio_hash"])
+    assert index.num_rows == 3 and len(set(index["audio_hash"].to_pylist())) == 2  # the copy was kept
+    assert gather(output).exact_duplicates == 1
+
+    everything = _keys(SpeechShards(output, shuffle=0), workers=0)
+    deduplicated = _keys(SpeechShards(output, shuffle=0, drop_duplicates=True), workers=0)
+    rows = index.to_pylist()
+    copies = [r for r in rows if r["audio_hash"] == next(r2["audio_hash"] for r2 in rows if "again" in r2["source_id"])]
+    dropped = max(r["key"] for r in copies)  # the copy with the larger key goes, whichever unit wrote first
+    assert sorted(everything) == sorted(index["key"].to_pylist())
+    assert sorted(deduplicated) == sorted(k for k in everything if k != dropped)

@@ -97,3 +97,13 @@ def test_storage_options_keep_the_s3_retries():
     assert fs.config_kwargs["retries"] == retries
     fs, _ = storage.filesystem("s3://bucket/out", {"config_kwargs": {"retries": {"max_attempts": 2}}})
     assert fs.config_kwargs["retries"] == {**retries, "max_attempts": 2}
+
+
+def test_later_copies_keep_the_smallest_key_per_audio_hash():
+    import pyarrow as pa
+
+    from pipelines.tables import later_copies
+
+    index = pa.table({"key": ["c", "a", "b", "d", "e"], "audio_hash": ["h1", "h1", None, "h2", "h1"]})
+    assert later_copies(index).to_pylist() == [True, False, False, False, True]
+    assert later_copies(index.drop_columns(["audio_hash"])).to_pylist() == [False] * 5
