@@ -82,7 +82,8 @@ def split_words(window: Window, words: Sequence[dict], slack: float) -> Split:
 
     Punctuation follows the word before it. A word whose midpoint is more than `slack`
     seconds from every segment makes the two nearest segments unresolved; so does a
-    segment that receives no words (the decoder may have stopped early).
+    segment that receives no words (the decoder may have stopped early, or its words drifted
+    into a neighbour), together with its neighbours in the window.
     """
     split = Split({p.index: [] for p in window.placed}, set())
     previous: int | None = None
@@ -100,7 +101,12 @@ def split_words(window: Window, words: Sequence[dict], slack: float) -> Split:
             split.unresolve(spanned, "word_across_gap")
         previous = ranked[0].index
         split.words[previous].append(word)
-    split.unresolve((i for i, got in split.words.items() if not got), "no_words")
+    empty = [n for n, p in enumerate(window.placed) if not split.words[p.index]]
+    split.unresolve((window.placed[n].index for n in empty), "no_words")
+    # an empty segment's words usually went to a neighbour (the alignment drifted by more than
+    # the gap): those neighbours' texts are suspect too, so they are decoded again as well
+    neighbours = {m for n in empty for m in (n - 1, n + 1) if 0 <= m < len(window.placed)}
+    split.unresolve((window.placed[m].index for m in sorted(neighbours)), "beside_empty")
     return split
 
 

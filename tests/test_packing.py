@@ -35,11 +35,22 @@ def test_words_go_to_the_segment_around_their_midpoint_punctuation_follows():
     assert words_text(split.words[0]) == "Hello world." and words_text(split.words[1]) == "Next one"
 
 
-def test_a_word_in_the_gap_or_an_empty_segment_is_left_for_a_solo_decode():
+def test_a_word_in_the_gap_is_left_for_a_solo_decode():
     (window,) = pack_windows([2.0, 2.0, 2.0], capacity=29.0, gap=1.0)  # 0-2, 3-5, 6-8
     stray = split_words(window, [_word(" a", 0.0, 1.0), _word(" lost", 2.2, 2.9), _word(" b", 6.0, 7.0)], 0.2)
-    assert stray.unresolved == {0, 1}  # 'lost' sits mid-gap; segment 1 also got no word of its own
-    assert 2 not in stray.unresolved and words_text(stray.words[2]) == "b"
+    assert stray.unresolved == {0, 1}  # 'lost' sits mid-gap, nearest to segment 1
+    assert words_text(stray.words[2]) == "b"
+
+
+def test_words_drifted_into_a_neighbour_send_both_segments_to_a_solo_decode():
+    """The alignment put the first clip's words inside the second clip's span: the first gets
+    nothing, and the second must not keep them (a real failure: 'in 1813' prefixed to JFK)."""
+    (window,) = pack_windows([2.0, 5.0, 2.0, 2.0], capacity=29.0, gap=1.0)  # 0-2, 3-8, 9-11, 12-14
+    drifted = [_word(" in", 3.1, 3.3), _word(" 1813", 3.3, 3.9), _word(" and", 4.0, 4.3), _word(" so", 4.3, 4.6),
+               _word(" x", 9.2, 9.8), _word(" y", 12.2, 12.8)]
+    split = split_words(window, drifted, slack=0.2)
+    assert split.unresolved == {0, 1} and split.reasons == {"no_words": 1, "beside_empty": 1}
+    assert words_text(split.words[2]) == "x" and words_text(split.words[3]) == "y"
 
 
 def test_logprob_is_the_token_weighted_mean():
@@ -51,4 +62,5 @@ def test_logprob_is_the_token_weighted_mean():
 def test_a_word_stretched_across_segments_unresolves_them():
     (window,) = pack_windows([2.0, 2.0, 2.0], capacity=29.0, gap=1.0)  # 0-2, 3-5, 6-8
     split = split_words(window, [_word(" Hello", 0.0, 4.5), _word(" there", 6.1, 7.0)], 0.2)
-    assert split.unresolved == {0, 1} and words_text(split.words[2]) == "there"
+    assert split.unresolved == {0, 1, 2}  # 2: beside segment 1, which got no word of its own
+    assert words_text(split.words[2]) == "there"
