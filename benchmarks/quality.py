@@ -7,7 +7,11 @@ confidence from the bundled tiny.en) and the cost of the "quality" stage per aud
 ratio to decode + resample + VAD (+ encode) on the same clips, for the covering windows and the
 reference windowing, and how far covering moves each segment's DNSMOS from the reference.
 
+With `--corpus DIR`, instead compares the two windowings on the VAD segments of the first
+`--files` files of a corpus (e.g. one `make_corpus.py` built): score differences and time.
+
 CLI: ``python -m benchmarks.quality [--repeat 3] [--asr] [--json out.json]``
+     ``python -m benchmarks.quality --corpus /tmp/voxmill-accuracy/corpus-mixed-30min --files 40``
 """
 from __future__ import annotations
 
@@ -65,12 +69,46 @@ def asr_rows(segments: list, audios: list) -> list[dict]:
              "avg_logprob": r.avg_logprob, "no_speech_prob": r.no_speech_prob} for s, r in zip(segments, results)]
 
 
+def compare_windows(corpus: str, files: int) -> None:
+    """Covering vs reference DNSMOS windows on a corpus's VAD segments: differences and time."""
+    import numpy as np
+
+    from pipelines.quality import QualityScorer
+    from schemas.config import QualityConfig
+
+    config = load_job_config(corpus, "/tmp/unused", overrides={"quality.enabled": False})
+    rows = Discover(config.discover)(corpus).to_pylist()[:files]
+    preparer = Preparer(config)
+    preparer.setup()
+    audios = [a for r in rows for a in preparer(0, [SourceFile(r["id"], r["uri"], r["duration"])])[0]]
+    scores, seconds = {}, {}
+    for name in ("reference", "cover"):
+        scorer = QualityScorer(QualityConfig(dnsmos_windows=name))
+        scorer.setup()
+        started = time.perf_counter()
+        scores[name] = np.array(scorer.dnsmos(audios))
+        seconds[name] = time.perf_counter() - started
+    diff = scores["cover"] - scores["reference"]
+    print(f"{len(audios)} segments, {sum(map(len, audios)) / 16000:.0f} s of speech; "
+          f"scoring s reference {seconds['reference']:.1f}, cover {seconds['cover']:.1f}")
+    for i, name in enumerate(("sig", "bak", "ovrl")):
+        d = diff[:, i]
+        print(f"{name}: mean {d.mean():+.3f}  mean abs {np.abs(d).mean():.3f}  "
+              f"p95 abs {np.percentile(np.abs(d), 95):.3f}  max abs {np.abs(d).max():.3f}")
+    print(f"ovrl correlation {np.corrcoef(scores['cover'][:, 2], scores['reference'][:, 2])[0, 1]:.3f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--asr", action="store_true", help="also transcribe: speech rate and confidence")
     parser.add_argument("--json", help="write the per-segment rows and timings here")
+    parser.add_argument("--corpus", help="compare the DNSMOS windowings on this corpus's segments instead")
+    parser.add_argument("--files", type=int, default=40, help="with --corpus: how many of its files")
     args = parser.parse_args()
+    if args.corpus:
+        compare_windows(args.corpus, args.files)
+        return
     files = sources()
     off, _, _, _ = timed_prep({"quality.enabled": False}, files, args.repeat)
     started = time.perf_counter()
