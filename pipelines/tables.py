@@ -12,6 +12,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterable, Optional
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
@@ -66,12 +67,12 @@ def later_copies(index: pa.Table) -> pa.ChunkedArray | pa.Array:
     the units committed in. A unit rejects copies within itself at run time; this finds those
     across units, from the index alone. All False when the index has no hashes."""
     if "audio_hash" not in index.column_names or index.num_rows == 0:
-        return pa.array([False] * index.num_rows)
-    order = pa.table({"key": index["key"], "hash": index["audio_hash"], "row": pa.array(range(index.num_rows))})
+        return pa.array(np.zeros(index.num_rows, dtype=bool))
+    order = pa.table({"key": index["key"], "hash": index["audio_hash"], "row": pa.array(np.arange(index.num_rows))})
     hashed = order.filter(pc.is_valid(order["hash"])).sort_by([("hash", "ascending"), ("key", "ascending")])
-    hashes = hashed["hash"].to_numpy(zero_copy_only=False)
-    repeat = [False] + [hashes[i] == hashes[i - 1] for i in range(1, len(hashes))]
-    flags = [False] * index.num_rows
-    for row, is_copy in zip(hashed["row"].to_pylist(), repeat):
-        flags[row] = is_copy
+    flags = np.zeros(index.num_rows, dtype=bool)
+    if hashed.num_rows > 1:
+        hashes = hashed["hash"].combine_chunks()
+        repeat = pc.equal(hashes.slice(1), hashes.slice(0, len(hashes) - 1)).to_numpy(zero_copy_only=False)
+        flags[hashed["row"].to_numpy()[1:][repeat]] = True  # same hash as the row sorted before it
     return pa.array(flags)
