@@ -193,8 +193,8 @@ def _cores_taken(other_busy_seconds: float, resources: Resources) -> float:
     """Without GPUs, an ASR actor runs a thread on every core of its node next to the node's prep
     workers: while both are busy, cores - actors + cores threads share the cores, so each stage
     runs at cores / (2 cores - actors) of its speed. Over the other stage's busy time beside it
-    (not its fill or tail) that stretches a stage by busy x (1/speed - 1) = busy x prep_workers / cpus. (Calibration's probes
-    time ASR and scoring alone, so this is not counted twice.)"""
+    (not its fill or tail) that stretches a stage by busy x (1/speed - 1) = busy x prep_workers /
+    cpus. (Calibration's probes time ASR and scoring alone, so this is not counted twice.)"""
     if resources.gpus:
         return 0.0
     return other_busy_seconds * resources.prep_workers / max(1, resources.cpus)

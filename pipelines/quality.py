@@ -143,8 +143,9 @@ def window_starts(samples: int, hop: int) -> list[int]:
 
 
 def cover_starts(samples: int) -> list[int]:
-    """The fewest windows that cover a segment: one for a segment up to 9.01 s (of its doubled
-    audio, as the reference pads), else ceil(length / 9.01 s) spread evenly from start to end.
+    """Few windows that cover a segment: one for a segment up to 9.01 s (of its doubled audio, as
+    the reference pads), else ceil((length - 9.01 s) / 4.5 s) + 1 spread evenly from start to end,
+    so neighbouring windows overlap by at least half.
 
     The reference's 1 s hop reads a 1.5 s segment 3 times and an 8 s one 7 times (after
     doubling), so its cost per second swings 18x with segment length; covering reads every

@@ -61,7 +61,7 @@ def read_parts(output: str, folder: str, columns: Iterable[str] = (), filter: Op
         raise ValueError(f"filter {filter} names a column no part of {folder}/ has; they have {names}") from err
 
 
-def later_copies(index: pa.Table) -> pa.ChunkedArray | pa.Array:
+def later_copies(index: pa.Table) -> pa.Array:
     """True for each index row whose stored audio is byte-identical (same `audio_hash`) to a row
     with a smaller key: the copies to drop, keeping one per audio, the same one whatever order
     the units committed in. A unit rejects copies within itself at run time; this finds those
