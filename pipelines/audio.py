@@ -7,7 +7,6 @@ Resampling uses soxr on the CPU and torchaudio when a CUDA device is present.
 from __future__ import annotations
 
 import io
-import math
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import BinaryIO, Optional
@@ -190,7 +189,14 @@ def _resample_torch(arrays: list[np.ndarray], src: int, dst: int) -> list[np.nda
     for row, a in enumerate(arrays):
         batch[row, : len(a)] = torch.from_numpy(a)
     resampled = F.resample(batch.to(device), src, dst).cpu().numpy()
-    return [np.ascontiguousarray(resampled[row, : math.ceil(len(a) * dst / src)]) for row, a in enumerate(arrays)]
+    return [np.ascontiguousarray(resampled[row, : resampled_length(len(a), src, dst)]) for row, a in enumerate(arrays)]
+
+
+def resampled_length(samples: int, src: int, dst: int) -> int:
+    """samples x dst / src rounded half up: what soxr returns. torchaudio returns the ceiling, one
+    sample more for most lengths; cutting to soxr's length keeps a sample's length (and its key's
+    bytes) the same whichever backend a machine picks."""
+    return (2 * samples * dst + src) // (2 * src)
 
 
 def peak_normalize(samples: np.ndarray, peak: float) -> np.ndarray:

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from pipelines.audio import DecodeError, Resampler, Waveform, decode, encode, peak_normalize
+from pipelines.audio import DecodeError, Resampler, Waveform, decode, encode, peak_normalize, resampled_length
 from schemas.config import AudioConfig
 
 
@@ -75,8 +75,19 @@ def test_batched_resample_equals_one_file_at_a_time():
     batched = resampler.many(waves, 24000)
     for wave, out in zip(waves, batched):
         alone = resampler(wave, 24000)
-        assert out.rate == 24000 and len(out.samples) == len(alone.samples) == -(-len(wave.samples) * 24000 // wave.rate)
+        assert out.rate == 24000 and len(out.samples) == len(alone.samples) == resampled_length(len(wave.samples), wave.rate, 24000)
         assert np.array_equal(out.samples, alone.samples)
+
+
+@pytest.mark.parametrize("length", [44100 + 13, 100003, 123457, 999999])
+@pytest.mark.parametrize("rates", [(44100, 24000), (44100, 16000), (48000, 16000), (22050, 16000), (8000, 24000)])
+def test_both_backends_return_the_same_length(length, rates):
+    """torchaudio returns ceil(n x dst / src) samples, soxr rounds: the torch path (GPU batches)
+    cuts to soxr's length, so a machine's backend never changes an output's length."""
+    src, dst = rates
+    wave = Waveform((0.1 * np.random.default_rng(length).standard_normal(length)).astype(np.float32), src)
+    lengths = {backend: len(Resampler(AudioConfig(resampler=backend))(wave, dst).samples) for backend in ("soxr", "torch")}
+    assert lengths["soxr"] == lengths["torch"], lengths
 
 
 def test_a_unit_prepared_in_gpu_batches_equals_file_by_file(clips, monkeypatch):
