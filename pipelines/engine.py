@@ -119,15 +119,21 @@ def _commit(config: JobConfig, prepared, transcribed, digest: str) -> dict:
     return {**report, "asr_counts": asr_counts, "node": prepared.node}  # asr_counts: what calibration fits
 
 
-PREP_GPU_SHARE = 0.25  # of each GPU, left to the prep tasks that resample on it
+PREP_GPU_SHARE = 0.25  # of each GPU, left to the prep tasks that resample or score DNSMOS on it
+
+
+def prep_uses_gpu(config: JobConfig) -> bool:
+    """Whether a prep task has GPU work: torch resampling, or DNSMOS not pinned to the CPU."""
+    scores_on_gpu = config.quality.enabled and config.quality.dnsmos_device != "cpu"
+    return config.audio.resampler != "soxr" or scores_on_gpu
 
 
 def gpu_shares(config: JobConfig, resources: Resources) -> tuple[float, float]:
     """(per prep task, per ASR actor). Ray hides the GPUs from a task that asks for none, so prep
-    tasks that resample in GPU batches ask for a slice; the ASR actor keeps the rest of its GPU."""
+    tasks that resample or score on the GPU ask for a slice; the ASR actor keeps the rest."""
     if not resources.gpus:
         return 0.0, 0.0
-    if config.audio.resampler == "soxr":
+    if not prep_uses_gpu(config):
         return 0.0, 1.0
     preps_per_gpu = math.ceil(resources.prep_workers / resources.gpus)
     share = max(1e-4, math.floor(PREP_GPU_SHARE / preps_per_gpu * 1e4) / 1e4)  # Ray's resource precision

@@ -30,8 +30,10 @@ def test_gpu_shares_fit_on_every_gpu(cpus, gpus):
 def test_no_gpu_or_soxr_asks_for_no_prep_gpu():
     config = load_job_config("/in", "/out")
     assert gpu_shares(config, resources_for(2, 0, config.engine)) == (0.0, 0.0)
-    soxr = load_job_config("/in", "/out", overrides={"audio.resampler": "soxr"})
-    assert gpu_shares(soxr, resources_for(16, 1, soxr.engine)) == (0.0, 1.0)
+    cpu_only = load_job_config("/in", "/out", overrides={"audio.resampler": "soxr", "quality.dnsmos_device": "cpu"})
+    assert gpu_shares(cpu_only, resources_for(16, 1, cpu_only.engine)) == (0.0, 1.0)
+    soxr = load_job_config("/in", "/out", overrides={"audio.resampler": "soxr"})  # DNSMOS still wants the GPU
+    assert gpu_shares(soxr, resources_for(16, 1, soxr.engine))[0] > 0
 
 
 @pytest.mark.slow

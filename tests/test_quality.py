@@ -20,8 +20,8 @@ from pipelines.commit import UnitCommitter
 from pipelines.engine import resources_for, run_job
 from pipelines.estimator import predict, size_from_manifest
 from pipelines.prepare import PreparedSegment, PreparedUnit, Preparer, SourceFile
-from pipelines.quality import (DNSMOS_WINDOW, SCORE_NAMES, QualityScorer, audio_hash, chars_per_second,
-                               cover_starts, verdict)
+from pipelines.quality import (DNSMOS_WINDOW, SCORE_NAMES, OnnxDnsmos, QualityScorer, TorchDnsmos, audio_hash,
+                               chars_per_second, cover_starts, verdict)
 from schemas.config import QualityConfig, load_job_config
 from schemas.plan import DataProfile, HardwareProfile
 from schemas.tables import MANIFEST_SCHEMA
@@ -84,6 +84,34 @@ def test_covering_windows_read_every_sample_and_score_like_the_reference(scorer)
     assert np.abs(covered - referenced).max() < 0.25 and np.abs(covered - referenced).mean() < 0.1
     windows = lambda s: sum(len(s.window_starts(len(a))) for a in speech)  # noqa: E731
     assert windows(scorer) < windows(reference)
+
+
+def test_the_torch_graph_scores_like_onnxruntime(scorer):
+    """The GPU backend is the same ONNX graph converted to torch (onnx2torch). It must give
+    onnxruntime's DNSMOS to within float32 kernel noise, on real speech and on noise (on the CPU
+    here; on the GPU where there is one, and auto then picks it)."""
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    assert isinstance(scorer.runner, TorchDnsmos if device == "cuda" else OnnxDnsmos)
+    speech = [_speech(name) for name in (CLEAN, "LJ002-0020.wav", "jfk.flac", "ES2011a.Headset-0-40s-46s.wav")]
+    speech.append(np.concatenate(speech * 3))  # ~13 windows: more than one TorchDnsmos.CHUNK
+    speech.append(np.random.default_rng(1).normal(0, 0.1, 5 * 16000).astype(np.float32))
+    on_torch, reference = QualityScorer(QualityConfig()), QualityScorer(QualityConfig(dnsmos_device="cpu"))
+    on_torch.runner = TorchDnsmos(device)
+    reference.setup()
+    ours, expected = np.array(on_torch.dnsmos(speech)), np.array(reference.dnsmos(speech))
+    assert np.abs(ours - expected).max() < 0.02
+    assert ours[-1, 2] < ours[0, 2] - 1.0  # and it still tells noise from speech
+
+
+def test_asking_for_a_missing_gpu_is_a_clear_error():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(RuntimeError, match="sees no CUDA GPU"):
+        QualityScorer(QualityConfig(dnsmos_device="cuda")).setup()
 
 
 def test_journaled_scores_are_read_back_instead_of_scored_again(tmp_path, monkeypatch):
