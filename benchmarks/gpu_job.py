@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import time
 from pathlib import Path
 
@@ -18,11 +17,8 @@ import ray
 
 from pipelines.engine import run_job
 from pipelines.planning import plan_job
+from pipelines.quality import normalise_text
 from schemas.config import load_job_config
-
-
-def normalise(text: str) -> str:
-    return " ".join(re.sub(r"[^a-z0-9' ]", " ", text.lower()).split())
 
 
 def main() -> None:
@@ -55,7 +51,7 @@ def main() -> None:
         hyp.setdefault(Path(source).stem, []).append(text)
     import jiwer
 
-    pairs = [(normalise(refs[k]), normalise(" ".join(v))) for k, v in hyp.items() if refs.get(k)]
+    pairs = [(normalise_text(refs[k]), normalise_text(" ".join(v))) for k, v in hyp.items() if refs.get(k)]
     wer = jiwer.wer([a for a, _ in pairs], [b for _, b in pairs]) if pairs else None
     error = summary["wall_seconds"] / plan.wall_seconds - 1
     print("result", json.dumps({"predicted": plan.wall_seconds, "interval": [plan.wall_seconds_low, plan.wall_seconds_high],

@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -164,12 +163,10 @@ def bench_dnsmos(audios) -> dict:
     return out
 
 
-def normalise(text: str) -> str:
-    return " ".join(re.sub(r"[^a-z0-9' ]", " ", text.lower()).split())
-
-
 def bench_asr(audios, prepared, refs, model: str, batch_sizes: list[int], device: str = "cuda") -> dict:
     import jiwer
+
+    from pipelines.quality import normalise_text
 
     from pipelines.asr import Transcriber
     from pipelines.audio import ASR_RATE
@@ -193,7 +190,7 @@ def bench_asr(audios, prepared, refs, model: str, batch_sizes: list[int], device
         hyp: dict[str, list[str]] = {}
         for seg, result in zip(prepared.segments, results[: len(audios)]):
             hyp.setdefault(seg.source_id, []).append(result.text)
-        pairs = [(normalise(texts_by_file[k]), normalise(" ".join(v))) for k, v in hyp.items() if texts_by_file.get(k)]
+        pairs = [(normalise_text(texts_by_file[k]), normalise_text(" ".join(v))) for k, v in hyp.items() if texts_by_file.get(k)]
         wer = jiwer.wer([p[0] for p in pairs], [p[1] for p in pairs]) if pairs else None
         out["runs"].append({
             "batch_size": size, "compute_type": compute, "model_load_seconds": load, "repeats": repeats,
