@@ -4,12 +4,11 @@ Runs `voxmill run` once uninterrupted, then again into a fresh output, SIGKILLin
 random point of its processing K times and rerunning the same command after each kill, until one
 run finishes. Reports, as a markdown table:
 
-* redone decode: seconds of audio in units that a killed run had started (one of their files was
-  opened for decoding, seen with inotify) but not ledgered when it died. Their decode, resample,
-  VAD and encode are done again by the next run (cheap: a few % of the job's compute).
-* redone scoring: seconds of audio in units whose quality scoring a killed run had started (the
-  job notes it in VOXMILL_ASR_TRACE) but neither journaled nor ledgered. Journaled scores are read
-  back, not computed again (`pipelines/journal.py`); DNSMOS is most of prep's cost.
+* redone prep: seconds of audio in units whose prep (decode, resample, VAD, encode, quality
+  scoring) a killed run had started (the job notes it in VOXMILL_ASR_TRACE) but neither journaled
+  nor ledgered. A journaled unit is read back whole, not prepared again (`pipelines/journal.py`).
+* decoded again: the same seen from outside the job: seconds of audio in units whose files a
+  killed run opened for decoding (inotify) and a later run opened again.
 * redone ASR: seconds of speech in ASR batches a killed run had started (noted in the same trace)
   but not saved to the unit's journal; journaled batches are read back, not decoded again.
   Their shares of the corpus are the cost of a crash (target < 5%), and so is the compute they
@@ -17,8 +16,9 @@ run finishes. Reports, as a markdown table:
 * wall seconds of all the runs against the uninterrupted one (start-up is paid once per run);
 * whether the final output equals the uninterrupted run's: same keys, same audio bytes per key.
 
-The work a kill throws away is at most the units in flight: on 2 cores, one preparing, one
-transcribing and one queued (engine: prep workers + 2 per ASR actor). So the unit size bounds it.
+The units in flight at a kill are at most prep workers + 2 per ASR actor (on 2 cores: one
+preparing, one transcribing, one queued); of those only the one being prepared and the ASR batch
+in progress are lost, the rest is in the journal.
 
 CLI: ``python -m benchmarks.resume [--shape mixed] [--minutes 30] [--kills 4] [--unit-minutes 0.1]
 [--workdir /tmp/voxmill-bench] [--seed 0]``; writes ``WORKDIR/resume.json``.
@@ -114,14 +114,14 @@ def _env(trace: Optional[Path] = None) -> dict[str, str]:
 
 
 def thrown_away(trace: Path, ledgered: set[int]) -> dict[str, float]:
-    """Seconds, by stage ("asr": speech, "quality": input audio), of the traced work whose result
+    """Seconds, by stage ("asr": speech, "prepare": input audio), of the traced work whose result
     was saved nowhere: not in the unit's journal, and the unit not ledgered. That work is done
     again by the next run."""
-    lost = {"asr": 0.0, "quality": 0.0}
+    lost = {"asr": 0.0, "prepare": 0.0}
     for line in trace.read_text().splitlines() if trace.exists() else []:
         work = json.loads(line)
         unit = int(work["journal"].rstrip("/").rsplit("/", 1)[-1].split("-")[1])
-        saved = Path(work["journal"].removeprefix("file://")) / f"{work['tag']}.json"
+        saved = Path(work["result"].removeprefix("file://"))
         if unit not in ledgered and not saved.exists():
             lost[work["stage"]] += work["seconds"]
     return lost
@@ -145,9 +145,10 @@ class Run:
     finished: bool
     ledgered_before: int
     ledgered_after: int
-    started_not_ledgered: list[int] = field(default_factory=list)
-    redone_seconds: float = 0.0  # audio decoded again: units started, not ledgered
-    scoring_redone_seconds: float = 0.0  # audio of units scored, neither journaled nor ledgered
+    started_not_ledgered: list[int] = field(default_factory=list)  # units in flight at the kill
+    opened: list[int] = field(default_factory=list)  # units whose files this run decoded
+    decoded_again_seconds: float = 0.0  # audio of its opened units a later run opened again
+    prep_redone_seconds: float = 0.0  # audio of units prepared, neither journaled nor ledgered
     asr_redone_seconds: float = 0.0  # speech in ASR batches started, neither journaled nor ledgered
     in_flight_bound_seconds: float = 0.0
 
@@ -158,6 +159,14 @@ def run_to_end(command: list[str]) -> tuple[float, dict]:
     if done.returncode:
         raise RuntimeError(f"voxmill failed ({done.returncode}):\n{done.stderr[-3000:]}")
     return time.perf_counter() - clock, json.loads(done.stdout)
+
+
+def final_run(command: list[str], output: Path, units: list[WorkUnit], watch: OpenWatch) -> Run:
+    """Run the job to its end, noting which units' files it decoded."""
+    before, started = len(_ledgered(output)), time.time()
+    wall, _ = run_to_end(command)
+    opened = _units_of(units, watch.opened(max(started, _claimed_at(output)), time.time()))
+    return Run(wall, True, before, len(_ledgered(output)), opened=sorted(opened))
 
 
 def killed_run(command: list[str], output: Path, units: list[WorkUnit], watch: OpenWatch,
@@ -184,21 +193,25 @@ def killed_run(command: list[str], output: Path, units: list[WorkUnit], watch: O
     kill(tree)
     wall = time.perf_counter() - clock
     after = _ledgered(output)
-    run = _account(wall, before, after, units, watch.opened(max(started, _claimed_at(output)), killed_at))
+    decoded = _units_of(units, watch.opened(max(started, _claimed_at(output)), killed_at))
+    pending = [u for u in units if u.index not in after]
+    run = Run(wall, False, len(before), len(after), sorted(decoded - after), sorted(decoded),
+              in_flight_bound_seconds=sum(u.seconds for u in pending[:3]))
     lost = thrown_away(trace, after)
-    run.asr_redone_seconds, run.scoring_redone_seconds = lost["asr"], lost["quality"]
+    run.asr_redone_seconds, run.prep_redone_seconds = lost["asr"], lost["prepare"]
     return run
 
 
-def _account(wall: float, before: set[int], after: set[int], units: list[WorkUnit], opened: set[str]) -> Run:
-    """Units with a decoded file but no ledger record: their work is redone by the next run."""
+def _units_of(units: list[WorkUnit], opened: set[str]) -> set[int]:
     unit_of = {f.uri: u.index for u in units for f in u.files}
-    started = {unit_of[path] for path in opened if path in unit_of}
-    lost = sorted(started - after)
-    pending = [u for u in units if u.index not in after]
-    bound = sum(u.seconds for u in pending[:3])
-    return Run(wall, False, len(before), len(after), lost, sum(units[i].seconds for i in lost),
-               in_flight_bound_seconds=bound)
+    return {unit_of[path] for path in opened if path in unit_of}
+
+
+def count_decoded_again(runs: list[Run], units: list[WorkUnit]) -> None:
+    """For each run, the audio of the units it decoded that a later run decoded again."""
+    for i, run in enumerate(runs):
+        later = {u for r in runs[i + 1:] for u in r.opened}
+        run.decoded_again_seconds = sum(units[u].seconds for u in set(run.opened) & later)
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -270,25 +283,23 @@ def main(argv: Optional[list[str]] = None) -> None:
             if runs[-1].finished:
                 break
         if not runs or not runs[-1].finished:
-            before = len(_ledgered(resumed))
-            wall, _ = run_to_end(command(resumed))
-            runs.append(Run(wall, True, before, len(_ledgered(resumed))))
+            runs.append(final_run(command(resumed), resumed, units, watch))
     finally:
         watch.close()
+    count_decoded_again(runs, units)
     report(args, units, total, ref_wall, runs, same_output(reference, resumed), ref_summary)
 
 
-DECODE_STAGES = ("decode", "resample", "vad", "encode")
+PREP_STAGES = ("decode", "resample", "vad", "encode", "quality", "journal")
 
 
 def compute_rates(summary: dict) -> tuple[dict[str, float], float]:
     """Seconds of compute per redone second, by stage, from the uninterrupted run's own stage
-    times ("decode" and "quality" per input second, "asr" per second of kept speech), and that
-    run's total compute seconds."""
+    times ("prepare" per input second, "asr" per second of kept speech), and that run's total
+    compute seconds."""
     stages, input_s = summary["stage_seconds"], summary["input_hours"] * 3600
     rates = {
-        "decode": sum(stages.get(s, 0.0) for s in DECODE_STAGES) / input_s,
-        "quality": stages.get("quality", 0.0) / input_s,
+        "prepare": sum(stages.get(s, 0.0) for s in PREP_STAGES) / input_s,
         "asr": stages.get("asr", 0.0) / max(summary["output_hours"] * 3600, 1e-9),
     }
     return rates, sum(stages.values())
@@ -303,28 +314,29 @@ def _row(name: str, seconds: float, total: float, unit: str) -> str:
 def report(args: argparse.Namespace, units: list[WorkUnit], total: float, ref_wall: float, runs: list[Run],
            same: tuple[bool, bool], summary: dict) -> None:
     kills = [r for r in runs if not r.finished]
-    redone = {"decode": sum(r.redone_seconds for r in kills),
-              "quality": sum(r.scoring_redone_seconds for r in kills),
+    redone = {"prepare": sum(r.prep_redone_seconds for r in kills),
               "asr": sum(r.asr_redone_seconds for r in kills)}
+    decoded_again = sum(r.decoded_again_seconds for r in kills)
     rates, compute = compute_rates(summary)
     redone_compute = sum(redone[stage] * rates[stage] for stage in redone)
     bound = sum(r.in_flight_bound_seconds for r in kills)
-    lines = ["| run | wall s | units ledgered before -> after | started, not ledgered | redone decode audio s "
-             "| redone scoring audio s | redone ASR speech s |",
+    lines = ["| run | wall s | units ledgered before -> after | in flight at the kill | redone prep audio s "
+             "| decoded again audio s | redone ASR speech s |",
              "|---|---|---|---|---|---|---|",
              f"| uninterrupted | {ref_wall:.1f} | 0 -> {len(units)} | - | - | - | - |"]
     for i, r in enumerate(runs, 1):
         name = f"killed {i}" if not r.finished else "final resume"
         lines.append(f"| {name} | {r.wall:.1f} | {r.ledgered_before} -> {r.ledgered_after} | "
                      f"{len(r.started_not_ledgered) if not r.finished else '-'} | "
-                     f"{r.redone_seconds:.1f} | {r.scoring_redone_seconds:.1f} | {r.asr_redone_seconds:.1f} |")
+                     f"{r.prep_redone_seconds:.1f} | {r.decoded_again_seconds:.1f} | {r.asr_redone_seconds:.1f} |")
     wall = sum(r.wall for r in runs)
     n = len(kills)
     lines += ["", "| metric | value | target | met |", "|---|---|---|---|",
               _row(f"redone compute / job compute ({n} kills)", redone_compute, compute, "of compute"),
               _row(f"redone ASR speech / corpus ({n} kills)", redone["asr"], total, "of audio"),
-              _row(f"redone scoring (DNSMOS) audio / corpus ({n} kills)", redone["quality"], total, "of audio"),
-              _row(f"redone decode+resample+VAD audio / corpus ({n} kills)", redone["decode"], total, "of audio"),
+              _row(f"redone prep (decode .. scoring) audio / corpus ({n} kills)", redone["prepare"], total,
+                   "of audio"),
+              _row(f"audio decoded again (inotify) / corpus ({n} kills)", decoded_again, total, "of audio"),
               f"| bound: units in flight at each kill / corpus | {bound / total:.1%} | | |",
               f"| final output = uninterrupted (keys / audio bytes) | {'yes' if same[0] else 'NO'} / "
               f"{'yes' if same[1] else 'NO'} | yes | {'yes' if all(same) else 'no'} |",
@@ -336,6 +348,7 @@ def report(args: argparse.Namespace, units: list[WorkUnit], total: float, ref_wa
     (args.workdir / "resume.json").write_text(json.dumps({
         "args": {k: str(v) for k, v in vars(args).items()}, "units": len(units), "corpus_seconds": total,
         "uninterrupted_wall": ref_wall, "runs": [asdict(r) for r in runs], "redone": redone,
+        "decoded_again_seconds": decoded_again,
         "redone_compute_seconds": redone_compute, "compute_seconds": compute, "rates": rates,
         "in_flight_bound_seconds": bound, "same_keys": same[0], "same_bytes": same[1], "table": table,
     }, indent=2))

@@ -35,7 +35,7 @@ from schemas.plan import Calibration, DataProfile, HardwareProfile
 
 PRESAMPLE_ROWS = 5000
 MIN_PIECE = 20.0  # seconds: shorter excerpts would cut most utterances short
-PREP_STAGES = ("decode", "resample", "vad", "encode", "quality")  # what a prep task times (prepare.py)
+PREP_STAGES = ("decode", "resample", "vad", "encode", "quality", "journal")  # what a prep task times
 PROBE_WINDOWS = 8  # DNSMOS windows per timed batch (~3 s on one core)
 
 

@@ -22,7 +22,7 @@ from pipelines import history, jobstate, journal, storage
 from pipelines.asr import AsrResult, Transcriber
 from pipelines.commit import UnitCommitter
 from pipelines.discover import Discover, manifest_hours
-from pipelines.journal import AsrJournal, ScoreJournal, journal_name, journal_url
+from pipelines.journal import AsrJournal, PrepJournal, journal_name, journal_url
 from pipelines.ledger import Ledger
 from pipelines.prepare import Preparer, SourceFile
 from pipelines.units import WorkUnit
@@ -87,7 +87,21 @@ def _preparer(config: JobConfig) -> Preparer:
 
 
 def _prepare(config: JobConfig, unit: int, files: list[SourceFile], journal: Optional[str] = None):
-    audios, prepared = _preparer(config)(unit, files, ScoreJournal(journal))
+    """Prepare a unit, or read it back from the journal a killed run left (see `pipelines.journal`).
+    The journal's write (or, for a unit read back, its read instead of the prep it skipped) is
+    timed as the "journal" stage."""
+    saved, clock = PrepJournal(journal), time.perf_counter()
+    restored = saved.get()
+    if restored:
+        audios, prepared = restored
+        prepared.stage_seconds.clear()
+    else:
+        saved.started(sum(f.length or f.duration or 0.0 for f in files))
+        audios, prepared = _preparer(config)(unit, files)
+        clock = time.perf_counter()
+        saved.put(audios, prepared)
+    if journal:
+        prepared.stage_seconds["journal"] += time.perf_counter() - clock
     prepared.node = ray.get_runtime_context().get_node_id()  # where the unit ran: summary "nodes"
     return audios, prepared
 
@@ -157,8 +171,9 @@ class _Scheduler:
         ray.get([a.ready.remote() for a in self.actors])  # model loads count as start-up
 
     def submit(self, unit: WorkUnit):
-        journal = journal_url(self.config.output, unit.index, unit.digest)  # scores and ASR batches
-        audios, prepared = self.prepare.remote(self.config, unit.index, unit.files, journal)
+        journal = journal_url(self.config.output, unit.index, unit.digest)  # prepared unit and ASR batches
+        keep_prep = journal if self.config.engine.journal_prepared else None
+        audios, prepared = self.prepare.remote(self.config, unit.index, unit.files, keep_prep)
         slot = min(self.load, key=self.load.__getitem__)
         self.load[slot] += 1
         transcribed = self.actors[slot].transcribe.remote(audios, journal)

@@ -1,11 +1,11 @@
-"""Unit journal: a unit's finished ASR batches and quality scores, kept next to the output until
+"""Unit journal: a unit's prepared audio and finished ASR batches, kept next to the output until
 the unit commits.
 
-Without it a kill throws away the whole transcription and scoring of every unit in flight. With
-it a rerun redoes only the cheap, deterministic decode, resample and VAD of those units, reads
-their DNSMOS scores back (`ScoreJournal`: scoring is most of prep's cost) and each journaled ASR
-batch instead of decoding it again: a kill costs at most the batch in progress per actor and the
-units being scored.
+Without it a kill throws away all the work on every unit in flight. With it a rerun reads back
+each unit a killed run had prepared (`PrepJournal`: segment audio, the ASR input and quality
+scores, so nothing is decoded, resampled, segmented or scored again) and each journaled ASR batch
+(`AsrJournal`) instead of decoding it again: a kill costs at most the unit being prepared per prep
+worker and the batch in progress per ASR actor.
 Packing and batching cut a unit's segments the same way on every run, so a batch read back
 holds exactly what decoding it again would give, and the output stays that of an
 uninterrupted run.
@@ -13,18 +13,26 @@ uninterrupted run.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Optional
 
+import numpy as np
+import pyarrow as pa
+
 from pipelines import storage
+from schemas.tables import PREPARED_SCHEMA
 
 if TYPE_CHECKING:
     from pipelines.asr import AsrResult
+    from pipelines.prepare import PreparedUnit
+
+log = logging.getLogger("voxmill")
 
 FOLDER = "asr"  # under OUTPUT/_ledger/
-TRACE_ENV = "VOXMILL_ASR_TRACE"  # a local file: one line per ASR batch or unit scoring started (benchmarks/resume.py)
-SCORES = "quality"  # the unit's scores: OUTPUT/_ledger/asr/unit-.../quality.json
+TRACE_ENV = "VOXMILL_ASR_TRACE"  # a local file: one line per ASR batch or unit prep started (benchmarks/resume.py)
+PREPARED = "prepared.arrow"  # the unit's prep output: OUTPUT/_ledger/asr/unit-.../prepared.arrow
 
 
 def journal_name(unit: int, digest: str) -> str:
@@ -57,7 +65,7 @@ class AsrJournal:
     def started(self, tag: str, speech_seconds: float) -> None:
         """Note a batch about to be decoded (see `trace`)."""
         if self.url:
-            trace(self.url, "asr", tag, speech_seconds)
+            trace(self.url, "asr", storage.join(self.url, f"{tag}.json"), speech_seconds)
 
     def put(self, tag: str, results: dict[int, "AsrResult"], unresolved: list[int]) -> None:
         if self.url is None:
@@ -73,36 +81,88 @@ class AsrJournal:
             _remove(self.url)
 
 
-class ScoreJournal:
-    """A unit's quality scores by segment key (a dict of scores, or the reason scoring failed).
+class PrepJournal:
+    """A unit's prepared output (`Preparer`'s return value) as one Arrow file, read back whole.
 
-    Segment keys come from source id and VAD times, which a rerun finds again exactly, so the
-    scores read back are those scoring again would give. All or nothing: a unit is scored in
-    one pass and journaled once; no url = a journal that keeps nothing."""
+    The file is committed atomically after the unit is prepared, so it is there complete or not at
+    all. Its floats and audio bytes are stored exactly: a unit read back gives the same shards,
+    scores and transcripts as preparing it again. No url = a journal that keeps nothing."""
 
     def __init__(self, url: Optional[str] = None):
         self.url = url
-        self.path = storage.join(url, f"{SCORES}.json") if url else None
+        self.path = storage.join(url, PREPARED) if url else None
 
-    def get(self) -> dict[str, dict | str]:
-        return storage.read_json(self.path, missing={}) if self.path else {}
+    def get(self) -> Optional[tuple[list["np.ndarray"], "PreparedUnit"]]:
+        """The saved (ASR audio, prepared unit), or None when there is none or it cannot be read."""
+        if not self.path or not storage.exists(self.path):
+            return None
+        try:
+            fs, path = storage.filesystem(self.path)
+            with fs.open(path, "rb") as fh:
+                table = pa.ipc.open_file(pa.BufferReader(fh.read())).read_all()
+            return _unit_from_table(table)
+        except (OSError, pa.ArrowException, ValueError, KeyError) as err:  # redo the unit instead
+            log.warning("ignoring unreadable prep journal %s: %s", self.path, err)
+            return None
 
     def started(self, input_seconds: float) -> None:
         if self.url:
-            trace(self.url, SCORES, SCORES, input_seconds)
+            trace(self.url, "prepare", self.path, input_seconds)
 
-    def put(self, scores: dict[str, dict | str]) -> None:
-        if self.path:
-            storage.write_json(self.path, scores)
+    def put(self, audios: list["np.ndarray"], prepared: "PreparedUnit") -> None:
+        """Save the unit; best effort: a journal that cannot be written only costs a rerun the prep."""
+        if not self.path:
+            return
+        table = _unit_to_table(audios, prepared)
+        try:
+            with storage.atomic_local_file(self.path) as scratch, pa.OSFile(str(scratch), "wb") as sink, \
+                    pa.ipc.new_file(sink, table.schema) as writer:
+                writer.write_table(table)
+        except OSError as err:
+            log.warning("prep journal not written (%s); a rerun after a crash prepares unit %d again",
+                        err, prepared.unit)
 
 
-def trace(journal: str, stage: str, tag: str, seconds: float) -> None:
+def _unit_to_table(audios: list["np.ndarray"], prepared: "PreparedUnit") -> pa.Table:
+    segments = prepared.segments
+    if len(audios) != len(segments):
+        raise ValueError(f"unit {prepared.unit}: {len(audios)} ASR inputs for {len(segments)} segments")
+    columns = {
+        "key": [s.key for s in segments],
+        "source_id": [s.source_id for s in segments],
+        "source_uri": [s.source_uri for s in segments],
+        "start": [s.start for s in segments],
+        "end": [s.end for s in segments],
+        "audio": [s.audio for s in segments],
+        "scores": [json.dumps(s.scores) for s in segments],
+        "asr_audio": [np.ascontiguousarray(a, dtype=np.float32).tobytes() for a in audios],
+    }
+    unit = {"unit": prepared.unit, "rejects": prepared.rejects, "input_seconds": prepared.input_seconds,
+            "stage_seconds": dict(prepared.stage_seconds)}
+    return pa.table(columns, schema=PREPARED_SCHEMA.with_metadata({"voxmill.unit": json.dumps(unit)}))
+
+
+def _unit_from_table(table: pa.Table) -> tuple[list["np.ndarray"], "PreparedUnit"]:
+    from pipelines.prepare import PreparedSegment, PreparedUnit
+
+    unit = json.loads(table.schema.metadata[b"voxmill.unit"])
+    rows = table.to_pylist()
+    segments = [PreparedSegment(r["key"], r["source_id"], r["source_uri"], r["start"], r["end"], r["audio"],
+                                json.loads(r["scores"])) for r in rows]
+    audios = [np.frombuffer(r["asr_audio"], dtype=np.float32).copy() for r in rows]
+    prepared = PreparedUnit(unit["unit"], segments, unit["rejects"], unit["input_seconds"])
+    prepared.stage_seconds.update(unit["stage_seconds"])
+    return audios, prepared
+
+
+def trace(journal: str, stage: str, result: str, seconds: float) -> None:
     """Note work about to start, when VOXMILL_ASR_TRACE names a file. Work that was started but
-    never journaled is what a kill threw away: that is how the resume benchmark measures it,
-    exactly, from outside the job (seconds: speech for an ASR batch, input audio for scoring)."""
+    whose `result` file was never written is what a kill threw away: that is how the resume
+    benchmark measures it, exactly, from outside the job (seconds: speech for an ASR batch,
+    planned input audio for a unit's prep)."""
     path = os.environ.get(TRACE_ENV)
     if path:
-        line = json.dumps({"journal": journal, "stage": stage, "tag": tag, "seconds": seconds})
+        line = json.dumps({"journal": journal, "stage": stage, "result": result, "seconds": seconds})
         with open(path, "a") as fh:  # one short O_APPEND write per line: lines never interleave
             fh.write(line + "\n")
 

@@ -14,7 +14,6 @@ import numpy as np
 
 from pipelines import storage
 from pipelines.audio import ASR_RATE, DecodeError, Resampler, Waveform, decode, encode, peak_normalize
-from pipelines.journal import ScoreJournal
 from pipelines.keys import segment_key
 from pipelines.quality import QualityScorer, audio_hash, clipping_ratio
 from pipelines.vad import Segmenter, Span
@@ -85,31 +84,22 @@ class Preparer:
         if self.quality:
             self.quality.setup()
 
-    def __call__(self, unit: int, files: list[SourceFile],
-                 journal: Optional[ScoreJournal] = None) -> tuple[list[np.ndarray], PreparedUnit]:
-        """With a `journal`, scores it holds for this unit are read back instead of computed,
-        and scores computed here are saved to it (see `pipelines.journal`)."""
+    def __call__(self, unit: int, files: list[SourceFile]) -> tuple[list[np.ndarray], PreparedUnit]:
+        """The 16 kHz ASR input of each kept segment, and the unit's segments (in the same order),
+        rejects and stage times."""
         prepared = PreparedUnit(unit)
         asr_audio: list[np.ndarray] = []
         for group in self._groups(files):
             asr_audio.extend(self._prepare_group(group, prepared))
         if self.quality and asr_audio:
             with _Clock(prepared.stage_seconds)("quality"):
-                asr_audio = self._score(asr_audio, prepared, journal)
+                asr_audio = self._score(asr_audio, prepared)
         return asr_audio, prepared
 
-    def _score(self, audios: list[np.ndarray], out: PreparedUnit,
-               journal: Optional[ScoreJournal] = None) -> list[np.ndarray]:
+    def _score(self, audios: list[np.ndarray], out: PreparedUnit) -> list[np.ndarray]:
         """Scores, then the segments whose scoring failed are quality rejects here, before ASR
         spends time on them. Returns the audio kept."""
-        journal = journal or ScoreJournal()
-        saved = journal.get()
-        if all(seg.key in saved for seg in out.segments):
-            scored = [saved[seg.key] for seg in out.segments]
-        else:
-            journal.started(out.input_seconds)
-            scored = self._score_all(audios)
-            journal.put({seg.key: scores for seg, scores in zip(out.segments, scored, strict=True)})
+        scored = self._score_all(audios)
         kept_segments, kept_audio = [], []
         for seg, audio, scores in zip(out.segments, audios, scored, strict=True):
             if isinstance(scores, str):

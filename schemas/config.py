@@ -139,6 +139,10 @@ class EngineConfig(_Section):
     excerpt_minutes: float = Field(
         10.0, ge=1, description="files over 1.5x this are cut into excerpts of it: bounded memory per task"
     )
+    journal_prepared: bool = Field(
+        True, description="keep each prepared unit (segment audio, 16 kHz ASR input, scores) next to the output "
+                          "until it commits, so a rerun after a crash prepares no unit twice; costs transient "
+                          "writes of about 3x the unit's shard bytes")
     prep_workers: Optional[int] = Field(None, ge=1, description="unset = CPUs left after ASR")
     asr_actors: Optional[int] = Field(None, ge=1, description="unset = one per GPU, else 1")
     ray_address: Optional[str] = Field(None, description="unset = RAY_ADDRESS or local ray.init()")

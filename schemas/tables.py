@@ -61,3 +61,18 @@ REJECTS_SCHEMA = pa.schema(
         pa.field("threshold", pa.float64()),
     ]
 )
+
+PREPARED_SCHEMA = pa.schema(
+    [
+        # one row per kept segment of a prepared unit, kept in OUTPUT/_ledger/asr/unit-.../ until the
+        # unit commits (pipelines/journal.py); the unit's rejects and totals ride in the schema metadata
+        pa.field("key", pa.string(), nullable=False),
+        pa.field("source_id", pa.string()),
+        pa.field("source_uri", pa.string()),
+        pa.field("start", pa.float64()),
+        pa.field("end", pa.float64()),
+        pa.field("audio", pa.binary()),  # the encoded output audio, as the shard will store it
+        pa.field("scores", pa.string()),  # JSON of the segment's quality scores
+        pa.field("asr_audio", pa.binary()),  # the 16 kHz float32 samples the ASR actor is given
+    ]
+)

@@ -114,27 +114,6 @@ def test_asking_for_a_missing_gpu_is_a_clear_error():
         QualityScorer(QualityConfig(dnsmos_device="cuda")).setup()
 
 
-def test_journaled_scores_are_read_back_instead_of_scored_again(tmp_path, monkeypatch):
-    """A rerun after a kill reads the scores of a unit a killed run had scored: the same segments,
-    the same scores, and no DNSMOS run again (scoring is most of prep's cost)."""
-    from pipelines.journal import ScoreJournal
-
-    files = [SourceFile(name, str(DEMO / name)) for name in (CLEAN, "jfk.flac")]
-    preparer = Preparer(load_job_config(str(DEMO), "/tmp/unused"))
-    preparer.setup()
-    journal = ScoreJournal(str(tmp_path / "unit-000000"))
-    audio, first = preparer(0, files, journal)
-    saved = json.loads((tmp_path / "unit-000000" / "quality.json").read_text())
-    assert sorted(saved) == sorted(s.key for s in first.segments) and len(saved) == 4
-
-    monkeypatch.setattr(QualityScorer, "score", lambda self, speech: pytest.fail("scored again"))
-    again_audio, again = preparer(0, files, journal)
-    assert [(s.key, s.scores, s.audio) for s in again.segments] == [(s.key, s.scores, s.audio) for s in first.segments]
-    assert all(np.array_equal(a, b) for a, b in zip(again_audio, audio, strict=True))
-    with pytest.raises(pytest.fail.Exception, match="scored again"):  # a unit with no journal scores
-        preparer(0, files, ScoreJournal(str(tmp_path / "unit-000001")))
-
-
 def test_a_segment_that_cannot_be_scored_becomes_a_quality_reject():
     config = load_job_config(str(DEMO), "/tmp/unused")
     preparer = Preparer(config)
