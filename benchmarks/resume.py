@@ -4,11 +4,13 @@ Runs `voxmill run` once uninterrupted, then again into a fresh output, SIGKILLin
 random point of its processing K times and rerunning the same command after each kill, until one
 run finishes. Reports, as a markdown table:
 
-* redone prep: seconds of audio in units whose prep (decode, resample, VAD, encode, quality
-  scoring) a killed run had started (the job notes it in VOXMILL_ASR_TRACE) but neither journaled
-  nor ledgered. A journaled unit is read back whole, not prepared again (`pipelines/journal.py`).
+* redone cut: seconds of audio in units whose decode, resample, VAD and encode a killed run had
+  started (the job notes it in VOXMILL_ASR_TRACE) but neither journaled nor ledgered. A journaled
+  unit is read back, not decoded again (`pipelines/journal.py`).
 * decoded again: the same seen from outside the job: seconds of audio in units whose files a
   killed run opened for decoding (inotify) and a later run opened again.
+* redone scoring: seconds of segment audio in chunks whose quality scoring a killed run had
+  started (same trace) but neither journaled nor ledgered.
 * redone ASR: seconds of speech in ASR batches a killed run had started (noted in the same trace)
   but not saved to the unit's journal; journaled batches are read back, not decoded again.
   Their shares of the corpus are the cost of a crash (target < 5%), and so is the compute they
@@ -17,8 +19,8 @@ run finishes. Reports, as a markdown table:
 * whether the final output equals the uninterrupted run's: same keys, same audio bytes per key.
 
 The units in flight at a kill are at most prep workers + 2 per ASR actor (on 2 cores: one
-preparing, one transcribing, one queued); of those only the one being prepared and the ASR batch
-in progress are lost, the rest is in the journal.
+preparing, one transcribing, one queued); of those only the decode of the unit being cut, or the
+chunk being scored, and the ASR batch in progress are lost: the rest is in the journal.
 
 CLI: ``python -m benchmarks.resume [--shape mixed] [--minutes 30] [--kills 4] [--unit-minutes 0.1]
 [--workdir /tmp/voxmill-bench] [--seed 0]``; writes ``WORKDIR/resume.json``.
@@ -114,10 +116,10 @@ def _env(trace: Optional[Path] = None) -> dict[str, str]:
 
 
 def thrown_away(trace: Path, ledgered: set[int]) -> dict[str, float]:
-    """Seconds, by stage ("asr": speech, "prepare": input audio), of the traced work whose result
-    was saved nowhere: not in the unit's journal, and the unit not ledgered. That work is done
-    again by the next run."""
-    lost = {"asr": 0.0, "prepare": 0.0}
+    """Seconds, by stage ("segment": input audio, "quality": segment audio, "asr": speech), of the
+    traced work whose result was saved nowhere: not in the unit's journal, and the unit not
+    ledgered. That work is done again by the next run."""
+    lost = {"segment": 0.0, "quality": 0.0, "asr": 0.0}
     for line in trace.read_text().splitlines() if trace.exists() else []:
         work = json.loads(line)
         unit = int(work["journal"].rstrip("/").rsplit("/", 1)[-1].split("-")[1])
@@ -148,7 +150,8 @@ class Run:
     started_not_ledgered: list[int] = field(default_factory=list)  # units in flight at the kill
     opened: list[int] = field(default_factory=list)  # units whose files this run decoded
     decoded_again_seconds: float = 0.0  # audio of its opened units a later run opened again
-    prep_redone_seconds: float = 0.0  # audio of units prepared, neither journaled nor ledgered
+    cut_redone_seconds: float = 0.0  # audio of units decoded and cut, neither journaled nor ledgered
+    scoring_redone_seconds: float = 0.0  # segment audio scored, neither journaled nor ledgered
     asr_redone_seconds: float = 0.0  # speech in ASR batches started, neither journaled nor ledgered
     in_flight_bound_seconds: float = 0.0
 
@@ -198,7 +201,7 @@ def killed_run(command: list[str], output: Path, units: list[WorkUnit], watch: O
     run = Run(wall, False, len(before), len(after), sorted(decoded - after), sorted(decoded),
               in_flight_bound_seconds=sum(u.seconds for u in pending[:3]))
     lost = thrown_away(trace, after)
-    run.asr_redone_seconds, run.prep_redone_seconds = lost["asr"], lost["prepare"]
+    run.cut_redone_seconds, run.scoring_redone_seconds, run.asr_redone_seconds = lost.values()
     return run
 
 
@@ -290,16 +293,17 @@ def main(argv: Optional[list[str]] = None) -> None:
     report(args, units, total, ref_wall, runs, same_output(reference, resumed), ref_summary)
 
 
-PREP_STAGES = ("decode", "resample", "vad", "encode", "quality", "journal")
+CUT_STAGES = ("decode", "resample", "vad", "encode", "journal")
 
 
 def compute_rates(summary: dict) -> tuple[dict[str, float], float]:
     """Seconds of compute per redone second, by stage, from the uninterrupted run's own stage
-    times ("prepare" per input second, "asr" per second of kept speech), and that run's total
-    compute seconds."""
+    times ("segment" per input second, "quality" and "asr" per second of kept speech: a little
+    more than per second of segment audio), and that run's total compute seconds."""
     stages, input_s = summary["stage_seconds"], summary["input_hours"] * 3600
     rates = {
-        "prepare": sum(stages.get(s, 0.0) for s in PREP_STAGES) / input_s,
+        "segment": sum(stages.get(s, 0.0) for s in CUT_STAGES) / input_s,
+        "quality": stages.get("quality", 0.0) / max(summary["output_hours"] * 3600, 1e-9),
         "asr": stages.get("asr", 0.0) / max(summary["output_hours"] * 3600, 1e-9),
     }
     return rates, sum(stages.values())
@@ -314,29 +318,33 @@ def _row(name: str, seconds: float, total: float, unit: str) -> str:
 def report(args: argparse.Namespace, units: list[WorkUnit], total: float, ref_wall: float, runs: list[Run],
            same: tuple[bool, bool], summary: dict) -> None:
     kills = [r for r in runs if not r.finished]
-    redone = {"prepare": sum(r.prep_redone_seconds for r in kills),
+    redone = {"segment": sum(r.cut_redone_seconds for r in kills),
+              "quality": sum(r.scoring_redone_seconds for r in kills),
               "asr": sum(r.asr_redone_seconds for r in kills)}
     decoded_again = sum(r.decoded_again_seconds for r in kills)
     rates, compute = compute_rates(summary)
     redone_compute = sum(redone[stage] * rates[stage] for stage in redone)
     bound = sum(r.in_flight_bound_seconds for r in kills)
-    lines = ["| run | wall s | units ledgered before -> after | in flight at the kill | redone prep audio s "
-             "| decoded again audio s | redone ASR speech s |",
-             "|---|---|---|---|---|---|---|",
-             f"| uninterrupted | {ref_wall:.1f} | 0 -> {len(units)} | - | - | - | - |"]
+    lines = ["| run | wall s | units ledgered before -> after | in flight at the kill | redone cut audio s "
+             "| decoded again audio s | redone scoring audio s | redone ASR speech s |",
+             "|---|---|---|---|---|---|---|---|",
+             f"| uninterrupted | {ref_wall:.1f} | 0 -> {len(units)} | - | - | - | - | - |"]
     for i, r in enumerate(runs, 1):
         name = f"killed {i}" if not r.finished else "final resume"
         lines.append(f"| {name} | {r.wall:.1f} | {r.ledgered_before} -> {r.ledgered_after} | "
                      f"{len(r.started_not_ledgered) if not r.finished else '-'} | "
-                     f"{r.prep_redone_seconds:.1f} | {r.decoded_again_seconds:.1f} | {r.asr_redone_seconds:.1f} |")
+                     f"{r.cut_redone_seconds:.1f} | {r.decoded_again_seconds:.1f} | "
+                     f"{r.scoring_redone_seconds:.1f} | {r.asr_redone_seconds:.1f} |")
     wall = sum(r.wall for r in runs)
     n = len(kills)
     lines += ["", "| metric | value | target | met |", "|---|---|---|---|",
               _row(f"redone compute / job compute ({n} kills)", redone_compute, compute, "of compute"),
-              _row(f"redone ASR speech / corpus ({n} kills)", redone["asr"], total, "of audio"),
-              _row(f"redone prep (decode .. scoring) audio / corpus ({n} kills)", redone["prepare"], total,
+              _row(f"audio processed twice, all stages / corpus ({n} kills)", sum(redone.values()), total,
                    "of audio"),
+              _row(f"redone decode+resample+VAD audio / corpus ({n} kills)", redone["segment"], total, "of audio"),
               _row(f"audio decoded again (inotify) / corpus ({n} kills)", decoded_again, total, "of audio"),
+              _row(f"redone scoring (DNSMOS) audio / corpus ({n} kills)", redone["quality"], total, "of audio"),
+              _row(f"redone ASR speech / corpus ({n} kills)", redone["asr"], total, "of audio"),
               f"| bound: units in flight at each kill / corpus | {bound / total:.1%} | | |",
               f"| final output = uninterrupted (keys / audio bytes) | {'yes' if same[0] else 'NO'} / "
               f"{'yes' if same[1] else 'NO'} | yes | {'yes' if all(same) else 'no'} |",

@@ -87,21 +87,7 @@ def _preparer(config: JobConfig) -> Preparer:
 
 
 def _prepare(config: JobConfig, unit: int, files: list[SourceFile], journal: Optional[str] = None):
-    """Prepare a unit, or read it back from the journal a killed run left (see `pipelines.journal`).
-    The journal's write (or, for a unit read back, its read instead of the prep it skipped) is
-    timed as the "journal" stage."""
-    saved, clock = PrepJournal(journal), time.perf_counter()
-    restored = saved.get()
-    if restored:
-        audios, prepared = restored
-        prepared.stage_seconds.clear()
-    else:
-        saved.started(sum(f.length or f.duration or 0.0 for f in files))
-        audios, prepared = _preparer(config)(unit, files)
-        clock = time.perf_counter()
-        saved.put(audios, prepared)
-    if journal:
-        prepared.stage_seconds["journal"] += time.perf_counter() - clock
+    audios, prepared = _preparer(config)(unit, files, PrepJournal(journal))
     prepared.node = ray.get_runtime_context().get_node_id()  # where the unit ran: summary "nodes"
     return audios, prepared
 

@@ -2,10 +2,10 @@
 the unit commits.
 
 Without it a kill throws away all the work on every unit in flight. With it a rerun reads back
-each unit a killed run had prepared (`PrepJournal`: segment audio, the ASR input and quality
-scores, so nothing is decoded, resampled, segmented or scored again) and each journaled ASR batch
-(`AsrJournal`) instead of decoding it again: a kill costs at most the unit being prepared per prep
-worker and the batch in progress per ASR actor.
+what a killed run had prepared (`PrepJournal`: segment audio and ASR input, then quality scores
+chunk by chunk) and each journaled ASR batch (`AsrJournal`) instead of doing it again: a kill costs
+at most, per prep worker, the decode of the unit it is cutting or the chunk it is scoring, and per
+ASR actor the batch in progress.
 Packing and batching cut a unit's segments the same way on every run, so a batch read back
 holds exactly what decoding it again would give, and the output stays that of an
 uninterrupted run.
@@ -32,7 +32,8 @@ log = logging.getLogger("voxmill")
 
 FOLDER = "asr"  # under OUTPUT/_ledger/
 TRACE_ENV = "VOXMILL_ASR_TRACE"  # a local file: one line per ASR batch or unit prep started (benchmarks/resume.py)
-PREPARED = "prepared.arrow"  # the unit's prep output: OUTPUT/_ledger/asr/unit-.../prepared.arrow
+SEGMENTED = "segmented.arrow"  # a unit's segments before scoring: OUTPUT/_ledger/asr/unit-.../segmented.arrow
+SCORES_PREFIX = "scores-"  # ...and its scores, one file per chunk of segments: scores-NNNNNN.json
 
 
 def journal_name(unit: int, digest: str) -> str:
@@ -82,45 +83,77 @@ class AsrJournal:
 
 
 class PrepJournal:
-    """A unit's prepared output (`Preparer`'s return value) as one Arrow file, read back whole.
+    """A unit's prep in two saved steps: its segments (`segmented.arrow`: segment audio, ASR input,
+    rejects) once decoded and cut, then its quality scores chunk by chunk (`scores-NNNNNN.json`).
 
-    The file is committed atomically after the unit is prepared, so it is there complete or not at
-    all. Its floats and audio bytes are stored exactly: a unit read back gives the same shards,
-    scores and transcripts as preparing it again. No url = a journal that keeps nothing."""
+    Decoding and cutting are a few % of prep and scoring the rest, so a kill during scoring loses
+    only the chunk being scored, and a unit read back is neither decoded nor scored again. Each file
+    is committed atomically, so it is there complete or not at all; floats and audio bytes are kept
+    exactly, so a unit read back gives the shards, scores and transcripts preparing it again would.
+    No url = a journal that keeps nothing."""
 
     def __init__(self, url: Optional[str] = None):
         self.url = url
-        self.path = storage.join(url, PREPARED) if url else None
+        names = storage.list_files(url) if url else []
+        self.saved = {name.rsplit("/", 1)[-1] for name in names}  # one listing
 
-    def get(self) -> Optional[tuple[list["np.ndarray"], "PreparedUnit"]]:
-        """The saved (ASR audio, prepared unit), or None when there is none or it cannot be read."""
-        if not self.path or not storage.exists(self.path):
+    def segmented(self) -> Optional[tuple[list["np.ndarray"], "PreparedUnit"]]:
+        """The saved (ASR audio, segmented unit), or None when there is none or it cannot be read."""
+        if SEGMENTED not in self.saved:
             return None
+        url = storage.join(self.url, SEGMENTED)
         try:
-            fs, path = storage.filesystem(self.path)
+            fs, path = storage.filesystem(url)
             with fs.open(path, "rb") as fh:
                 table = pa.ipc.open_file(pa.BufferReader(fh.read())).read_all()
             return _unit_from_table(table)
         except (OSError, pa.ArrowException, ValueError, KeyError) as err:  # redo the unit instead
-            log.warning("ignoring unreadable prep journal %s: %s", self.path, err)
+            log.warning("ignoring unreadable prep journal %s: %s", url, err)
             return None
 
-    def started(self, input_seconds: float) -> None:
+    def put_segmented(self, audios: list["np.ndarray"], prepared: "PreparedUnit") -> None:
         if self.url:
-            trace(self.url, "prepare", self.path, input_seconds)
+            table = _unit_to_table(audios, prepared)
+            self._best_effort(SEGMENTED, lambda url: _write_arrow(url, table))
 
-    def put(self, audios: list["np.ndarray"], prepared: "PreparedUnit") -> None:
-        """Save the unit; best effort: a journal that cannot be written only costs a rerun the prep."""
-        if not self.path:
-            return
-        table = _unit_to_table(audios, prepared)
+    def scores(self, first: int, count: int) -> Optional[list[dict | str]]:
+        """The saved scores of segments first..first+count-1 (a dict, or why scoring failed)."""
+        name = scores_name(first)
+        if name not in self.saved:
+            return None
         try:
-            with storage.atomic_local_file(self.path) as scratch, pa.OSFile(str(scratch), "wb") as sink, \
-                    pa.ipc.new_file(sink, table.schema) as writer:
-                writer.write_table(table)
+            saved = storage.read_json(storage.join(self.url, name))
+        except (OSError, ValueError) as err:
+            log.warning("ignoring unreadable score journal %s/%s: %s", self.url, name, err)
+            return None
+        return saved if isinstance(saved, list) and len(saved) == count else None
+
+    def put_scores(self, first: int, scores: list[dict | str]) -> None:
+        if self.url:
+            self._best_effort(scores_name(first), lambda url: storage.write_json(url, scores))
+
+    def started(self, stage: str, name: str, seconds: float) -> None:
+        """Note a step about to start (see `trace`): "segment" (`name` SEGMENTED) or "quality"."""
+        if self.url:
+            trace(self.url, stage, storage.join(self.url, name), seconds)
+
+    def _best_effort(self, name: str, write) -> None:
+        """A journal that cannot be written only costs a rerun after a crash that step again."""
+        try:
+            write(storage.join(self.url, name))
+            self.saved.add(name)
         except OSError as err:
-            log.warning("prep journal not written (%s); a rerun after a crash prepares unit %d again",
-                        err, prepared.unit)
+            log.warning("prep journal %s/%s not written: %s", self.url, name, err)
+
+
+def scores_name(first: int) -> str:
+    return f"{SCORES_PREFIX}{first:06d}.json"
+
+
+def _write_arrow(url: str, table: pa.Table) -> None:
+    with storage.atomic_local_file(url) as scratch, pa.OSFile(str(scratch), "wb") as sink, \
+            pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
 
 
 def _unit_to_table(audios: list["np.ndarray"], prepared: "PreparedUnit") -> pa.Table:

@@ -14,12 +14,14 @@ import numpy as np
 
 from pipelines import storage
 from pipelines.audio import ASR_RATE, DecodeError, Resampler, Waveform, decode, encode, peak_normalize
+from pipelines.journal import SEGMENTED, PrepJournal, scores_name
 from pipelines.keys import segment_key
 from pipelines.quality import QualityScorer, audio_hash, clipping_ratio
 from pipelines.vad import Segmenter, Span
 from schemas.config import JobConfig
 
 BATCH_SECONDS = 600.0  # audio decoded together for one batched (GPU) resample
+SCORE_CHUNK_SECONDS = 30.0  # segment audio scored, then journaled, together: what a kill mid-scoring loses
 
 
 @dataclass
@@ -84,22 +86,49 @@ class Preparer:
         if self.quality:
             self.quality.setup()
 
-    def __call__(self, unit: int, files: list[SourceFile]) -> tuple[list[np.ndarray], PreparedUnit]:
+    def __call__(self, unit: int, files: list[SourceFile],
+                 journal: Optional[PrepJournal] = None) -> tuple[list[np.ndarray], PreparedUnit]:
         """The 16 kHz ASR input of each kept segment, and the unit's segments (in the same order),
-        rejects and stage times."""
+        rejects and stage times. With a `journal`, the steps it holds for this unit are read back
+        instead of done again, and each step done here is saved to it (see `pipelines.journal`);
+        the seconds spent reading or writing it are the "journal" stage."""
+        journal = journal or PrepJournal()
+        clock = time.perf_counter()
+        restored = journal.segmented()
+        if restored:
+            asr_audio, prepared = restored
+            prepared.stage_seconds.clear()  # those were the killed run's
+            prepared.stage_seconds["journal"] = time.perf_counter() - clock
+        else:
+            journal.started("segment", SEGMENTED, sum(f.length or f.duration or 0.0 for f in files))
+            asr_audio, prepared = self._segment_unit(unit, files)
+            with _Clock(prepared.stage_seconds)("journal"):
+                journal.put_segmented(asr_audio, prepared)
+        if self.quality and asr_audio:
+            with _Clock(prepared.stage_seconds)("quality"):
+                asr_audio = self._score(asr_audio, prepared, journal)
+        return asr_audio, prepared
+
+    def _segment_unit(self, unit: int, files: list[SourceFile]) -> tuple[list[np.ndarray], PreparedUnit]:
         prepared = PreparedUnit(unit)
         asr_audio: list[np.ndarray] = []
         for group in self._groups(files):
             asr_audio.extend(self._prepare_group(group, prepared))
-        if self.quality and asr_audio:
-            with _Clock(prepared.stage_seconds)("quality"):
-                asr_audio = self._score(asr_audio, prepared)
         return asr_audio, prepared
 
-    def _score(self, audios: list[np.ndarray], out: PreparedUnit) -> list[np.ndarray]:
+    def _score(self, audios: list[np.ndarray], out: PreparedUnit,
+               journal: Optional[PrepJournal] = None) -> list[np.ndarray]:
         """Scores, then the segments whose scoring failed are quality rejects here, before ASR
         spends time on them. Returns the audio kept."""
-        scored = self._score_all(audios)
+        journal = journal or PrepJournal()
+        scored: list[dict | str] = []
+        for first, last in score_chunks(audios):
+            chunk = journal.scores(first, last - first)
+            if chunk is None:
+                journal.started("quality", scores_name(first), sum(len(a) for a in audios[first:last]) / ASR_RATE)
+                chunk = self._score_all(audios[first:last])
+                journal.put_scores(first, chunk)
+            scored.extend(chunk)
         kept_segments, kept_audio = [], []
         for seg, audio, scores in zip(out.segments, audios, scored, strict=True):
             if isinstance(scores, str):
@@ -225,6 +254,22 @@ class Preparer:
             end=at.end,
             audio=encode(samples, target.rate, self.shard_format),
         )
+
+
+def score_chunks(audios: list[np.ndarray]) -> list[tuple[int, int]]:
+    """[first, last) index ranges of segments holding about SCORE_CHUNK_SECONDS of audio each.
+
+    The cut depends on the segments alone, so every run scores (and batches DNSMOS windows) in the
+    same chunks and scores read back from the journal are those scoring again would give."""
+    chunks, first, seconds = [], 0, 0.0
+    for i, audio in enumerate(audios):
+        seconds += len(audio) / ASR_RATE
+        if seconds >= SCORE_CHUNK_SECONDS:
+            chunks.append((first, i + 1))
+            first, seconds = i + 1, 0.0
+    if first < len(audios):
+        chunks.append((first, len(audios)))
+    return chunks
 
 
 def _cut(wave: Waveform, span: Span) -> np.ndarray:

@@ -1,5 +1,5 @@
-"""The prep journal: a unit a killed run had prepared is read back whole by the rerun, exactly,
-instead of being decoded, segmented and scored again."""
+"""The prep journal: what a killed run had prepared is read back by the rerun, exactly, instead of
+being decoded, cut and scored again; a kill mid-scoring costs only the chunk being scored."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from pipelines.engine import _prepare
-from pipelines.journal import PREPARED, PrepJournal, journal_url
-from pipelines.prepare import Preparer, SourceFile
+from pipelines.journal import SEGMENTED, PrepJournal, journal_url
+from pipelines.prepare import SCORE_CHUNK_SECONDS, Preparer, SourceFile, score_chunks
+from pipelines.quality import QualityScorer
 from schemas.config import load_job_config
 from tests.conftest import DEMO
 
@@ -17,7 +18,8 @@ CLEAN = "2412-153948-0000.flac"  # LibriSpeech read speech
 
 
 def _files(tmp_path: Path) -> list[SourceFile]:
-    return [SourceFile(name, str(DEMO / name)) for name in (CLEAN, "jfk.flac")] + [
+    names = (CLEAN, "jfk.flac", "libri-1088-134315-0000.wav", "2412-153948-0001.flac", "LJ002-0035.wav")
+    return [SourceFile(name, str(DEMO / name)) for name in names] + [
         SourceFile("gone", str(tmp_path / "missing.wav"))]  # a decode reject rides along
 
 
@@ -31,23 +33,42 @@ def _same(a: tuple, b: tuple) -> None:
         x.dtype == np.float32 and np.array_equal(x, y) for x, y in zip(audio_b, audio_a))
 
 
+def _counting_scorer(monkeypatch) -> list[int]:
+    """Segments scored from now on, call by call."""
+    calls: list[int] = []
+    real = QualityScorer.score
+
+    def score(self, audios):
+        calls.append(len(audios))
+        return real(self, audios)
+
+    monkeypatch.setattr(QualityScorer, "score", score)
+    return calls
+
+
 def test_a_prepared_unit_is_read_back_instead_of_prepared_again(local_ray, tmp_path, monkeypatch):
     config = load_job_config(str(DEMO), str(tmp_path / "out"))
-    journal = journal_url(config.output, 0, "0" * 40)
-    first = _prepare(config, 0, _files(tmp_path), journal)
-    assert (Path(journal) / PREPARED).exists()
+    journal = Path(journal_url(config.output, 0, "0" * 40))
+    first = _prepare(config, 0, _files(tmp_path), str(journal))
     audio, unit = first
-    assert len(unit.segments) == len(audio) >= 3 and unit.segments[0].scores["dnsmos_ovrl"] > 3
-    assert [r["stage"] for r in unit.rejects] == ["decode"]
+    chunks = score_chunks(audio)
+    assert len(chunks) >= 2, "too little speech to test chunks"
+    assert sorted(p.name for p in journal.iterdir()) == sorted(
+        [SEGMENTED] + [f"scores-{a:06d}.json" for a, _ in chunks])
+    assert unit.segments[0].scores["dnsmos_ovrl"] > 3 and [r["stage"] for r in unit.rejects] == ["decode"]
 
-    monkeypatch.setattr(Preparer, "__call__", lambda *args: pytest.fail("prepared again"))
-    again = _prepare(config, 0, _files(tmp_path), journal)
+    monkeypatch.setattr(Preparer, "_segment_unit", lambda *args: pytest.fail("decoded again"))
+    calls = _counting_scorer(monkeypatch)
+    again = _prepare(config, 0, _files(tmp_path), str(journal))
     _same(first, again)
-    assert set(again[1].stage_seconds) == {"journal"}  # this run spent only the read
+    assert calls == [] and set(again[1].stage_seconds) <= {"journal", "quality"}
 
-    other = journal_url(config.output, 1, "0" * 40)  # a unit with no journal is prepared
-    with pytest.raises(pytest.fail.Exception, match="prepared again"):
-        _prepare(config, 1, _files(tmp_path), other)
+    (journal / f"scores-{chunks[-1][0]:06d}.json").unlink()  # the chunk a kill interrupted
+    _same(first, _prepare(config, 0, _files(tmp_path), str(journal)))
+    assert calls == [chunks[-1][1] - chunks[-1][0]]  # only that chunk was scored again
+
+    with pytest.raises(pytest.fail.Exception, match="decoded again"):  # a unit with no journal
+        _prepare(config, 1, _files(tmp_path), journal_url(config.output, 1, "0" * 40))
 
 
 def test_an_unreadable_journal_is_ignored_and_the_unit_prepared_again(tmp_path):
@@ -56,9 +77,19 @@ def test_an_unreadable_journal_is_ignored_and_the_unit_prepared_again(tmp_path):
     preparer.setup()
     prepared = preparer(3, _files(tmp_path)[:1])
     journal = PrepJournal(str(tmp_path / "unit"))
-    journal.put(*prepared)
-    _same(prepared, journal.get())
-    (tmp_path / "unit" / PREPARED).write_bytes(b"ARROW1 cut short by a full disk")
-    assert journal.get() is None
-    assert PrepJournal(None).get() is None and PrepJournal(str(tmp_path / "none")).get() is None
+    journal.put_segmented(*prepared)
+    journal.put_scores(0, [{"snr_db": 1.0}])
+    _same(prepared, PrepJournal(str(tmp_path / "unit")).segmented())
+    (tmp_path / "unit" / SEGMENTED).write_bytes(b"ARROW1 cut short by a full disk")
+    (tmp_path / "unit" / "scores-000000.json").write_text("[{")
+    again = PrepJournal(str(tmp_path / "unit"))
+    assert again.segmented() is None and again.scores(0, 1) is None
+    assert PrepJournal(str(tmp_path / "unit")).scores(0, 2) is None  # a chunk of another size: not ours
+    assert PrepJournal(None).segmented() is None and PrepJournal(str(tmp_path / "none")).segmented() is None
 
+
+def test_score_chunks_cover_every_segment_once_in_order():
+    audios = [np.zeros(16000 * k // 4, dtype=np.float32) for k in (40, 40, 200, 4, 4, 4)]  # 10, 10, 50, 1 s x3
+    chunks = score_chunks(audios)
+    assert chunks == [(0, 3), (3, 6)]
+    assert score_chunks([]) == [] and SCORE_CHUNK_SECONDS == 30.0
