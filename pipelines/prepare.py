@@ -257,16 +257,18 @@ class Preparer:
 
 
 def score_chunks(audios: list[np.ndarray]) -> list[tuple[int, int]]:
-    """[first, last) index ranges of segments holding about SCORE_CHUNK_SECONDS of audio each.
+    """[first, last) index ranges of segments holding at most SCORE_CHUNK_SECONDS of audio each
+    (or one longer segment).
 
     The cut depends on the segments alone, so every run scores (and batches DNSMOS windows) in the
     same chunks and scores read back from the journal are those scoring again would give."""
     chunks, first, seconds = [], 0, 0.0
     for i, audio in enumerate(audios):
-        seconds += len(audio) / ASR_RATE
-        if seconds >= SCORE_CHUNK_SECONDS:
-            chunks.append((first, i + 1))
-            first, seconds = i + 1, 0.0
+        length = len(audio) / ASR_RATE
+        if i > first and seconds + length > SCORE_CHUNK_SECONDS:
+            chunks.append((first, i))
+            first, seconds = i, 0.0
+        seconds += length
     if first < len(audios):
         chunks.append((first, len(audios)))
     return chunks
