@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipelines import storage
-from schemas.tables import PREPARED_SCHEMA
+from schemas.tables import SEGMENTED_SCHEMA
 
 if TYPE_CHECKING:
     from pipelines.asr import AsrResult
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("voxmill")
 
 FOLDER = "asr"  # under OUTPUT/_ledger/
-TRACE_ENV = "VOXMILL_ASR_TRACE"  # a local file: one line per ASR batch or unit prep started (benchmarks/resume.py)
+TRACE_ENV = "VOXMILL_ASR_TRACE"  # a local file: one line per journaled step started (benchmarks/resume.py)
 SEGMENTED = "segmented.arrow"  # a unit's segments before scoring: OUTPUT/_ledger/asr/unit-.../segmented.arrow
 SCORES_PREFIX = "scores-"  # ...and its scores, one file per chunk of segments: scores-NNNNNN.json
 
@@ -172,7 +172,7 @@ def _unit_to_table(audios: list["np.ndarray"], prepared: "PreparedUnit") -> pa.T
     }
     unit = {"unit": prepared.unit, "rejects": prepared.rejects, "input_seconds": prepared.input_seconds,
             "stage_seconds": dict(prepared.stage_seconds)}
-    return pa.table(columns, schema=PREPARED_SCHEMA.with_metadata({"voxmill.unit": json.dumps(unit)}))
+    return pa.table(columns, schema=SEGMENTED_SCHEMA.with_metadata({"voxmill.unit": json.dumps(unit)}))
 
 
 def _unit_from_table(table: pa.Table) -> tuple[list["np.ndarray"], "PreparedUnit"]:
@@ -192,7 +192,7 @@ def trace(journal: str, stage: str, result: str, seconds: float) -> None:
     """Note work about to start, when VOXMILL_ASR_TRACE names a file. Work that was started but
     whose `result` file was never written is what a kill threw away: that is how the resume
     benchmark measures it, exactly, from outside the job (seconds: speech for an ASR batch,
-    planned input audio for a unit's prep)."""
+    planned input audio for cutting a unit, segment audio for a chunk of scoring)."""
     path = os.environ.get(TRACE_ENV)
     if path:
         line = json.dumps({"journal": journal, "stage": stage, "result": result, "seconds": seconds})

@@ -62,10 +62,10 @@ REJECTS_SCHEMA = pa.schema(
     ]
 )
 
-PREPARED_SCHEMA = pa.schema(
+SEGMENTED_SCHEMA = pa.schema(
     [
-        # one row per kept segment of a prepared unit, kept in OUTPUT/_ledger/asr/unit-.../ until the
-        # unit commits (pipelines/journal.py); the unit's rejects and totals ride in the schema metadata
+        # one row per segment of a unit cut but not yet scored: OUTPUT/_ledger/asr/unit-.../segmented.arrow,
+        # kept until the unit commits (pipelines/journal.py); its rejects and totals ride in the schema metadata
         pa.field("key", pa.string(), nullable=False),
         pa.field("source_id", pa.string()),
         pa.field("source_uri", pa.string()),
