@@ -311,7 +311,7 @@ def compute_rates(summary: dict) -> tuple[dict[str, float], float]:
 
 def _row(name: str, seconds: float, total: float, unit: str) -> str:
     share = seconds / total
-    return (f"| {name} | {seconds:.1f} s / {total:.0f} s {unit} = **{share:.1%}** | < 5% | "
+    return (f"| {name} | {seconds:.1f} s / {total:.0f} s {unit} = **{share:.2%}** | < 5% | "
             f"{'yes' if share < 0.05 else 'no'} |")
 
 
