@@ -301,10 +301,11 @@ def compute_rates(summary: dict) -> tuple[dict[str, float], float]:
     times ("segment" per input second, "quality" and "asr" per second of kept speech: a little
     more than per second of segment audio), and that run's total compute seconds."""
     stages, input_s = summary["stage_seconds"], summary["input_hours"] * 3600
+    kept_s = max(summary["output_hours"] * 3600, 1e-9)
     rates = {
         "segment": sum(stages.get(s, 0.0) for s in CUT_STAGES) / input_s,
-        "quality": stages.get("quality", 0.0) / max(summary["output_hours"] * 3600, 1e-9),
-        "asr": stages.get("asr", 0.0) / max(summary["output_hours"] * 3600, 1e-9),
+        "quality": stages.get("quality", 0.0) / kept_s,
+        "asr": stages.get("asr", 0.0) / kept_s,
     }
     return rates, sum(stages.values())
 
