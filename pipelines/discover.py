@@ -13,10 +13,15 @@ import soundfile as sf
 from pipelines import storage
 from pipelines.audio import describe_error
 from pipelines.keys import source_id
+from pipelines.listing import InputError, Listed, list_input
 from schemas.config import DiscoverConfig
 from schemas.tables import MANIFEST_SCHEMA
 
-_GLOB_CHARS = set("*?[")
+__all__ = ["Discover", "HeaderFacts", "InputError", "probe", "manifest_hours"]
+
+MIN_SAMPLE_RATE = 1000  # Hz: below this no codec holds speech; a header saying so is lying
+MAX_SAMPLE_RATE = 768000
+MIN_BYTES_PER_SECOND = 32  # a FLAC of 16 kHz digital silence needs ~60; a header claiming less is lying
 
 
 @dataclass
@@ -29,58 +34,62 @@ class HeaderFacts:
     error: Optional[str] = None
 
 
-class InputError(ValueError):
-    """The input cannot be listed (missing, empty, unreadable): raised before any work starts."""
-
-
 class Discover:
-    """Turns an input URL (folder, glob or single file) into a manifest table."""
+    """Turns an input URL (folder, glob or single file) into a manifest table.
 
-    def __init__(self, config: DiscoverConfig, probe_threads: int = 16):
+    `exclude` is the job's output: when it sits inside the input, nothing under it is read."""
+
+    def __init__(self, config: DiscoverConfig, probe_threads: int = 16, exclude: Optional[str] = None):
         self.extensions = {e.lower().lstrip(".") for e in config.extensions}
         self.probe_threads = probe_threads
+        self.exclude = exclude
 
     def __call__(self, input_url: str) -> pa.Table:
         return self.manifest(*self.list_audio(input_url))
 
-    def manifest(self, fs: fsspec.AbstractFileSystem, found: list[tuple[str, int]]) -> pa.Table:
-        """Probe the headers of listed (path, bytes) files in parallel threads."""
+    def manifest(self, fs: fsspec.AbstractFileSystem, found: list[Listed]) -> pa.Table:
+        """Probe the headers of listed files in parallel threads; a listing problem is a row too."""
         with ThreadPoolExecutor(self.probe_threads) as pool:
-            rows = list(pool.map(lambda item: self._row(fs, *item), found))
+            rows = list(pool.map(lambda item: self._row(fs, item), found))
         return pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
 
-    def list_audio(self, input_url: str) -> tuple[fsspec.AbstractFileSystem, list[tuple[str, int]]]:
-        """Sorted (path, bytes) of audio files under the input; raises InputError if none."""
-        try:
-            fs, path = storage.filesystem(input_url)
-            if _GLOB_CHARS & set(path):
-                details = fs.glob(path, detail=True)
-            elif fs.isdir(path):
-                details = fs.find(path, detail=True)
-            elif fs.exists(path):
-                details = {path: fs.info(path)}
-            else:
-                raise InputError(f"input not found: {input_url}")
-        except InputError:
-            raise
-        except (OSError, PermissionError, ValueError) as err:
-            raise InputError(f"cannot list input {input_url}: {err}") from err
-        found = [
-            (p, int(info.get("size") or 0))
-            for p, info in details.items()
-            if info.get("type", "file") == "file" and self._is_audio(p)
-        ]
+    def list_audio(self, input_url: str) -> tuple[fsspec.AbstractFileSystem, list[Listed]]:
+        """Sorted entries under the input, problems included; raises InputError if there are none."""
+        fs, found = list_input(input_url, self.extensions, self.exclude)
         if not found:
             raise InputError(f"no audio files ({', '.join(sorted(self.extensions))}) in {input_url}")
-        return fs, sorted(found)
+        return fs, found
 
-    def _is_audio(self, path: str) -> bool:
-        return "." in path.rsplit("/", 1)[-1] and path.rsplit(".", 1)[-1].lower() in self.extensions
+    def _row(self, fs: fsspec.AbstractFileSystem, item: Listed) -> dict:
+        uri = storage.to_url(fs, item.path)
+        if item.error:
+            facts = HeaderFacts(error=item.error)
+        else:
+            facts = probe(fs, item.path) if item.size > 0 else HeaderFacts(error="empty file")
+            facts = plausible(facts, item.size)
+        return {"id": source_id(uri), "uri": uri, "bytes": item.size, **asdict(facts)}
 
-    def _row(self, fs: fsspec.AbstractFileSystem, path: str, size: int) -> dict:
-        uri = storage.to_url(fs, path)
-        facts = probe(fs, path) if size > 0 else HeaderFacts(error="empty file")
-        return {"id": source_id(uri), "uri": uri, "bytes": size, **asdict(facts)}
+
+def plausible(facts: HeaderFacts, size: int) -> HeaderFacts:
+    """The facts, or an error when the header cannot be true of a file this size (a lying header
+    would otherwise plan a 287 KB file as 40 hours of work)."""
+    if facts.error:
+        return facts
+    rate, duration = facts.sample_rate, facts.duration
+    if rate is not None and not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+        return _lying(facts, f"sample rate {rate} Hz")
+    if duration and size / duration < MIN_BYTES_PER_SECOND:
+        return _lying(facts, f"{_hours(duration)} of audio in {size:,} bytes")
+    return facts
+
+
+def _lying(facts: HeaderFacts, claim: str) -> HeaderFacts:
+    """No duration: a header that lies must not size units or plans either."""
+    return HeaderFacts(container=facts.container, codec=facts.codec, error=f"impossible header: {claim}")
+
+
+def _hours(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds:.0f} s"
 
 
 def probe(fs: fsspec.AbstractFileSystem, path: str) -> HeaderFacts:
@@ -103,6 +112,9 @@ def _probe_av(fs: fsspec.AbstractFileSystem, path: str) -> HeaderFacts:
     try:
         with fs.open(path, "rb") as fh, av.open(fh) as container:
             stream = next(s for s in container.streams if s.type == "audio")
+            if not stream.codec_context.sample_rate or not stream.codec_context.channels:
+                kind = path.rsplit(".", 1)[-1].upper() if "." in path.rsplit("/", 1)[-1] else "audio"
+                return HeaderFacts(error=f"not a valid {kind} file: no sample rate or channels in its header")
             duration = _av_duration(container, stream)
             return HeaderFacts(
                 container=container.format.name.split(",")[0],

@@ -29,7 +29,7 @@ class LimitExceeded(RuntimeError):
 def discover_for_plan(config: JobConfig) -> tuple[InputSize, pa.Table, float]:
     """Size the input: every header when it is small enough, else a random sample of headers."""
     clock = time.perf_counter()
-    discover = Discover(config.discover)
+    discover = Discover(config.discover, exclude=config.output)
     fs, listed = discover.list_audio(config.input)
     if len(listed) <= config.plan.header_sample_above:
         manifest = discover.manifest(fs, listed)
@@ -37,8 +37,8 @@ def discover_for_plan(config: JobConfig) -> tuple[InputSize, pa.Table, float]:
     rng = np.random.default_rng(0)
     positions = np.sort(rng.choice(len(listed), config.plan.header_sample_size, replace=False))
     sample = discover.manifest(fs, [listed[i] for i in positions])
-    sizes = np.array([size for _, size in listed], dtype=np.int64)
-    extensions = np.array([path.rsplit(".", 1)[-1].lower() for path, _ in listed])
+    sizes = np.array([item.size for item in listed], dtype=np.int64)
+    extensions = np.array([item.path.rsplit(".", 1)[-1].lower() for item in listed])
     size = size_from_sample(sizes, extensions, sample, positions)
     seconds = (time.perf_counter() - clock) * len(listed) / len(positions)  # the run reads every header
     return size, sample, seconds
