@@ -1,0 +1,116 @@
+"""One writer per output: the lease refuses a second run, survives nothing after a kill -9 but its
+expiry, lets exactly one of two racing runs win on local disk and on a real S3 API, and `voxmill
+run` refuses (or waits) in one clear line before any work."""
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import s3fs
+from moto.server import ThreadedMotoServer
+from typer.testing import CliRunner
+
+from flows.cli import app
+from pipelines.lease import LeaseHeld, OutputLease
+from tests.conftest import DEMO, S3_PORT
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_a_second_holder_is_refused_until_the_first_releases(tmp_path):
+    out = str(tmp_path / "out")
+    with OutputLease(out, seconds=30):
+        with pytest.raises(LeaseHeld, match=r"another voxmill run holds .*out \(host .+, pid \d+, since .+\)"):
+            OutputLease(out, seconds=30).acquire()
+    with OutputLease(out, seconds=30) as second:  # released: the next run starts at once
+        assert second.number == 2
+    assert [p.name for p in (tmp_path / "out" / "_ledger").iterdir()] == ["lease-000002.json"]
+
+
+def test_a_killed_holder_blocks_until_its_lease_expires_then_a_waiting_run_takes_over(tmp_path):
+    out = str(tmp_path / "out")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pipelines.lease import OutputLease; "
+                               "OutputLease(sys.argv[1], seconds=6).acquire(); print('held', flush=True); time.sleep(600)",
+         out], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        time.sleep(2.0)  # past a heartbeat: the lease is alive while the holder is
+        with pytest.raises(LeaseHeld):
+            OutputLease(out, seconds=6).acquire()
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+        killed = time.monotonic()
+        with pytest.raises(LeaseHeld):  # no heartbeat any more, but not yet expired
+            OutputLease(out, seconds=6).acquire()
+        with OutputLease(out, seconds=6, wait_seconds=30):
+            waited = time.monotonic() - killed
+        assert 0.5 < waited < 9.0  # at most the lease's length after the last beat
+    finally:
+        holder.kill()
+
+
+def test_of_runs_racing_for_a_new_or_a_released_output_exactly_one_wins(tmp_path):
+    out = str(tmp_path / "out")
+    assert _race(out, runs=8) == (1, 7)
+    assert _race(out, runs=8) == (1, 7)  # the winner released it: the next race takes number 2
+
+
+def _race(out: str, runs: int) -> tuple[int, int]:
+    barrier, results, leases = threading.Barrier(runs), [], []
+
+    def attempt() -> None:
+        lease = OutputLease(out, seconds=30)
+        barrier.wait()
+        try:
+            lease.acquire()
+            leases.append(lease)
+            results.append(True)
+        except LeaseHeld:
+            results.append(False)
+
+    threads = [threading.Thread(target=attempt) for _ in range(runs)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for lease in leases:
+        lease.release()
+    return results.count(True), results.count(False)
+
+
+@pytest.fixture(scope="module")
+def s3_bucket():
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=S3_PORT)
+    server.start()
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)
+    fs.mkdir("lease-test")
+    yield "s3://lease-test"
+    server.stop()
+
+
+def test_on_s3_a_conditional_create_lets_exactly_one_run_win(s3_bucket):
+    assert _race(f"{s3_bucket}/race", runs=6) == (1, 5)
+    with OutputLease(f"{s3_bucket}/seq", seconds=30):
+        with pytest.raises(LeaseHeld):
+            OutputLease(f"{s3_bucket}/seq", seconds=30).acquire()
+
+
+def test_voxmill_run_refuses_a_held_output_in_one_line_before_any_work(tmp_path):
+    source = tmp_path / "in"
+    source.mkdir()
+    shutil.copy(DEMO / "LJ002-0020.wav", source / "clip.wav")
+    out = tmp_path / "out"
+    with OutputLease(str(out), seconds=60):
+        result = CliRunner().invoke(app, ["run", "-i", str(source), "-o", str(out), "--no-plan"])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip() and not line.startswith("voxmill ━")]
+    assert len(lines) == 1 and lines[0].startswith("LeaseHeld: another voxmill run holds"), result.output
+    assert "--wait" in lines[0] and "Traceback" not in result.output
+    assert sorted(p.name for p in out.rglob("*") if p.is_file()) == ["lease-000001.json"]  # nothing else written
