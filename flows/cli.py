@@ -333,9 +333,46 @@ def error_line(text: str) -> str:
 def _print_failures(summary: dict) -> None:
     """One clear line on stderr: how many units failed, the first cause, what to do next."""
     failures = summary["failures"]
+    first = escape(storage.redact(error_line(failures[0]["error"]))) if failures else "unknown"
     console.print(f"[red]{len(failures)} of {summary['counts']['units']} units failed[/red], first: "
-                  f"{error_line(failures[0]['error']) if failures else 'unknown'}. Fix the cause and rerun "
-                  "the same command: finished units are kept.", soft_wrap=True)
+                  f"{first}. Fix the cause and rerun the same command: finished units are kept "
+                  f"[dim](details: {escape(str(log_path()))})[/dim]", soft_wrap=True)
+
+
+@app.command()
+def refilter(
+    output: str = typer.Argument(..., help="fsspec URL of a voxmill output"),
+    settings: list[str] = typer.Option(..., "--set", help="quality.FIELD=VALUE, e.g. quality.min_dnsmos_ovrl=3.0 "
+                                                          "or quality.max_clipping=null (repeatable)"),
+    new_output: Optional[str] = typer.Option(None, "--output", "-o", help="where to write [OUTPUT/v2, v3, ...]"),
+    json_out: bool = typer.Option(False, "--json", help="the summary as JSON on stdout"),
+) -> None:
+    """Apply other quality thresholds to OUTPUT without running ASR again: writes a new output (OUTPUT/vN or
+    --output) holding what a run with them would keep and reject; a rerun resumes."""
+    from pipelines import refilter as refiltering  # the refilter command (issue 16)
+
+    try:
+        summary = refiltering.refilter(output, refiltering.parse_settings(settings), new_output)
+    except (refiltering.RefilterError, StorageError, FileNotFoundError) as err:
+        console.print(f"[red]refilter refused:[/red] {escape(str(err))}", soft_wrap=True)
+        raise typer.Exit(2)
+    if json_out:
+        sys.stdout.write(json.dumps(summary, indent=2, default=str) + "\n")
+    elif summary.get("unchanged"):
+        console.print(f"{escape(output)} already has these settings: nothing to do", soft_wrap=True)
+    else:
+        moved, counts = summary["refilter"], summary["counts"]
+        table = Table(title=f"voxmill refilter: {output} -> {summary['config']['output']}", show_header=False)
+        for name, value in (("units refiltered", moved["units_refiltered"]), ("units resumed", moved["units_resumed"]),
+                            ("samples", counts["samples"]), ("rejects", counts["rejects"]),
+                            ("restored (rejected before, kept now)", moved["restored"]),
+                            ("dropped (kept before, rejected now)", moved["dropped"])):
+            table.add_row(name, str(value))
+        Console().print(table)
+        if moved["units_pending_in_source"]:
+            console.print(f"{moved['units_pending_in_source']} units of {escape(output)} are not finished: run "
+                          f"`voxmill run` with the new settings on {escape(summary['config']['output'])} to add them",
+                          soft_wrap=True)
 
 
 def main() -> None:  # pragma: no cover - console-script shim

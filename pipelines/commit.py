@@ -1,4 +1,5 @@
-"""Commit: a unit's transcribed segments become shards, an index part, a rejects part, a ledger record.
+"""Commit: a unit's transcribed segments become shards, an index part, a rejects part (with the dropped
+segments' text and scores, and their audio in `rejected/` shards), a ledger record.
 
 The order is the crash-safety contract: data first (each file committed whole), the ledger
 record last, so a unit without a record is simply redone and overwrites the same names.
@@ -8,7 +9,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from datetime import datetime, timezone
-from typing import Optional
+from typing import Mapping, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -19,8 +20,8 @@ from pipelines.asr import AsrResult
 from pipelines.ledger import Ledger
 from pipelines.prepare import PreparedSegment, PreparedUnit, SourceFile, reject_row
 from pipelines.quality import SCORE_NAMES, chars_per_second, normalise_text, verdict
-from pipelines.shards import Sample, ShardWriter
-from schemas.config import JobConfig
+from pipelines.shards import REJECTED, Sample, ShardWriter
+from schemas.config import JobConfig, QualityConfig
 from schemas.tables import INDEX_SCHEMA, REJECTS_SCHEMA
 
 NEAR_DUPLICATE_SECONDS = 0.05  # same normalised text and a duration this close: the same take, likely
@@ -32,68 +33,66 @@ class UnitCommitter:
         self.sample_rate = config.audio.sample_rate
         self.quality = config.quality
         self.writer = ShardWriter(config.shards, config.output)
+        self.rejected = ShardWriter(config.shards, config.output, REJECTED) if config.shards.keep_rejected_audio else None
         self.ledger = Ledger(config.output)
 
     def __call__(self, prepared: PreparedUnit, results: list[AsrResult], digest: str) -> dict:
         started = time.perf_counter()
-        rows, rejects = self._rows(prepared, results)
+        rows = [self._index_row(prepared.unit, seg, res) for seg, res in zip(prepared.segments, results, strict=True)]
+        audio = {seg.key: (seg.audio, "") for seg in prepared.segments}
+        return self.commit(prepared.unit, digest, decide(self.quality, rows), audio, list(prepared.rejects),
+                           prepared.input_seconds, prepared.stage_seconds, started)
+
+    def commit(self, unit: int, digest: str, decided: list[tuple[dict, Optional[dict]]],
+               audio: Mapping[str, tuple[bytes, str]], prep_rejects: list[dict], input_seconds: float,
+               stage_seconds: Mapping[str, float], started: float, extra: Optional[dict] = None) -> dict:
+        """Write one unit whose segments are decided (`decide`): the kept ones to its training shards
+        and index part, the dropped ones (with their audio, when kept) to its rejected shards and,
+        after `prep_rejects` (the file-level rejects), to its rejects part; then its ledger record,
+        last. `audio` maps a key to its stored bytes and extension ("" = shards.audio_format)."""
+        kept = [row for row, dropped in decided if dropped is None]
         placed = dict((key, shard) for shard, key in self.writer.write(
-            prepared.unit, (Sample(r["key"], seg.audio, self._meta(r)) for r, seg in rows)
-        ))
-        index = [dict(row, shard=placed[row["key"]]) for row, _ in rows]
-        self._write_table("index", prepared.unit, index, INDEX_SCHEMA)
-        self._write_table("rejects", prepared.unit, rejects, REJECTS_SCHEMA)
-        stages = dict(prepared.stage_seconds, write=time.perf_counter() - started)
+            unit, (Sample(r["key"], audio[r["key"]][0], self._meta(r), audio[r["key"]][1]) for r in kept)))
+        dropped_rows = [reject_fields(row, dropped) for row, dropped in decided if dropped is not None]
+        stored: dict[str, str] = {}
+        if self.rejected is not None:
+            stored = dict((key, shard) for shard, key in self.rejected.write(unit, (
+                Sample(r["key"], audio[r["key"]][0], self._meta(r) | _verdict_fields(r), audio[r["key"]][1])
+                for r in dropped_rows if r["key"] in audio)))
+        index = [dict(row, shard=placed[row["key"]]) for row in kept]
+        rejects = list(prep_rejects) + [dict(r, shard=stored.get(r["key"])) for r in dropped_rows]
+        self._write_table("index", unit, index, INDEX_SCHEMA)
+        self._write_table("rejects", unit, rejects, REJECTS_SCHEMA)
+        stages = dict(stage_seconds, write=time.perf_counter() - started)
         report = {
-            "unit": prepared.unit,
+            "unit": unit,
             "digest": digest,
-            "input_seconds": prepared.input_seconds,
-            "output_seconds": sum(r["duration"] for r, _ in rows),
-            "samples": len(rows),
-            "segments": len(prepared.segments),
-            "speech_seconds": sum(s.end - s.start for s in prepared.segments),
+            "input_seconds": input_seconds,
+            "output_seconds": sum(r["duration"] for r in kept),
+            "samples": len(kept),
+            "segments": len(decided),
+            "speech_seconds": sum(row["end"] - row["start"] for row, _ in decided),
             "shards": sorted(set(placed.values())),
+            "rejected_shards": sorted(set(stored.values())),  # the dropped segments' audio (rejected/)
             "rejects": len(rejects),
             "reject_reasons": dict(Counter(_reason_label(r) for r in rejects)),
             "stage_seconds": stages,
+            **(extra or {}),
             "finished_at": datetime.now(timezone.utc).isoformat(),  # throughput over the run
         }
-        self.ledger.record(prepared.unit, report)
+        self.ledger.record(unit, report)
         return report
 
     def _rows(self, prepared: PreparedUnit, results: list[AsrResult]) -> tuple[list, list[dict]]:
-        """Index rows of the samples kept, and reject rows of the rest, in segment order (so a rerun
-        decides the same: which copy of a duplicate is kept depends on that order only)."""
-        rows, rejects = [], list(prepared.rejects)
-        kept_hashes: dict[str, str] = {}  # audio hash -> key of the sample kept with it
-        texts: dict[str, list[tuple[float, str]]] = {}  # normalised text -> (duration, key) kept
-        for seg, res in zip(prepared.segments, results, strict=True):
-            row = self._index_row(prepared.unit, seg, res)
-            dropped = self._drop(row, kept_hashes) if res.text else {"stage": "asr", "reason": "empty transcript"}
-            if dropped:
-                source = SourceFile(seg.source_id, seg.source_uri)
-                rejects.append(reject_row(source, prepared.unit, key=seg.key, duration=seg.end - seg.start, **dropped)
-                               | {"start": seg.start, "end": seg.end})
-                continue
-            if row["audio_hash"]:
-                kept_hashes[row["audio_hash"]] = row["key"]
-            if self.quality.enabled:
-                row["near_duplicate_of"] = _near_duplicate(texts, normalise_text(row["text"]), row)
-            rows.append((row, seg))
-        return rows, rejects
+        """(index row, segment) of the samples kept, and the rejects rows (the unit's prep rejects,
+        then the dropped segments), as `__call__` would write them (without their shards)."""
+        decided = decide(self.quality, [self._index_row(prepared.unit, seg, res)
+                                        for seg, res in zip(prepared.segments, results, strict=True)])
+        kept = [(row, seg) for (row, dropped), seg in zip(decided, prepared.segments) if dropped is None]
+        return kept, list(prepared.rejects) + [reject_fields(row, dropped) for row, dropped in decided if dropped]
 
     def _drop(self, row: dict, kept_hashes: dict[str, str]) -> Optional[dict]:
-        """reject_row arguments when the quality filters drop `row`, else None."""
-        if not self.quality.enabled:
-            return None
-        if self.quality.drop_exact_duplicates and row["audio_hash"] in kept_hashes:
-            return {"stage": "quality", "reason": f"exact duplicate of {kept_hashes[row['audio_hash']]}",
-                    "metric": "audio_hash"}
-        failed = verdict(self.quality, row)
-        if failed is None:
-            return None
-        return {"stage": "quality", "reason": failed.reason, "metric": failed.metric,
-                "value": failed.value, "threshold": failed.threshold}
+        return _drop(self.quality, row, kept_hashes)
 
     def _index_row(self, unit: int, seg: PreparedSegment, res: AsrResult) -> dict:
         return {
@@ -124,12 +123,64 @@ class UnitCommitter:
 
     @staticmethod
     def _meta(row: dict) -> dict:
-        return {k: v for k, v in row.items() if k not in ("key", "unit")}
+        """A sample's KEY.json: its index row but the key, unit and shard (and, for a reject, the
+        verdict fields, which `_verdict_fields` adds back)."""
+        return {k: v for k, v in row.items() if k not in ("key", "unit", "shard") + VERDICT_FIELDS}
 
     def _write_table(self, folder: str, unit: int, rows: list[dict], schema: pa.Schema) -> None:
         url = storage.join(self.output, folder, f"part-{unit:06d}.parquet")
         with storage.atomic_local_file(url, ".parquet") as scratch:
             pq.write_table(pa.Table.from_pylist(rows, schema=schema), scratch)
+
+
+VERDICT_FIELDS = ("stage", "reason", "metric", "value", "threshold")  # why a segment was dropped
+
+
+def decide(quality: QualityConfig, rows: list[dict]) -> list[tuple[dict, Optional[dict]]]:
+    """Each transcribed segment's index row and, when a filter drops it, the reject_row arguments
+    (stage, reason, metric, value, threshold; None = kept), in the unit's segment order: which copy
+    of a duplicate is kept, and which sample a near duplicate names, depend on that order only, so
+    a rerun, or `voxmill refilter` on the same rows, decides the same. A kept row gets its
+    `near_duplicate_of`; a dropped one has it null."""
+    decided: list[tuple[dict, Optional[dict]]] = []
+    kept_hashes: dict[str, str] = {}  # audio hash -> key of the sample kept with it
+    texts: dict[str, list[tuple[float, str]]] = {}  # normalised text -> (duration, key) kept
+    for row in rows:
+        row = dict(row, near_duplicate_of=None)
+        dropped = _drop(quality, row, kept_hashes) if row["text"] else {"stage": "asr", "reason": "empty transcript"}
+        if dropped is None:
+            if row["audio_hash"]:
+                kept_hashes[row["audio_hash"]] = row["key"]
+            if quality.enabled:
+                row["near_duplicate_of"] = _near_duplicate(texts, normalise_text(row["text"]), row)
+        decided.append((row, dropped))
+    return decided
+
+
+def _drop(quality: QualityConfig, row: dict, kept_hashes: dict[str, str]) -> Optional[dict]:
+    """reject_row arguments when the quality filters drop `row`, else None."""
+    if not quality.enabled:
+        return None
+    if quality.drop_exact_duplicates and row["audio_hash"] in kept_hashes:
+        return {"stage": "quality", "reason": f"exact duplicate of {kept_hashes[row['audio_hash']]}",
+                "metric": "audio_hash"}
+    failed = verdict(quality, row)
+    if failed is None:
+        return None
+    return {"stage": "quality", "reason": failed.reason, "metric": failed.metric,
+            "value": failed.value, "threshold": failed.threshold}
+
+
+def reject_fields(row: dict, dropped: dict) -> dict:
+    """The rejects row of a dropped segment: the reject_row columns plus every column of its index
+    row (text, scores, audio_hash, ...), so nothing ASR or scoring found is lost with it."""
+    source = SourceFile(row["source_id"], row["source_uri"])
+    base = reject_row(source, row["unit"], key=row["key"], duration=row["duration"], **dropped)
+    return {**row, **base, "start": row["start"], "end": row["end"]}
+
+
+def _verdict_fields(row: dict) -> dict:
+    return {k: row[k] for k in VERDICT_FIELDS}
 
 
 def _reason_label(row: dict) -> str:

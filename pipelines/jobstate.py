@@ -16,8 +16,8 @@ from pipelines.ledger import Ledger
 from pipelines.units import WorkUnit, extend_units, unit_from_json, unit_to_json
 from schemas.config import JobConfig
 
-OUTPUT_PARTS = ("shards", "index", "rejects", "_ledger", "summary.json")
-OUTPUT_FOLDERS = ("shards", "index", "rejects", "_ledger")
+OUTPUT_PARTS = ("shards", "rejected", "index", "rejects", "_ledger", "summary.json")
+OUTPUT_FOLDERS = ("shards", "rejected", "index", "rejects", "_ledger")
 
 
 class ConfigChanged(ValueError):

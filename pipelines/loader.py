@@ -301,10 +301,18 @@ class IndexedShards:
     """
 
     def __init__(self, root: str, sample_rate: int | None = None, storage_options: dict | None = None,
-                 cached_shards: int = 256):
+                 cached_shards: int = 256, rejected: bool = False):
+        """`rejected=True`: the segments the filters dropped instead, from `rejected/` shards (those
+        whose audio the run kept: shards.keep_rejected_audio); never mixed with the training samples."""
         self.fs, path = fsspec.url_to_fs(root, **(storage_options or {}))
         self.base = path.rstrip("/")
-        table = read_index(root, columns=["key", "shard"], storage_options=storage_options)
+        if rejected:
+            table = tables.read_parts(root, "rejects", ("key", "shard"), storage_options=storage_options)
+            if "shard" not in table.column_names:
+                raise FileNotFoundError(f"{root} keeps no audio of its rejects (made before rejected/ shards existed)")
+            table = table.filter(pc.is_valid(table["shard"]))
+        else:
+            table = read_index(root, columns=["key", "shard"], storage_options=storage_options)
         self.shard_of = dict(zip(table["key"].to_pylist(), table["shard"].to_pylist()))
         self.decoder = _decoder(sample_rate)
         self.members = lru_cache(maxsize=cached_shards)(self._read_members)

@@ -1,4 +1,8 @@
-"""Shard writer: WebDataset tars, each committed whole, rolled over by size or sample count."""
+"""Shard writer: WebDataset tars, each committed whole, rolled over by size or sample count.
+
+Training samples go to `shards/`; with `shards.keep_rejected_audio`, the segments the filters
+dropped go to `rejected/` in the same layout (KEY.flac + KEY.json), never into a training shard.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -10,6 +14,7 @@ from pipelines import storage
 from schemas.config import ShardConfig
 
 TAR_OVERHEAD = 3 * 512  # a tar header per member plus padding, roughly
+TRAINING, REJECTED = "shards", "rejected"  # the two shard folders under the output root
 
 
 @dataclass
@@ -17,33 +22,37 @@ class Sample:
     key: str
     audio: bytes
     meta: dict = field(default_factory=dict)
+    ext: str = ""  # the audio member's extension; "" = the config's audio_format (a copy keeps its own)
 
 
-def shard_name(unit: int, part: int) -> str:
-    """`shards/shard-000012.tar`, then `-01`, `-02` for the rare unit that overflows one shard."""
+def shard_name(unit: int, part: int, folder: str = TRAINING) -> str:
+    """`shards/shard-000012.tar`, then `-01`, `-02` for the rare unit that overflows one shard
+    (`rejected/shard-000012.tar` ... for the unit's rejected segments)."""
     suffix = "" if part == 0 else f"-{part:02d}"
-    return f"shards/shard-{unit:06d}{suffix}.tar"
+    return f"{folder}/shard-{unit:06d}{suffix}.tar"
 
 
 class ShardWriter:
     """Writes one work unit's samples; returns (shard, key) pairs once each shard is committed.
 
     Shard names derive from the unit number, so redoing a unit after a crash overwrites the
-    same shards instead of adding duplicates.
+    same shards instead of adding duplicates. `folder` is `shards` (training) or `rejected`.
     """
 
-    def __init__(self, config: ShardConfig, output_url: str):
+    def __init__(self, config: ShardConfig, output_url: str, folder: str = TRAINING):
         self.config = config
         self.output_url = output_url
+        self.folder = folder
 
     def write(self, unit: int, samples: Iterable[Sample]) -> list[tuple[str, str]]:
         placed: list[tuple[str, str]] = []
         for part, group in enumerate(self._groups(samples)):
-            name = shard_name(unit, part)
+            name = shard_name(unit, part, self.folder)
             with storage.atomic_local_file(storage.join(self.output_url, name)) as scratch:
                 with open(scratch, "wb") as fh, wds.TarWriter(fh) as tar:
                     for sample in group:
-                        tar.write({"__key__": sample.key, self.config.audio_format: sample.audio, "json": sample.meta})
+                        tar.write({"__key__": sample.key, sample.ext or self.config.audio_format: sample.audio,
+                                   "json": sample.meta})
             placed.extend((name, s.key) for s in group)
         return placed
 

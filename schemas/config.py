@@ -68,6 +68,10 @@ class ShardConfig(_Section):
     audio_format: Literal["flac", "wav"] = "flac"
     max_bytes: int = Field(1_000_000_000, ge=1_000_000)
     max_samples: int = Field(100_000, ge=1)
+    keep_rejected_audio: bool = Field(
+        True, description="write the audio of segments the filters drop (empty transcript, quality) to "
+                          "OUTPUT/rejected/shard-NNNNNN.tar, apart from the training shards, so `voxmill refilter` "
+                          "can bring them back; false keeps only their rows in rejects/")
 
 
 class QualityConfig(_Section):

@@ -44,7 +44,7 @@ INDEX_SCHEMA = pa.schema(
     ]
 )
 
-REJECTS_SCHEMA = pa.schema(
+_REJECT_FIELDS = (
     [
         pa.field("source_id", pa.string()),
         pa.field("source_uri", pa.string()),
@@ -60,6 +60,17 @@ REJECTS_SCHEMA = pa.schema(
         pa.field("value", pa.float64()),
         pa.field("threshold", pa.float64()),
     ]
+)
+# A segment dropped after ASR (stage "asr" empty transcript, or stage "quality") also carries every
+# column of the index row it would have had (text, language, ASR and quality scores, audio_hash, ...)
+# and `shard`: the `rejected/shard-*.tar` holding its KEY.flac + KEY.json (null when
+# shards.keep_rejected_audio is off). All of them are null for a file-level reject (discover, decode,
+# vad, prepare) and for a segment whose scoring failed before ASR. `voxmill refilter` reads them back.
+REJECTS_SCHEMA = pa.schema(
+    _REJECT_FIELDS
+    + [pa.field("shard", pa.string())]
+    + [f.with_nullable(True) for f in INDEX_SCHEMA
+       if f.name not in {g.name for g in _REJECT_FIELDS} | {"shard"}]
 )
 
 SEGMENTED_SCHEMA = pa.schema(

@@ -35,3 +35,17 @@ def test_samples_read_back_with_webdataset(tmp_path):
     assert [g["__key__"] for g in got] == ["src-0000", "src-0001", "src-0002"]
     assert got[1]["json"] == {"text": "t1"} and got[1]["flac"] == bytes([1]) * 1000
     assert not [p for p in tmp_path.rglob("*") if ".tmp-" in p.name]
+
+
+def test_rejected_samples_go_to_their_own_folder_with_the_same_layout(tmp_path):
+    from pipelines.shards import REJECTED
+
+    placed = ShardWriter(ShardConfig(max_samples=2), str(tmp_path), REJECTED).write(3, _samples(3))
+    assert sorted({s for s, _ in placed}) == ["rejected/shard-000003-01.tar", "rejected/shard-000003.tar"]
+    assert not (tmp_path / "shards").exists()
+    with tarfile.open(tmp_path / "rejected/shard-000003.tar") as tar:
+        assert tar.getnames() == ["src-0000.flac", "src-0000.json", "src-0001.flac", "src-0001.json"]
+    copied = [Sample("k", b"RIFF", {"text": ""}, ext="wav")]  # a copy keeps the extension it was stored with
+    ShardWriter(ShardConfig(), str(tmp_path)).write(4, copied)
+    with tarfile.open(tmp_path / "shards/shard-000004.tar") as tar:
+        assert tar.getnames() == ["k.json", "k.wav"]
