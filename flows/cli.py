@@ -350,10 +350,11 @@ def refilter(
     """Apply other quality thresholds to OUTPUT without running ASR again: writes a new output (OUTPUT/vN or
     --output) holding what a run with them would keep and reject; a rerun resumes."""
     from pipelines import refilter as refiltering  # the refilter command (issue 16)
+    from pipelines.lease import LeaseHeld, LeaseLost
 
     try:
         summary = refiltering.refilter(output, refiltering.parse_settings(settings), new_output)
-    except (refiltering.RefilterError, StorageError, FileNotFoundError) as err:
+    except (refiltering.RefilterError, StorageError, FileNotFoundError, LeaseHeld, LeaseLost) as err:
         console.print(f"[red]refilter refused:[/red] {escape(str(err))}", soft_wrap=True)
         raise typer.Exit(2)
     if json_out:

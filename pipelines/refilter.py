@@ -35,6 +35,7 @@ from pydantic import ValidationError
 
 from pipelines import jobstate, storage
 from pipelines.commit import UnitCommitter, decide
+from pipelines.lease import OutputLease
 from pipelines.ledger import Ledger
 from pipelines.units import WorkUnit
 from pipelines.versions import versions
@@ -137,15 +138,18 @@ def refilter(source: str, changes: Mapping[str, object], output: Optional[str] =
     todo = [(u, r) for u, r in done if not Ledger(config.output).lookup(finished, u.index, u.digest)]
     for unit, _ in todo:  # every refusal comes before anything is written
         _check_unit(src, config, unit)
-    _claim(source, config, units)
-    committer = UnitCommitter(config)
-    reports = []
-    for n, (unit, record) in enumerate(todo):
-        reports.append(refilter_unit(src, committer, config.quality, unit, record))
-        if progress:
-            progress(n + 1, len(todo))
-    summary = _summary(source, config, changes, units, done, reports, started_at, time.perf_counter() - clock)
-    storage.write_json(storage.join(config.output, "summary.json"), summary)
+    storage.ensure_writable(config.output)
+    with OutputLease(config.output) as lease:  # one writer per output, as for `voxmill run`
+        _claim(source, config, units)
+        committer = UnitCommitter(config)
+        reports = []
+        for n, (unit, record) in enumerate(todo):
+            lease.check()
+            reports.append(refilter_unit(src, committer, config.quality, unit, record))
+            if progress:
+                progress(n + 1, len(todo))
+        summary = _summary(source, config, changes, units, done, reports, started_at, time.perf_counter() - clock)
+        storage.write_json(storage.join(config.output, "summary.json"), summary)
     return summary
 
 
@@ -264,7 +268,6 @@ def _read_shards(output: str, shards: list[str]) -> dict[str, dict[str, bytes]]:
 def _claim(source: str, config: JobConfig, units: list[WorkUnit]) -> None:
     """Record the new job before any unit is written: the source's layout (same units, same
     digests) and a job.json with the new settings; a rerun checks and keeps them."""
-    storage.ensure_writable(config.output)
     storage.remove_leftovers(config.output, jobstate.OUTPUT_FOLDERS)
     target = {u.index: u.digest for u in jobstate.layout(config.output)}
     clash = [u.index for u in units if u.index in target and target[u.index] != u.digest]

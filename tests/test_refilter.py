@@ -23,6 +23,7 @@ from pipelines import jobstate, refilter as refiltering, report, storage
 from pipelines.asr import AsrResult
 from pipelines.commit import UnitCommitter
 from pipelines.discover import Discover
+from pipelines.lease import OutputLease
 from pipelines.ledger import Ledger
 from pipelines.loader import IndexedShards, SpeechShards
 from pipelines.prepare import Preparer
@@ -246,6 +247,10 @@ def test_refusals_are_one_line_with_exit_2(base, tmp_path):
                                      ("key", "unit", "source_id", "source_uri", "start", "end", "duration")]), part)
     assert "before rejects kept their text" in refused(str(old), "--set", "quality.min_snr_db=20")
     assert not (old / "v2").exists()
+
+    with OutputLease(str(tmp_path / "busy")):  # another writer holds the new output
+        assert "another voxmill run holds" in refused(str(base), "--set", "quality.min_snr_db=20", "-o",
+                                                      str(tmp_path / "busy"))
 
     done = cli.invoke(app, ["refilter", str(base), "--set", "quality.min_snr_db=null", "--output",
                             str(tmp_path / "cli"), "--json"])
