@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import shutil
+import struct
 import subprocess
 import tarfile
 import uuid
@@ -49,10 +51,20 @@ REJECTED = {
     "silence.wav": ("vad", r"no speech found"),
     # Silero finds no speech in white noise, so Whisper never sees it: no hallucinated sample
     "white-noise.wav": ("vad", r"no speech found"),
+    # what a listing meets besides files: each is one row too, never silently gone
+    "linked-speech.wav": ("discover", r"same file as another input path \(a link\): read once"),
+    "linked-names": ("discover", r"link to a folder already listed: read once"),
+    "loop": ("discover", r"link to a folder already listed: read once"),
+    "dangling.flac": ("discover", r"dangling link: its target does not exist"),
+    "fifo.wav": ("discover", r"not a regular file \(a FIFO\)"),
+    "latin1-\\xe9.wav": ("discover", r"file name is not valid UTF-8: rename the file to read it"),
+    "liar.wav": ("discover", r"impossible header: sample rate 1 Hz"),
+    "random-bytes.flac": ("discover", r"not a valid FLAC file: no sample rate or channels in its header"),
 }
+LINKED_FROM_OUTSIDE = "from-outside.wav"  # a link to a file outside the input: read through the link
 SPEECH = ("speech-8k-8bit.wav", "surround-6ch.wav")
 NAMES = ("with spaces (take 2).wav", "héllo wörld – 日本語.wav", "..dots..in..name.wav",
-         "a/same.wav", "b/same.wav")
+         "a/same.wav", "b/same.wav", "take [1] *?.wav")
 COLON = "odd::colon.wav"  # fsspec reads "::" as a URL chain separator
 
 
@@ -86,6 +98,32 @@ def _write_speech(root: Path, voice: np.ndarray, rate: int) -> None:
         (root / "names" / name).write_bytes(clip)
 
 
+def _write_odd_entries(root: Path) -> None:
+    """Links (to a file, a folder, a loop, nowhere, outside), a FIFO, a name that is not UTF-8 and
+    headers that lie: what a real collection on a shared disk holds besides plain files."""
+    (root / "linked-speech.wav").symlink_to(root / "speech-8k-8bit.wav")
+    (root / "linked-names").symlink_to(root / "names")
+    (root / "loop").symlink_to(root)
+    (root / "dangling.flac").symlink_to(root / "missing.flac")
+    os.mkfifo(root / "fifo.wav")
+    with open(os.path.join(os.fsencode(root), b"latin1-\xe9.wav"), "wb") as fh:
+        fh.write((DEMO / "LJ002-0020.wav").read_bytes())
+    data = np.random.default_rng(3).integers(-2000, 2000, 143_000).astype("<i2").tobytes()
+    (root / "liar.wav").write_bytes(b"RIFF" + struct.pack("<I", 36 + len(data)) + b"WAVEfmt "
+                                    + struct.pack("<IHHIIHH", 16, 1, 1, 1, 2, 2, 16) + b"data"
+                                    + struct.pack("<I", len(data)) + data)  # says 1 Hz: 40 hours
+    (root / "random-bytes.flac").write_bytes(np.random.default_rng(4).bytes(20_000))
+    outside = root.parent / "outside"
+    outside.mkdir()
+    shutil.copy(DEMO / "LJ002-0035.wav", outside / "lj.wav")
+    (root / LINKED_FROM_OUTSIDE).symlink_to(outside / "lj.wav")
+
+
+def _shown(path: Path) -> str:
+    """A path as the manifest names it (bytes that are not UTF-8 escaped)."""
+    return os.fsencode(str(path)).decode("utf-8", "backslashreplace")
+
+
 @pytest.fixture(scope="module")
 def bad_input(tmp_path_factory) -> Path:
     """One folder of every bad input, speech in odd formats and odd names (jfk.flac is the voice)."""
@@ -94,6 +132,7 @@ def bad_input(tmp_path_factory) -> Path:
     stereo, rate = sf.read(DEMO / "jfk.flac", dtype="float32")
     _write_bad_files(root, stereo[:, 0], rate)
     _write_speech(root, stereo[:, 0], rate)
+    _write_odd_entries(root)
     return root
 
 
@@ -134,7 +173,7 @@ def _norm(text: str) -> str:
 
 def test_every_input_is_a_sample_or_a_reject_and_the_job_completes(two_runs, bad_input):
     run, _ = two_runs
-    inputs = {str(p) for p in bad_input.rglob("*") if p.is_file()}
+    inputs = {_shown(p) for p in bad_input.rglob("*") if p.is_symlink() or not p.is_dir()}  # links not followed
     seen = {r["source_uri"] for r in run["rows"]} | {r["source_uri"] for r in run["rejects"]}
     assert seen == inputs
     on_disk = json.loads((run["output"] / "summary.json").read_text())
@@ -193,6 +232,13 @@ def test_odd_names_give_safe_unique_keys_in_index_and_shards(two_runs, bad_input
     assert len(same) == 2 and all(s.startswith("same-") for s in same)
     members = _shard_members(run["output"])
     assert sorted(members) == sorted(f"{k}.{ext}" for k in keys for ext in ("flac", "json"))
+
+
+def test_a_file_linked_from_outside_the_input_is_transcribed(two_runs, bad_input):
+    run, _ = two_runs
+    rows = [r for r in run["rows"] if _name(r["source_uri"], bad_input) == LINKED_FROM_OUTSIDE]
+    text = _norm(" ".join(r["text"] for r in rows))
+    assert rows and jiwer.wer("eight the press yard", text) <= 0.25, text  # LJ002-0035
 
 
 def test_two_runs_into_two_outputs_give_the_same_keys_and_rejects(two_runs):
