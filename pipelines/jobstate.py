@@ -12,11 +12,11 @@ from typing import Optional
 import pyarrow as pa
 
 from pipelines import storage
+from pipelines.lease import PREFIX as LEASE_PREFIX
 from pipelines.ledger import Ledger
 from pipelines.units import WorkUnit, extend_units, unit_from_json, unit_to_json
 from schemas.config import JobConfig
 
-OUTPUT_PARTS = ("shards", "rejected", "index", "rejects", "_ledger", "summary.json")
 OUTPUT_FOLDERS = ("shards", "rejected", "index", "rejects", "_ledger")
 
 
@@ -108,13 +108,52 @@ def _diff(old: dict, new: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def clear(output: str) -> None:
-    """Start over: remove everything voxmill wrote under `output` (and nothing else)."""
+class NotAnOutput(ValueError):
+    """`--restart` on a folder that holds files but no voxmill job: nothing is deleted."""
+
+
+# what voxmill writes in each folder of an output (`_ledger/` is wholly voxmill's once job.json is there)
+WRITTEN = {"shards": "shard-*.tar", "rejected": "shard-*.tar", "index": "part-*.parquet",
+           "rejects": "part-*.parquet"}
+
+
+def check_restartable(output: str) -> None:
+    """Refuse `--restart` unless `output` is new, empty, or holds a voxmill job (`_ledger/job.json`):
+    a mistyped output must never cost a user their own files."""
+    if read(output) is not None:
+        return
     fs, root = storage.filesystem(output)
-    for part in OUTPUT_PARTS:
-        path = f"{root.rstrip('/')}/{part}"
-        if fs.exists(path):
+    try:
+        present = fs.exists(root) and fs.ls(root, detail=False)
+    except FileNotFoundError:
+        return
+    if present:
+        raise NotAnOutput(f"{output} holds files but no voxmill job (no _ledger/job.json): --restart deletes "
+                          "only what voxmill wrote, so it deleted nothing; pick another output")
+
+
+def clear(output: str) -> None:
+    """Start over: remove what voxmill wrote under `output` and nothing else — its own file names in
+    its own folders, every file of `_ledger/` but the lease this run holds, `summary.json` —
+    and then each of those folders that is left empty."""
+    check_restartable(output)
+    fs, root = storage.filesystem(output)
+    root = root.rstrip("/")
+    doomed = [p for folder, pattern in WRITTEN.items() for p in fs.glob(f"{root}/{folder}/{pattern}")]
+    doomed += [p for p in storage.list_paths(fs, f"{root}/_ledger") if not p.rsplit("/", 1)[-1].startswith(LEASE_PREFIX)]
+    doomed += [f"{root}/summary.json"] if fs.exists(f"{root}/summary.json") else []
+    for path in doomed:
+        fs.rm(path, recursive=True)
+    for folder in (*WRITTEN, "_ledger"):
+        _remove_if_empty(fs, f"{root}/{folder}")
+
+
+def _remove_if_empty(fs, path: str) -> None:
+    try:
+        if fs.isdir(path) and not fs.ls(path, detail=False):
             fs.rm(path, recursive=True)
+    except (FileNotFoundError, OSError):
+        pass  # not there, or holds something of the user's: leave it
 
 
 def status(output: str) -> dict:
