@@ -6,6 +6,7 @@ hardware profile; the spread of those ratios becomes the plan's model error.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import statistics
@@ -14,6 +15,7 @@ from typing import Optional
 from pipelines import storage
 
 RECENT_RUNS = 10
+log = logging.getLogger("voxmill.history")
 
 
 def _url(path: str) -> str:
@@ -23,18 +25,37 @@ def _url(path: str) -> str:
 def read(path: str) -> list[dict]:
     """History records from a history file, or from `summary.json` files under an output URL."""
     url = _url(path)
-    summary = storage.read_json(storage.join(url, "summary.json"), missing=None)
+    summary_url = storage.join(url, "summary.json")
+    try:
+        summary = storage.read_json(summary_url, missing=None)
+    except ValueError as err:  # a torn summary.json: it holds no usable record
+        log.warning("ignoring %s: not valid JSON (%s)", storage.redact(summary_url), err)
+        return []
     if summary is not None:
-        return [summary["history"]] if summary.get("history") else []
+        return [summary["history"]] if isinstance(summary, dict) and summary.get("history") else []
     if not storage.exists(url):
         return []
     fs, local = storage.filesystem(url)
-    with fs.open(local, "rt") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+    records = []
+    with fs.open(local, "rt", errors="replace") as fh:
+        for number, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError as err:
+                record = err
+            if isinstance(record, dict):
+                records.append(record)
+            else:  # a torn or foreign line: skipped, the others still correct the plan
+                log.warning("skipping line %d of run history %s: not a JSON record (%s)", number,
+                            storage.redact(url), record if isinstance(record, Exception) else type(record).__name__)
+    return records
 
 
 def append(path: str, record: dict) -> None:
-    """Rewrite the file whole with one more line, so a reader never sees a torn record."""
+    """Rewrite the file whole with one more line, so a reader never sees a torn record (the write
+    is atomic: a scratch file renamed over the old one). Lines `read` skipped are dropped."""
     lines = [json.dumps(r, sort_keys=True) for r in [*read(path), record]]
     storage.write_bytes(_url(path), ("\n".join(lines) + "\n").encode())
 

@@ -4,7 +4,9 @@ The CLI and the Prefect flow both call `plan_job`; `run` calls it before any com
 """
 from __future__ import annotations
 
+import logging
 import os
+import re
 import time
 from pathlib import Path
 from typing import Iterable, Iterator, Optional
@@ -17,9 +19,13 @@ import ray
 from pipelines import history, storage
 from pipelines.calibrate import calibrate, machine_key, measure_data, sample_budget, stratified_sample
 from pipelines.discover import Discover, InputError
+from pipelines.preflight import check_store
 from pipelines.estimator import fit_deadline, predict, resources_for_profile, size_from_manifest, size_from_sample
 from schemas.config import JobConfig
 from schemas.plan import Calibration, InputSize, JobPlan
+
+
+log = logging.getLogger("voxmill.plan")
 
 
 class LimitExceeded(RuntimeError):
@@ -30,6 +36,7 @@ def discover_for_plan(config: JobConfig) -> tuple[InputSize, pa.Table, float]:
     """Size the input: every header when it is small enough, else a random sample of headers."""
     clock = time.perf_counter()
     discover = Discover(config.discover, exclude=config.output)
+    check_store(config.input, "input", InputError)  # an unreachable store fails in seconds, not minutes
     fs, listed = discover.list_audio(config.input)
     if len(listed) <= config.plan.header_sample_above:
         manifest = discover.manifest(fs, listed)
@@ -61,17 +68,28 @@ def profile_path(config: JobConfig, name: str) -> Path:
     return Path(os.path.expanduser(config.plan.profiles_dir)) / f"{name}.json"
 
 
+class ProfileError(ValueError):
+    """A saved hardware profile cannot be read (torn by a crash, hand-edited, from another version)."""
+
+
 def load_profile(config: JobConfig, name_or_path: str) -> Calibration:
-    path = Path(name_or_path) if name_or_path.endswith(".json") else profile_path(config, name_or_path)
+    path = Path(name_or_path).expanduser() if name_or_path.endswith(".json") else profile_path(config, name_or_path)
     if not path.exists():
         raise FileNotFoundError(f"no hardware profile {name_or_path} (looked at {path})")
-    return Calibration.model_validate_json(path.read_text())
+    try:
+        return Calibration.model_validate_json(path.read_bytes())
+    except ValueError as err:  # pydantic's ValidationError: one line naming the file
+        lines = [re.sub(r"\s*\[type=.*", "", line.strip()) for line in str(err).splitlines()[1:]
+                 if line.strip() and not line.strip().startswith("For further")]
+        cause = " ".join(lines[:2]) or type(err).__name__
+        raise ProfileError(f"hardware profile {path} is unreadable ({cause}); delete it or run "
+                           "`voxmill plan --recalibrate`") from err
 
 
 def save_profile(config: JobConfig, calibration: Calibration) -> Path:
+    """Committed whole (scratch file, fsync, rename): a crash never leaves a torn profile."""
     path = profile_path(config, calibration.hardware.name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(calibration.model_dump_json(indent=2))
+    storage.write_bytes(str(path), calibration.model_dump_json(indent=2).encode())
     return path
 
 
@@ -82,14 +100,18 @@ def costs(config: JobConfig, sample_source: pa.Table, input_seconds: float,
     if not sample:
         raise InputError("no readable audio to calibrate on")
     name = config.plan.profile
+    saved = None
     if name is None and not recalibrate:
-        saved = profile_path(config, machine_key(config, _gpus_here()))
-        name = str(saved) if saved.exists() else None
-    if name is None:
+        path = profile_path(config, machine_key(config, _gpus_here()))
+        try:
+            saved = load_profile(config, str(path)) if path.exists() else None
+        except ProfileError as err:  # this machine's own profile, torn: measure again and replace it
+            log.warning("%s; calibrating this machine again", err)
+    if name is None and saved is None:
         calibration = calibrate(config, sample)
         save_profile(config, calibration)
         return calibration
-    saved = load_profile(config, name)
+    saved = saved or load_profile(config, name)
     data = measure_data(config, sample, saved.data.kept_fraction, saved.data.fallback_fraction)
     return Calibration(hardware=saved.hardware, data=data)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import tempfile
 import uuid
 from pathlib import Path
@@ -225,3 +226,17 @@ def ensure_writable(url: str) -> None:
     except Exception as err:  # noqa: BLE001 - every backend raises its own type
         cause = err.__cause__ if isinstance(err, OutputError) and err.__cause__ else err
         raise OutputError(f"cannot write to output {url}: {type(cause).__name__}: {cause}") from err
+
+
+_CREDENTIALS = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^/@\s:'\"]*):(?P<secret>[^/\s'\"]+)@")
+_SECRET_PARAMS = re.compile(r"(?P<key>[?&](?:password|secret|token|key|sig|signature|access_token|"
+                            r"X-Amz-Signature|X-Amz-Credential|X-Amz-Security-Token)=)(?P<value>[^&\s'\"]+)",
+                            re.IGNORECASE)
+
+
+def redact(text: object) -> str:
+    """`text` (a URL, or a message holding URLs) with credentials masked: `s3://user:pw@host/x`
+    becomes `s3://user:***@host/x`, and secret query parameters (`?token=...`, presigned
+    `X-Amz-Signature=...`) become `***`. Every URL voxmill prints goes through here."""
+    text = _CREDENTIALS.sub(lambda m: f"{m['scheme']}{m['user']}:***@", str(text))
+    return _SECRET_PARAMS.sub(lambda m: f"{m['key']}***", text)

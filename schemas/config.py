@@ -194,7 +194,20 @@ def load_job_config(
     """
     data: dict = {}
     if config_path:
-        loaded = yaml.safe_load(Path(config_path).read_text()) or {}
+        path = Path(config_path).expanduser()
+        if path.is_dir():
+            raise ValueError(f"{config_path} is a folder; --config takes a YAML job file")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except FileNotFoundError as err:
+            raise ValueError(f"{config_path}: no such job file") from err
+        except UnicodeDecodeError as err:
+            raise ValueError(f"{config_path}: not a text (YAML) file") from err
+        except yaml.YAMLError as err:  # the problem and its line/column, on one line
+            where = getattr(err, "problem_mark", None)
+            at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise ValueError(f"{config_path}: invalid YAML{at}: {problem}") from err
         if not isinstance(loaded, dict):
             raise ValueError(f"{config_path}: a job file must be a YAML mapping")
         data = loaded
