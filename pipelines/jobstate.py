@@ -54,8 +54,8 @@ def claim(config: JobConfig, manifest: pa.Table) -> list[WorkUnit]:
     """
     settings = output_settings(config)
     previous = read(config.output)
-    if previous and previous["fingerprint"] != fingerprint(settings):
-        changed = sorted(_diff(previous["settings"], settings))
+    changed = changed_settings(previous, settings) if previous else []
+    if changed:
         raise ConfigChanged(
             f"{config.output} was started with other settings ({', '.join(changed)}); rerun with the "
             "original config, use --new-version to write OUTPUT/vN/ beside it, --restart to start over, "
@@ -73,6 +73,13 @@ def claim(config: JobConfig, manifest: pa.Table) -> list[WorkUnit]:
     return units
 
 
+def changed_settings(job: dict, settings: dict) -> list[str]:
+    """How `settings` differ from those a job record was made with (`key: old -> new`), if at all."""
+    if job["fingerprint"] == fingerprint(settings):
+        return []
+    return sorted(_diff(job["settings"], settings, _default_settings()))
+
+
 def layout(output: str) -> list[WorkUnit]:
     """Every unit this output was planned with, over all its runs, in index order."""
     parts = storage.list_files(storage.join(output, "_ledger"), ".json", prefix="layout-")
@@ -86,26 +93,32 @@ def versioned(config: JobConfig) -> JobConfig:
 
     Every version is a whole, separate output with its own ledger; none is ever mixed with another.
     """
-    wanted = fingerprint(output_settings(config))
+    wanted = output_settings(config)
     candidate, n = config.output, 1
     while True:
         job = read(candidate)
-        if job is None or job["fingerprint"] == wanted:
+        if job is None or not changed_settings(job, wanted):
             return config.model_copy(update={"output": candidate})
         n += 1
         candidate = storage.join(config.output, f"v{n}")
 
 
-def _diff(old: dict, new: dict, prefix: str = "") -> list[str]:
+def _diff(old: dict, new: dict, defaults: dict, prefix: str = "") -> list[str]:
+    """The settings that differ; one the old output never had, now at its default, is no change
+    (a setting added in a later version must not lock older outputs out of resuming)."""
     keys = set(old) | set(new)
     out: list[str] = []
     for key in keys:
-        a, b = old.get(key), new.get(key)
+        a, b, default = old.get(key), new.get(key), (defaults or {}).get(key)
         if isinstance(a, dict) and isinstance(b, dict):
-            out += _diff(a, b, f"{prefix}{key}.")
-        elif a != b:
+            out += _diff(a, b, default if isinstance(default, dict) else {}, f"{prefix}{key}.")
+        elif a != b and not (key not in old and b == default):
             out.append(f"{prefix}{key}: {a!r} -> {b!r}")
     return out
+
+
+def _default_settings() -> dict:
+    return output_settings(JobConfig.model_validate({"input": "-", "output": "-"}))
 
 
 class NotAnOutput(ValueError):

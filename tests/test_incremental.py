@@ -12,6 +12,7 @@ import pytest
 
 from pipelines import jobstate
 from pipelines.engine import run_job
+from schemas.config import load_job_config
 from tests.conftest import small_units_config
 
 FIRST = ["2412-153948-0000.flac", "LJ002-0020.wav", "common_voice_en_651325.mp3"]
@@ -83,3 +84,17 @@ def test_new_version_writes_beside_a_changed_output(grown):
     assert summary["complete"] and json.loads((out / "v2" / "summary.json").read_text())["config"]["audio"]["sample_rate"] == 8000
     assert jobstate.versioned(changed).output == str(out / "v2")  # rerun resumes that version
     assert jobstate.status(str(out))["complete"]  # the first version is untouched
+
+
+def test_a_setting_added_later_at_its_default_does_not_lock_an_older_output(tmp_path):
+    """An output made before a setting existed resumes with it at its default, and is refused once
+    the setting differs from that default."""
+    config = load_job_config(str(tmp_path / "in"), str(tmp_path / "out"))
+    settings = jobstate.output_settings(config)
+    older = json.loads(json.dumps(settings))
+    del older["shards"]["keep_rejected_audio"]
+    job = {"fingerprint": jobstate.fingerprint(older), "settings": older}
+    assert jobstate.changed_settings(job, settings) == []
+    other = config.model_copy(update={"shards": config.shards.model_copy(update={"keep_rejected_audio": False})})
+    assert jobstate.changed_settings(job, jobstate.output_settings(other)) == [
+        "shards.keep_rejected_audio: None -> False"]
