@@ -3,8 +3,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import sys
+import tempfile
+from datetime import datetime
 from pathlib import Path
 from typing import Optional, TextIO
 
@@ -19,14 +22,32 @@ from rich.text import Text
 from pipelines.discover import InputError
 from pipelines import history, jobstate, report, storage
 from pipelines.engine import run_job
+from pipelines.preflight import check_model, check_store
 from pipelines.planning import LimitExceeded, check_limits, load_manifest, load_profile, manifest_batches, parse_duration, plan_job
 from pipelines.storage import StorageError
 from schemas.config import load_job_config
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Raw speech in, WebDataset shards out.")
+
+
+class _App(typer.Typer):
+    """The `voxmill` command: an exception no command expected still ends in one line on stderr
+    naming the log file that holds its traceback (exit 1), never a traceback on the terminal."""
+
+    def __call__(self, *args, **kwargs):
+        try:
+            return super().__call__(*args, **kwargs)
+        except Exception as err:  # noqa: BLE001 - SystemExit and KeyboardInterrupt pass through
+            _print_error(err, prefix="unexpected error: ")
+            sys.exit(1)
+
+
+app = _App(add_completion=False, no_args_is_help=True, help="Raw speech in, WebDataset shards out.",
+           pretty_exceptions_enable=False)
 console = Console(stderr=True)
 INPUT_OPTION = typer.Option(None, "--input", "-i", help="fsspec URL, folder or glob of audio")
-CONFIG_OPTION = typer.Option(None, "--config", "-c", help="YAML job file", exists=True)
+CONFIG_OPTION = typer.Option(None, "--config", "-c", help="YAML job file")  # load_job_config says what is wrong
+LOG_DIR_ENV = "VOXMILL_LOG_DIR"  # where the details of a failure go [~/.cache/voxmill/logs]
+KEEP_LOGS = 50  # older voxmill-*.log files there are deleted
 
 
 @app.callback()
@@ -61,7 +82,7 @@ def run(
 
     Prints the plan (wall time, cost) first and refuses to start past max_wall_hours/max_cost.
     """
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    _setup_logging()
     overrides = {"audio.sample_rate": sample_rate, "asr.model": model, "asr.language": language,
                  "shards.audio_format": audio_format}
     job = _job_config(input, output, config, overrides)
@@ -72,6 +93,8 @@ def run(
         job = jobstate.versioned(job)
         console.print(f"writing into {escape(job.output)}")
     try:
+        check_model(job.asr)  # a bad --model fails here, before Ray starts
+        check_store(job.input, "input", InputError)  # an unreachable store or no credentials: seconds
         storage.ensure_writable(job.output)  # a bad bucket or key fails before any calibration
         plan, manifest = (None, None) if skip_plan else plan_job(job)
         if plan is not None:
@@ -101,14 +124,18 @@ def status(
 ) -> None:
     """Done, pending and rejected units and hours of OUTPUT; exit 0 only when it is complete."""
     try:
+        check_store(output, "output")  # an unreachable store: one line in seconds, not minutes of retries
         state = jobstate.status(output)
-    except (FileNotFoundError, StorageError) as err:
-        console.print(f"[red]{err}[/red]")
+    except (FileNotFoundError, StorageError, ValueError) as err:
+        _print_error(err)
+        raise typer.Exit(2)
+    except OSError as err:  # another backend's own error (ftp, sftp, http): connection refused, ...
+        _print_error(err, message=f"cannot read output {output}: {type(err).__name__}: {err}")
         raise typer.Exit(2)
     if json_out:
         sys.stdout.write(json.dumps(state, indent=2) + "\n")
     else:
-        table = Table(title=f"voxmill status: {output}", show_header=False)
+        table = Table(title=f"voxmill status: {escape(storage.redact(output))}", show_header=False)
         for key, value in state.items():
             table.add_row(key.replace("_", " "), f"{value:.3f}" if isinstance(value, float) else str(value))
         Console().print(table)
@@ -126,6 +153,7 @@ def inspect(
     """Hours kept and dropped (by reason), samples, shards, sources, languages and score percentiles
     of OUTPUT; writes OUTPUT/report/ (plots and a page that plays samples) unless --no-report."""
     try:
+        check_store(output, "output")
         summary = report.gather(output, samples) if no_report else report.write_report(output, samples)
     except (report.ReportError, StorageError) as err:
         _print_error(err)
@@ -138,7 +166,7 @@ def inspect(
 
 def _print_dataset(summary: report.DatasetSummary) -> None:
     out = Console()
-    table = Table(title=f"voxmill inspect: {summary.output}", show_header=False)
+    table = Table(title=f"voxmill inspect: {escape(storage.redact(summary.output))}", show_header=False)
     for name, value in report.overview_rows(summary):
         table.add_row(name, escape(value))
     out.print(table)
@@ -174,7 +202,7 @@ def backfill(
     """Run many prefixes (or days) as Prefect flow runs; a rerun skips the complete ones."""
     from flows.backfill import backfill_corpus  # Prefect loads only for this command
 
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    _setup_logging()
     stdout = _json_stdout() if json_out else sys.stdout
     try:
         results = backfill_corpus(output=output, prefixes=prefix, pattern=pattern, date_from=date_from,
@@ -199,18 +227,90 @@ def _json_stdout() -> TextIO:
     return real
 
 
-def _print_error(err: BaseException) -> None:
-    """The cause as one unwrapped line on stderr: logs and CI keep it whole and greppable, and
-    brackets in a URL or message are printed, not read as markup."""
-    console.print(f"[red]{type(err).__name__}:[/red] {escape(str(err))}", soft_wrap=True)
+def _print_error(err: BaseException, prefix: str = "", message: Optional[str] = None) -> None:
+    """The cause as one unwrapped line on stderr, credentials in URLs masked, naming the log file
+    that holds the traceback: logs and CI keep the line whole and greppable, and brackets in a URL
+    or message are printed, not read as markup."""
+    text = " ".join(str(err).split()) if message is None else message
+    _FileLog(logging.DEBUG).emit(logging.LogRecord(
+        "voxmill.cli", logging.ERROR, __file__, 0, "%s%s: %s", (prefix, type(err).__name__, text),
+        (type(err), err, err.__traceback__)))
+    label = "" if message is not None else f"{type(err).__name__}: "
+    console.print(f"[red]{escape(prefix)}{label}[/red]{escape(storage.redact(text))} "
+                  f"[dim](details: {escape(str(log_path()))})[/dim]", soft_wrap=True)
 
 
 def _job_config(input, output, config, overrides):
     try:
         return load_job_config(input, output, str(config) if config else None, overrides)
-    except (ValidationError, ValueError) as err:
-        console.print(f"[red]invalid job config:[/red] {err}")
+    except ValidationError as err:  # every field on the same line: "asr.beam_size: Input should be > 0"
+        fields = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'job'}: {e['msg']}" for e in err.errors())
+        _print_error(err, "invalid job config: ", fields)
         raise typer.Exit(2)
+    except ValueError as err:  # the job file: missing, a folder, not YAML
+        _print_error(err, "invalid job config: ", str(err))
+        raise typer.Exit(2)
+
+
+def log_path() -> Path:
+    """This invocation's log file (created on first use): `$VOXMILL_LOG_DIR` or
+    `~/.cache/voxmill/logs`, else the temp folder when that cannot be written."""
+    global _LOG_PATH
+    if _LOG_PATH is None:
+        folder = Path(os.environ.get(LOG_DIR_ENV) or "~/.cache/voxmill/logs").expanduser()
+        name = f"voxmill-{datetime.now():%Y%m%d-%H%M%S}-{os.getpid()}.log"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            if not os.access(folder, os.W_OK):
+                raise PermissionError(folder)
+        except OSError:
+            folder = Path(tempfile.gettempdir()) / "voxmill-logs"
+            folder.mkdir(parents=True, exist_ok=True)
+        for old in sorted(folder.glob("voxmill-*.log"), key=lambda p: p.stat().st_mtime)[:-KEEP_LOGS]:
+            old.unlink(missing_ok=True)
+        _LOG_PATH = folder / name
+    return _LOG_PATH
+
+
+_LOG_PATH: Optional[Path] = None
+
+
+class _FileLog(logging.Handler):
+    """Everything, with tracebacks, credentials masked; the file opens on the first record."""
+
+    def __init__(self, level: int = logging.NOTSET):
+        super().__init__(level)
+        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            with open(log_path(), "a", encoding="utf-8") as fh:
+                fh.write(storage.redact(self.format(record)) + "\n")
+        except OSError:
+            pass  # the line on stderr still says what failed
+
+
+class _ConsoleLog(logging.Handler):
+    """WARNING and above as one line each (a record's first line, no traceback) on the current
+    sys.stderr, which the progress bar redirects so lines print above it."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        lines = record.getMessage().strip().splitlines() or [""]
+        more = f" (details: {log_path()})" if len(lines) > 1 or record.exc_info else ""
+        sys.stderr.write(storage.redact(f"{record.levelname} {record.name}: {lines[0]}{more}") + "\n")
+
+
+def _setup_logging() -> None:
+    """stderr: warnings and errors, one line each. The log file: voxmill's own DEBUG and up and
+    everyone's warnings, with tracebacks (Ray workers' output stays in Ray's session logs)."""
+    root = logging.getLogger()
+    if any(isinstance(h, _ConsoleLog) for h in root.handlers):
+        return
+    console_log, file_log = _ConsoleLog(logging.WARNING), _FileLog(logging.DEBUG)
+    root.addHandler(console_log)
+    root.addHandler(file_log)
+    root.setLevel(logging.WARNING)
+    logging.getLogger("voxmill").setLevel(logging.DEBUG)
 
 
 @app.command()
@@ -227,7 +327,7 @@ def plan(
     json_out: bool = typer.Option(False, "--json", help="machine-readable plan on stdout"),
 ) -> None:
     """Estimate wall time, resources and cost of a job before it starts."""
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    _setup_logging()
     job = _job_config(input or (str(manifest) if manifest else None), "plan-only", config,
                       {"plan.profile": profile})
     if history_view:
@@ -235,6 +335,8 @@ def plan(
         return
     try:
         calibration = load_profile(job, profile) if (manifest and profile) else None
+        if calibration is None:
+            check_model(job.asr)  # calibration runs the model: a bad --model fails here first
         table = None
         if manifest:
             table = manifest_batches(str(manifest)) if calibration else load_manifest(str(manifest))
@@ -283,7 +385,7 @@ def _print_history(records: list[dict]) -> None:
         table.add_column(column)
     for r in records:
         error = r["predicted_wall_seconds"] / r["actual_wall_seconds"] - 1
-        table.add_row(r["at"][:19], r["output"], f"{r['input_hours']:.3f}", _hms(r["predicted_wall_seconds"]),
+        table.add_row(r["at"][:19], escape(storage.redact(r["output"])), f"{r['input_hours']:.3f}", _hms(r["predicted_wall_seconds"]),
                       _hms(r["actual_wall_seconds"]), f"{error:+.0%}")
     Console().print(table)
 
@@ -301,7 +403,7 @@ def _run_with_progress(job, manifest=None, plan=None) -> dict:
 
 def _print_summary(summary: dict, output: str) -> None:
     counts = summary["counts"]
-    table = Table(title=f"voxmill: {output}", show_header=False)
+    table = Table(title=f"voxmill: {escape(storage.redact(output))}", show_header=False)
     rows = [
         ("input files", counts["input_files"]),
         ("input hours", f"{summary['input_hours']:.3f}"),
@@ -381,4 +483,4 @@ def main() -> None:  # pragma: no cover - console-script shim
 
 
 if __name__ == "__main__":  # pragma: no cover
-    app()
+    app(prog_name="voxmill")

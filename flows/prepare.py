@@ -10,17 +10,38 @@ import pyarrow as pa
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from pydantic import ValidationError
 
-from pipelines.discover import Discover, manifest_hours
+from pipelines.discover import Discover, InputError, manifest_hours
 from pipelines.engine import run_job
 from pipelines import jobstate, report, storage
-from pipelines.planning import check_limits, plan_job
+from pipelines.planning import LimitExceeded, check_limits, plan_job
+from pipelines.preflight import check_model, check_store
 from schemas.config import JobConfig, load_job_config
 from schemas.plan import JobPlan
 
 
-@task(retries=2, retry_delay_seconds=[10, 60], cache_policy=NO_CACHE)
+def transient(task, task_run, state) -> bool:
+    """Prefect `retry_condition_fn`: retry only what may pass on a second try. An input that is
+    missing or unreadable, a config the job refuses, a bad model, a plan over its limits, or an
+    output that cannot be written (disk full, no permission) fails the same way again: it fails
+    the flow at once with its own message instead of after minutes of retry delays."""
+    err = state.data if isinstance(state.data, BaseException) else None
+    if err is None:
+        try:
+            err = state.result(raise_on_failure=False)
+        except Exception as raised:  # noqa: BLE001 - the result itself could not be read back
+            err = raised
+    return not isinstance(err, PERMANENT)
+
+
+PERMANENT = (InputError, ValidationError, ValueError, LimitExceeded, jobstate.ConfigChanged,
+             storage.OutputError, FileNotFoundError, PermissionError)
+
+
+@task(retries=2, retry_delay_seconds=[10, 60], retry_condition_fn=transient, cache_policy=NO_CACHE)
 def discover_inputs(config: JobConfig) -> pa.Table:
+    check_store(config.input, "input", InputError)  # an unreachable store or no credentials: seconds
     manifest = Discover(config.discover)(config.input)
     get_run_logger().info("found %d audio files, %.3f h", manifest.num_rows, manifest_hours(manifest))
     return manifest
@@ -30,6 +51,7 @@ def discover_inputs(config: JobConfig) -> pa.Table:
 def plan_run(config: JobConfig, manifest: pa.Table) -> dict:
     """Estimate before any compute is spent; publish it; stop here if it breaks a limit."""
     storage.ensure_writable(config.output)  # a bad bucket or key fails before calibration runs
+    check_model(config.asr)  # calibration runs the model: a bad one fails here, not in a Ray actor
     plan, _ = plan_job(config, manifest)
     create_markdown_artifact(markdown=plan_markdown(plan), key="voxmill-plan",
                              description=f"voxmill plan for {config.input}")
@@ -53,7 +75,7 @@ def plan_markdown(plan: JobPlan) -> str:
     return "\n".join(lines)
 
 
-@task(retries=1, retry_delay_seconds=[30], cache_policy=NO_CACHE)
+@task(retries=1, retry_delay_seconds=[30], retry_condition_fn=transient, cache_policy=NO_CACHE)
 def run_units(config: JobConfig, manifest: pa.Table, plan: Optional[dict] = None) -> dict:
     logger = get_run_logger()
     milestones = iter(range(10, 101, 10))

@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 import math
 import os
+import subprocess
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -24,6 +26,7 @@ from pipelines.commit import UnitCommitter
 from pipelines.discover import Discover, manifest_hours
 from pipelines.journal import AsrJournal, PrepJournal, journal_name, journal_url
 from pipelines.ledger import Ledger
+from pipelines.preflight import check_model
 from pipelines.prepare import Preparer, SourceFile
 from pipelines.units import WorkUnit
 from pipelines.versions import versions
@@ -47,12 +50,85 @@ class Resources:
 
 
 def connect_ray(config: EngineConfig) -> None:
-    """A cluster when `ray_address` or RAY_ADDRESS is set, else a local Ray on this machine."""
+    """A cluster when `ray_address` or RAY_ADDRESS is set, else a local Ray on this machine.
+
+    Worker processes' own output stays in Ray's session logs (`/tmp/ray/session_latest/logs/`)
+    instead of being forwarded to this terminal, where a failing unit's remote tracebacks buried
+    the one line that says what went wrong (set VOXMILL_RAY_WORKER_LOGS=1 to forward them). A
+    local Ray is watched by `_RAY_WATCHDOG`, which ends it if this process dies without a
+    shutdown (kill -9, OOM killer): Ray's dashboard and runtime-env agents would otherwise
+    linger for a minute or more, trying to tell the dead head node why.
+    """
     if ray.is_initialized():
         return
     address = config.ray_address or os.environ.get("RAY_ADDRESS")
+    forward = os.environ.get("VOXMILL_RAY_WORKER_LOGS", "").lower() in ("1", "true", "yes")
+    if not address:
+        _watch_local_ray()  # before ray.init: a kill during start-up is covered too
     ray.init(address=address or None, include_dashboard=False, logging_level=logging.WARNING,
-             configure_logging=False, ignore_reinit_error=True)
+             configure_logging=False, ignore_reinit_error=True, log_to_driver=forward)
+
+
+_RAY_WATCHDOG = r"""
+import os, select, signal, sys, time
+for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
+    signal.signal(sig, signal.SIG_IGN)
+driver, grace = int(sys.argv[1]), float(sys.argv[2])
+
+def stat(pid):
+    try:
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        return int(fields[1]), int(fields[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+def is_ray(pid):
+    try:
+        line = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return False
+    return line.startswith("ray::") or "/ray/" in line
+
+def ray_descendants():
+    parents = {int(n): st for n in os.listdir("/proc") if n.isdigit() and (st := stat(int(n)))}
+    found, frontier = {}, [driver]
+    while frontier:
+        parent = frontier.pop()
+        children = [pid for pid, (ppid, _) in parents.items() if ppid == parent]
+        found.update({pid: parents[pid][1] for pid in children})
+        frontier += children
+    return {pid: start for pid, start in found.items() if pid != os.getpid() and is_ray(pid)}
+
+seen, started = ray_descendants(), time.monotonic()
+while True:  # Ray starts its processes in the first seconds: look often then, rarely later
+    ready, _, _ = select.select([sys.stdin], [], [], 0.25 if time.monotonic() - started < 60 else 2.0)
+    if ready and not os.read(sys.stdin.fileno(), 1):
+        break  # the driver is gone: exit, crash or kill -9 (the pipe closes in every case)
+    seen.update(ray_descendants())  # merged: a scan racing the driver's death finds nothing
+time.sleep(grace)  # a clean shutdown has ended everything by now; a killed driver has not
+for pid, start in seen.items():
+    if (now := stat(pid)) and now[1] == start:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+"""
+_watchdog: Optional[subprocess.Popen] = None
+
+
+def _watch_local_ray(grace_seconds: float = 3.0) -> None:
+    """Start the watchdog: a small process in a session of its own holding a pipe from this one.
+    When the pipe closes it SIGKILLs the Ray processes this process had started (pid and start
+    time recorded, so a reused pid is never touched). Linux only (/proc); a no-op elsewhere."""
+    global _watchdog
+    if _watchdog is not None and _watchdog.poll() is None or not os.path.isdir("/proc/self"):
+        return
+    try:
+        _watchdog = subprocess.Popen([sys.executable, "-c", _RAY_WATCHDOG, str(os.getpid()), str(grace_seconds)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     start_new_session=True)
+    except OSError as err:  # the job runs anyway; only the cleanup after a kill -9 is lost
+        log.warning("no watchdog for the local Ray (%s): after a kill -9 run `ray stop`", err)
 
 
 def resources_for(cpus: int, gpus: int, config: EngineConfig, nodes: int = 1) -> Resources:
@@ -204,8 +280,10 @@ def process_units(config: JobConfig, units: list[WorkUnit], resources: Resources
             try:
                 reports.append(ray.get(ready[0]))
             except Exception as err:  # noqa: BLE001 - recorded, the unit stays pending for a rerun
-                log.error("unit %d failed: %s", unit.index, err)
-                failures.append({"unit": unit.index, "error": f"{type(err).__name__}: {err}"[:2000]})
+                cause = failure_line(err)
+                log.error("unit %d failed: %s", unit.index, cause)  # one line; Ray's remote traceback:
+                log.debug("unit %d failure details:\n%s", unit.index, storage.redact(err))  # the log file
+                failures.append({"unit": unit.index, "error": cause[:2000]})
                 if isinstance(err, storage.OutputError) and queue:
                     # a full disk or a revoked key fails every later unit too: spend nothing on them
                     log.error("output storage is failing: %d units not started; rerun resumes", len(queue))
@@ -217,6 +295,17 @@ def process_units(config: JobConfig, units: list[WorkUnit], resources: Resources
     finally:
         scheduler.close()
     return RunResult(reports, failures, startup, not_started)
+
+
+def failure_line(err: BaseException) -> str:
+    """`Type: message` of what failed in a unit, on one line, credentials masked: for a Ray task
+    error its cause (e.g. `OutputError: cannot write ...: No space left on device`), not the
+    remote traceback Ray wraps around it."""
+    cause = getattr(err, "cause", None)
+    if isinstance(cause, BaseException):
+        err = cause
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return storage.redact(f"{type(err).__name__}: {lines[0] if lines else ''}")
 
 
 def run_job(config: JobConfig, progress: Optional[ProgressFn] = None,
@@ -235,6 +324,7 @@ def run_job(config: JobConfig, progress: Optional[ProgressFn] = None,
     journal.sweep(config.output, {journal_name(u.index, u.digest) for u in todo})
     previous = [r for r in finished.values() if r]
     ray_clock = time.perf_counter()
+    check_model(config.asr)  # a bad model fails here with one line, not as an ActorDiedError
     connect_ray(config.engine)
     ray_seconds = time.perf_counter() - ray_clock
     resources = plan_resources(config.engine)
