@@ -29,12 +29,14 @@ class ModelError(ValueError):
 
 
 def check_store(url: str, role: str, error: Type[Exception] = storage.StorageError) -> None:
-    """List at most one key under `url` (S3 only; local paths are checked by the caller's own
-    listing, which is fast). Raises `error` naming the (redacted) URL and the cause."""
+    """S3: list at most one key under `url`. Other storage, for an input: its folder (the part
+    before any glob) exists. Raises `error` naming the (redacted) URL and the cause."""
     protocol, _ = fsspec.core.split_protocol(url)
-    if protocol not in storage.S3_PROTOCOLS:
-        return
     shown = storage.redact(url)
+    if protocol not in storage.S3_PROTOCOLS:
+        if role == "input":
+            _check_exists(url, role, shown, error)
+        return
     try:
         fs, path = storage.filesystem(url, PROBE_S3_OPTIONS)
         bucket, _, key = path.partition("/")
@@ -49,6 +51,20 @@ def check_store(url: str, role: str, error: Type[Exception] = storage.StorageErr
             hint = " (check the endpoint: FSSPEC_S3_ENDPOINT_URL / AWS_ENDPOINT_URL)"
         raise error(f"cannot reach {role} {shown}: {type(err).__name__}: "
                     f"{storage.redact(err)}{hint}") from err
+
+
+def _check_exists(url: str, role: str, shown: str, error: Type[Exception]) -> None:
+    """A local or other fsspec input: its folder (the part before any glob) exists."""
+    try:
+        fs, path = storage.filesystem(url)
+        prefix = _GLOB.split(path, 1)[0]
+        if prefix != path:  # a glob: the folder it starts in ("clip[1].wav" may name no file)
+            prefix = prefix.rsplit("/", 1)[0] if "/" in prefix else "."
+        found = fs.exists(prefix or "/")
+    except Exception as err:  # noqa: BLE001 - each backend raises its own
+        raise error(f"cannot reach {role} {shown}: {type(err).__name__}: {storage.redact(err)}") from err
+    if not found:
+        raise error(f"{role} not found: {shown}")
 
 
 def _looks_like_path(name: str) -> bool:
