@@ -22,6 +22,7 @@ from rich.text import Text
 from pipelines.discover import InputError
 from pipelines import history, jobstate, report, storage
 from pipelines.engine import run_job
+from pipelines.lease import LeaseHeld, LeaseLost
 from pipelines.preflight import check_model, check_store
 from pipelines.planning import LimitExceeded, check_limits, load_manifest, load_profile, manifest_batches, parse_duration, plan_job
 from pipelines.storage import StorageError
@@ -48,6 +49,7 @@ INPUT_OPTION = typer.Option(None, "--input", "-i", help="fsspec URL, folder or g
 CONFIG_OPTION = typer.Option(None, "--config", "-c", help="YAML job file")  # load_job_config says what is wrong
 LOG_DIR_ENV = "VOXMILL_LOG_DIR"  # where the details of a failure go [~/.cache/voxmill/logs]
 KEEP_LOGS = 50  # older voxmill-*.log files there are deleted
+WAIT_FOREVER = 7 * 24 * 3600.0  # --wait: seconds to wait for another run's lease
 
 
 @app.callback()
@@ -77,6 +79,7 @@ def run(
     restart: bool = typer.Option(False, "--restart", help="delete what voxmill wrote in OUTPUT, start over"),
     new_version: bool = typer.Option(False, "--new-version",
                                      help="changed settings: write OUTPUT/v2/ (v3, ...) instead of refusing"),
+    wait: bool = typer.Option(False, "--wait", help="another run holds OUTPUT: wait for it instead of refusing"),
 ) -> None:
     """Transcribe and shard INPUT into OUTPUT (resumes a run that was stopped; a rerun adds new files).
 
@@ -84,15 +87,15 @@ def run(
     """
     _setup_logging()
     overrides = {"audio.sample_rate": sample_rate, "asr.model": model, "asr.language": language,
-                 "shards.audio_format": audio_format}
+                 "shards.audio_format": audio_format, "engine.lease_wait_seconds": WAIT_FOREVER if wait else None}
     job = _job_config(input, output, config, overrides)
     stdout = _json_stdout() if json_out else sys.stdout
-    if restart:
-        jobstate.clear(job.output)
-    elif new_version:
-        job = jobstate.versioned(job)
-        console.print(f"writing into {escape(job.output)}")
     try:
+        if restart:  # deletes only after the input is listed and the output proved writable (run_job)
+            jobstate.check_restartable(job.output)
+        elif new_version:
+            job = jobstate.versioned(job)
+            console.print(f"writing into {escape(job.output)}")
         check_model(job.asr)  # a bad --model fails here, before Ray starts
         check_store(job.input, "input", InputError)  # an unreachable store or no credentials: seconds
         storage.ensure_writable(job.output)  # a bad bucket or key fails before any calibration
@@ -100,8 +103,8 @@ def run(
         if plan is not None:
             _print_plan(plan)
             check_limits(job, plan)
-        summary = _run_with_progress(job, manifest, plan.model_dump(mode="json") if plan else None)
-    except (InputError, StorageError, LimitExceeded, jobstate.ConfigChanged) as err:
+        summary = _run_with_progress(job, manifest, plan.model_dump(mode="json") if plan else None, restart)
+    except (InputError, StorageError, LimitExceeded, jobstate.ConfigChanged, LeaseHeld, LeaseLost) as err:
         _print_error(err)
         raise typer.Exit(2)
     except ValueError as err:  # the plan refuses an input without one readable file
@@ -390,7 +393,7 @@ def _print_history(records: list[dict]) -> None:
     Console().print(table)
 
 
-def _run_with_progress(job, manifest=None, plan=None) -> dict:
+def _run_with_progress(job, manifest=None, plan=None, restart: bool = False) -> dict:
     columns = [TextColumn("[bold]voxmill"), BarColumn(), _HoursColumn(), TextColumn("ETA"), TimeRemainingColumn()]
     with Progress(*columns, console=console, transient=False) as bar:
         task = bar.add_task("audio", total=None)
@@ -398,7 +401,7 @@ def _run_with_progress(job, manifest=None, plan=None) -> dict:
         def on_progress(done: float, total: float, units_done: int, units_total: int) -> None:
             bar.update(task, completed=done, total=total or 1)
 
-        return run_job(job, progress=on_progress, manifest=manifest, plan=plan)
+        return run_job(job, progress=on_progress, manifest=manifest, plan=plan, restart=restart)
 
 
 def _print_summary(summary: dict, output: str) -> None:

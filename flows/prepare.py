@@ -42,7 +42,7 @@ PERMANENT = (InputError, ValidationError, ValueError, LimitExceeded, jobstate.Co
 @task(retries=2, retry_delay_seconds=[10, 60], retry_condition_fn=transient, cache_policy=NO_CACHE)
 def discover_inputs(config: JobConfig) -> pa.Table:
     check_store(config.input, "input", InputError)  # an unreachable store or no credentials: seconds
-    manifest = Discover(config.discover)(config.input)
+    manifest = Discover(config.discover, exclude=config.output)(config.input)
     get_run_logger().info("found %d audio files, %.3f h", manifest.num_rows, manifest_hours(manifest))
     return manifest
 

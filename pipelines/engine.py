@@ -25,6 +25,7 @@ from pipelines.asr import AsrResult, Transcriber
 from pipelines.commit import UnitCommitter
 from pipelines.discover import Discover, manifest_hours
 from pipelines.journal import AsrJournal, PrepJournal, journal_name, journal_url
+from pipelines.lease import OutputLease
 from pipelines.ledger import Ledger
 from pipelines.preflight import check_model
 from pipelines.prepare import Preparer, SourceFile
@@ -259,8 +260,9 @@ class RunResult:
 
 def process_units(config: JobConfig, units: list[WorkUnit], resources: Resources,
                   progress: Optional[ProgressFn] = None, done_seconds: float = 0.0,
-                  total_seconds: float = 0.0) -> RunResult:
-    """Run units through Ray. A failed unit is recorded and never stops the others."""
+                  total_seconds: float = 0.0, lease: Optional[OutputLease] = None) -> RunResult:
+    """Run units through Ray. A failed unit is recorded and never stops the others; a lost lease
+    (another run took the output over) stops the run before it submits more."""
     clock = time.perf_counter()
     scheduler = _Scheduler(config, resources)
     startup = time.perf_counter() - clock
@@ -271,6 +273,8 @@ def process_units(config: JobConfig, units: list[WorkUnit], resources: Resources
     try:
         while queue or running:
             while queue and len(running) < resources.max_in_flight:
+                if lease:
+                    lease.check()
                 unit = queue.pop(0)
                 ref, slot = scheduler.submit(unit)
                 running[ref] = (unit, slot)
@@ -309,13 +313,24 @@ def failure_line(err: BaseException) -> str:
 
 
 def run_job(config: JobConfig, progress: Optional[ProgressFn] = None,
-            manifest: Optional[pa.Table] = None, plan: Optional[dict] = None) -> dict:
-    """The whole job; writes OUTPUT/summary.json (with the plan it started from) and returns it."""
+            manifest: Optional[pa.Table] = None, plan: Optional[dict] = None, restart: bool = False) -> dict:
+    """The whole job; writes OUTPUT/summary.json (with the plan it started from) and returns it.
+
+    The run holds the output's lease throughout (one writer per output). `restart` deletes what
+    voxmill wrote there first, only once the input listed and the output proved writable."""
     started_at, clock = datetime.now(timezone.utc), time.perf_counter()
     if manifest is None:
-        manifest = Discover(config.discover)(config.input)
+        manifest = Discover(config.discover, exclude=config.output)(config.input)
     discover_seconds = time.perf_counter() - clock
     storage.ensure_writable(config.output)
+    with OutputLease(config.output, config.engine.lease_seconds, config.engine.lease_wait_seconds) as lease:
+        if restart:
+            jobstate.clear(config.output)
+        return _run_leased(config, manifest, lease, progress, plan, started_at, clock, discover_seconds)
+
+
+def _run_leased(config: JobConfig, manifest: pa.Table, lease: OutputLease, progress: Optional[ProgressFn],
+                plan: Optional[dict], started_at: datetime, clock: float, discover_seconds: float) -> dict:
     units = jobstate.claim(config, manifest)  # earlier runs' units, then new files as new units
     ledger = Ledger(config.output)
     records = ledger.done()
@@ -331,7 +346,7 @@ def run_job(config: JobConfig, progress: Optional[ProgressFn] = None,
     log.info("%d units (%d already done) on %s", len(units), len(previous), resources)
     total = sum(u.seconds for u in units)
     result = process_units(config, todo, resources, progress,
-                           done_seconds=total - sum(u.seconds for u in todo), total_seconds=total)
+                           done_seconds=total - sum(u.seconds for u in todo), total_seconds=total, lease=lease)
     summary = build_summary(config, manifest, units, previous, result, resources,
                             started_at, time.perf_counter() - clock, discover_seconds)
     summary["startup_seconds"] = ray_seconds + result.startup_seconds

@@ -150,6 +150,12 @@ class EngineConfig(_Section):
     prep_workers: Optional[int] = Field(None, ge=1, description="unset = CPUs left after ASR")
     asr_actors: Optional[int] = Field(None, ge=1, description="unset = one per GPU, else 1")
     ray_address: Optional[str] = Field(None, description="unset = RAY_ADDRESS or local ray.init()")
+    lease_seconds: float = Field(
+        120.0, ge=5, description="one run writes an output at a time: its lease lasts this long past the last "
+                                 "heartbeat (every quarter of it), so after a kill -9 the next run waits at most this")
+    lease_wait_seconds: float = Field(
+        0.0, ge=0, description="when another run holds the output: wait up to this long for it (CLI --wait), "
+                               "then refuse; 0 = refuse at once")
 
 
 class PlanConfig(_Section):
