@@ -95,7 +95,7 @@ def run(
             jobstate.check_restartable(job.output)
         elif new_version:
             job = jobstate.versioned(job)
-            console.print(f"writing into {escape(job.output)}")
+            console.print(f"writing into {escape(storage.redact(job.output))}")
         check_model(job.asr)  # a bad --model fails here, before Ray starts
         check_store(job.input, "input", InputError)  # an unreachable store or no credentials: seconds
         storage.ensure_writable(job.output)  # a bad bucket or key fails before any calibration
@@ -455,20 +455,21 @@ def refilter(
     """Apply other quality thresholds to OUTPUT without running ASR again: writes a new output (OUTPUT/vN or
     --output) holding what a run with them would keep and reject; a rerun resumes."""
     from pipelines import refilter as refiltering  # the refilter command (issue 16)
-    from pipelines.lease import LeaseHeld, LeaseLost
 
     try:
         summary = refiltering.refilter(output, refiltering.parse_settings(settings), new_output)
     except (refiltering.RefilterError, StorageError, FileNotFoundError, LeaseHeld, LeaseLost) as err:
-        console.print(f"[red]refilter refused:[/red] {escape(str(err))}", soft_wrap=True)
+        console.print(f"[red]refilter refused:[/red] {escape(storage.redact(err))}", soft_wrap=True)
         raise typer.Exit(2)
+    source = escape(storage.redact(output))
+    target = escape(storage.redact(summary.get("config", {}).get("output", output)))
     if json_out:
         sys.stdout.write(json.dumps(summary, indent=2, default=str) + "\n")
     elif summary.get("unchanged"):
-        console.print(f"{escape(output)} already has these settings: nothing to do", soft_wrap=True)
+        console.print(f"{source} already has these settings: nothing to do", soft_wrap=True)
     else:
         moved, counts = summary["refilter"], summary["counts"]
-        table = Table(title=f"voxmill refilter: {output} -> {summary['config']['output']}", show_header=False)
+        table = Table(title=f"voxmill refilter: {source} -> {target}", show_header=False)
         for name, value in (("units refiltered", moved["units_refiltered"]), ("units resumed", moved["units_resumed"]),
                             ("samples", counts["samples"]), ("rejects", counts["rejects"]),
                             ("restored (rejected before, kept now)", moved["restored"]),
@@ -476,9 +477,8 @@ def refilter(
             table.add_row(name, str(value))
         Console().print(table)
         if moved["units_pending_in_source"]:
-            console.print(f"{moved['units_pending_in_source']} units of {escape(output)} are not finished: run "
-                          f"`voxmill run` with the new settings on {escape(summary['config']['output'])} to add them",
-                          soft_wrap=True)
+            console.print(f"{moved['units_pending_in_source']} units of {source} are not finished: run "
+                          f"`voxmill run` with the new settings on {target} to add them", soft_wrap=True)
 
 
 def main() -> None:  # pragma: no cover - console-script shim

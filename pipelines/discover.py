@@ -57,7 +57,7 @@ class Discover:
         """Sorted entries under the input, problems included; raises InputError if there are none."""
         fs, found = list_input(input_url, self.extensions, self.exclude)
         if not found:
-            raise InputError(f"no audio files ({', '.join(sorted(self.extensions))}) in {input_url}")
+            raise InputError(f"no audio files ({', '.join(sorted(self.extensions))}) in {storage.redact(input_url)}")
         return fs, found
 
     def _row(self, fs: fsspec.AbstractFileSystem, item: Listed) -> dict:

@@ -46,7 +46,7 @@ def list_input(input_url: str, extensions: set[str], exclude: Optional[str] = No
     except InputError:
         raise
     except (OSError, ValueError) as err:
-        raise InputError(f"cannot list input {input_url}: {err}") from err
+        raise InputError(storage.redact(f"cannot list input {input_url}: {err}")) from err
     skip = _excluded_prefix(fs, exclude)
     found = [e for e in entries if (e.folder or _is_audio(e.path, extensions))
              and not (skip and e.path.startswith(skip))]
@@ -69,7 +69,7 @@ def _entries(fs: fsspec.AbstractFileSystem, path: str, input_url: str) -> Iterat
         else:
             yield from _remote(matches)
     else:
-        raise InputError(f"input not found: {input_url}")
+        raise InputError(f"input not found: {storage.redact(input_url)}")
 
 
 def _remote(details: dict) -> Iterator[Listed]:

@@ -299,14 +299,16 @@ def _voxmill_run(monkeypatch, *args: str, key_id: str | None = None) -> tuple[in
 
 
 def _one_clear_line(code: int, printed: str, expected: str) -> None:
+    """One error line, `expected` then where the traceback went: `(details: LOG)`."""
     errors = [line for line in printed.splitlines() if re.match(r"^\w+Error: ", line)]
-    assert code == 2 and len(errors) == 1 and re.fullmatch(expected, errors[0]), printed
+    assert code == 2 and len(errors) == 1 and re.fullmatch(expected + r" \(details: \S+\.log\)", errors[0]), printed
     assert "Traceback" not in printed and SECRET not in printed and "voxmill-test-secret" not in printed
 
 
 def test_missing_input_or_output_bucket_stops_before_work(s3, bad_input, tmp_path, monkeypatch):
     code, printed = _voxmill_run(monkeypatch, "--input", "s3://no-such-bucket/raw/", "--output", str(tmp_path / "out"))
-    _one_clear_line(code, printed, r"InputError: input not found: s3://no-such-bucket/raw/")
+    _one_clear_line(code, printed, r"InputError: cannot read input s3://no-such-bucket/raw/: no such bucket "
+                                   r"\(The specified bucket does not exist\)")
     assert not (tmp_path / "out").exists()
     # --no-plan: the plan would calibrate on the input before anything looks at the output
     code, printed = _voxmill_run(monkeypatch, "--input", str(bad_input / "speech-8k-8bit.wav"),
@@ -320,12 +322,12 @@ def test_wrong_credentials_stop_before_work_without_printing_the_secret(s3, moto
     local_out = str(tmp_path / "out")  # the output is checked first; a local one lets the input fail
     code, printed = _voxmill_run(monkeypatch, "--input", "s3://badin-raw/in/", "--output", local_out,
                                  key_id=moto_auth)
-    _one_clear_line(code, printed, r"InputError: cannot list input s3://badin-raw/in/: The request signature "
-                                   r"we calculated does not match the signature you provided\..*")
+    _one_clear_line(code, printed, r"InputError: cannot reach input s3://badin-raw/in/: PermissionError: The request "
+                                   r"signature we calculated does not match the signature you provided\..*")
     code, printed = _voxmill_run(monkeypatch, "--input", "s3://badin-raw/in/", "--output", local_out,
                                  key_id="AKIAVOXMILLUNKNOWN00")
-    _one_clear_line(code, printed, r"InputError: cannot list input s3://badin-raw/in/: The AWS Access Key Id "
-                                   r"you provided does not exist in our records\.")
+    _one_clear_line(code, printed, r"InputError: cannot reach input s3://badin-raw/in/: PermissionError: The AWS "
+                                   r"Access Key Id you provided does not exist in our records\.")
     code, printed = _voxmill_run(monkeypatch, "--input", str(bad_input / "speech-8k-8bit.wav"),
                                  "--output", "s3://badin-out/x", "--no-plan", key_id=moto_auth)
     _one_clear_line(code, printed, r"OutputError: cannot write to output s3://badin-out/x: PermissionError: "
