@@ -24,7 +24,11 @@ class AsrResult:
     language: str
     language_prob: float
     avg_logprob: float
-    no_speech_prob: float
+    # Whisper's probability that the 30 s window it decoded holds no speech. A segment decoded on
+    # its own has its own; a segment that shared a packed window has None: the window's value is
+    # one number for all of its speech and gaps (read at the first decoder step, before any word),
+    # so it measures none of the segments in it (see `Transcriber._decode_packed`).
+    no_speech_prob: Optional[float]
 
 
 def default_model_path() -> str:
@@ -168,9 +172,12 @@ class Transcriber:
             self.counts.update(packed=len(window.placed) - len(split.unresolved))
             for index, got in split.words.items():
                 if index not in split.unresolved:
-                    resolved[index] = AsrResult(
-                        words_text(got), lang[0], lang[1], words_logprob(got), float(out.no_speech_prob)
-                    )
+                    # no no_speech_prob: out.no_speech_prob is the whole window's (all of its
+                    # segments and the silence between them), not this segment's. Giving it to
+                    # each segment made one window's value drop all of its clear speech (issue 16).
+                    # The segment's own evidence is its words (avg_logprob), which the no-speech
+                    # filter reads as well.
+                    resolved[index] = AsrResult(words_text(got), lang[0], lang[1], words_logprob(got), None)
         return resolved, unresolved
 
     def _batch(self, audios: list[np.ndarray]) -> list[AsrResult]:

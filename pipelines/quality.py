@@ -186,7 +186,13 @@ class QualityScorer:
 
     def loudness(self, audio: np.ndarray, rate: int) -> Optional[float]:
         """Integrated loudness (ITU-R BS.1770-4, LUFS); None when the segment is shorter than one
-        400 ms gating block or gates out entirely (digital silence)."""
+        400 ms gating block or is digital silence.
+
+        Audio whose every block is under BS.1770's absolute gate (-70 LUFS) has no integrated
+        loudness by the standard; it is measured here with the relative gate only (the audio
+        turned up to a 0 dBFS peak, measured, and the gain taken off again: the relative gate
+        does not move with level). Otherwise the quietest audio had no score and passed the
+        min_loudness_lufs floor it fails most (issue 16: speech at -60 dBFS peak reads -75 LUFS)."""
         import pyloudnorm
 
         meter = self._meters.get(rate)
@@ -194,7 +200,13 @@ class QualityScorer:
             meter = self._meters[rate] = pyloudnorm.Meter(rate)
         if len(audio) < int(0.4 * rate) + 1:
             return None
-        return _finite(meter.integrated_loudness(np.asarray(audio, dtype=np.float64)))
+        audio = np.asarray(audio, dtype=np.float64)
+        loudness = _finite(meter.integrated_loudness(audio))
+        peak = float(np.abs(audio).max())
+        if loudness is not None or peak <= 0.0:
+            return loudness
+        raised = _finite(meter.integrated_loudness(audio / peak))
+        return None if raised is None else raised + 20 * math.log10(peak)
 
 
 def window_starts(samples: int, hop: int) -> list[int]:
@@ -310,8 +322,8 @@ BOUNDS = (
     ("clipping", None, "max_clipping"),
     ("loudness_lufs", "min_loudness_lufs", "max_loudness_lufs"),
     ("chars_per_second", "min_chars_per_second", "max_chars_per_second"),
+    ("no_speech_prob", None, "max_no_speech_prob"),  # Whisper's rule, with avg_logprob: see no_speech
     ("avg_logprob", "min_avg_logprob", None),
-    ("no_speech_prob", None, "max_no_speech_prob"),
     ("language_prob", "min_language_prob", None),
 )
 
@@ -323,10 +335,14 @@ def verdict(config: QualityConfig, row: dict) -> Optional[Verdict]:
     measured. Values are compared as the float32 the index stores, so a user who filters the
     index again with the same threshold gets the same rows."""
     for metric, low, high in BOUNDS:
-        value = row.get(metric)
-        if value is None or not math.isfinite(value):
+        value = _measured(row, metric)
+        if value is None:
             continue
-        value = float(np.float32(value))
+        if metric == "no_speech_prob":
+            failed = no_speech(config, value, _measured(row, "avg_logprob"))
+            if failed:
+                return failed
+            continue
         minimum = getattr(config, low) if low else None
         maximum = getattr(config, high) if high else None
         if minimum is not None and value < minimum:
@@ -337,6 +353,38 @@ def verdict(config: QualityConfig, row: dict) -> Optional[Verdict]:
         allowed = ", ".join(config.languages)
         return Verdict("language", None, None, f"language {row.get('language')} not in [{allowed}]")
     return None
+
+
+def no_speech(config: QualityConfig, no_speech_prob: float, avg_logprob: Optional[float]) -> Optional[Verdict]:
+    """Whisper's own no-speech rule: a decode is silence only when the model thinks so
+    (no_speech_prob > max_no_speech_prob) AND its words are unsure (avg_logprob <
+    min_avg_logprob); faster-whisper skips a window on exactly that pair (0.6 and -1.0). A high
+    no_speech_prob with confident words is speech: tiny.en gives windows of clear espeak-ng
+    sentences up to 0.55, and one clear word decoded alone ("London.") 0.62 at avg_logprob -0.42
+    (benchmarks/filters.py), so the probability alone drops speech. With min_avg_logprob
+    null the probability decides alone, as in Whisper with no log_prob_threshold. A segment that
+    shared a packed window has no no_speech_prob of its own (None, see `AsrResult`) and is never
+    dropped by this rule; its avg_logprob still has its own filter.
+
+    Checked before the avg_logprob floor, so a reject that fails both is named "no speech"."""
+    threshold = config.max_no_speech_prob
+    if threshold is None or no_speech_prob <= threshold:
+        return None
+    reason = f"no speech: no_speech_prob {_fmt(no_speech_prob)} > {_fmt(threshold)}"
+    floor = config.min_avg_logprob
+    if floor is not None:
+        if avg_logprob is None or avg_logprob >= floor:
+            return None
+        reason += f" and avg_logprob {_fmt(avg_logprob)} < {_fmt(floor)}"
+    return Verdict("no_speech_prob", no_speech_prob, threshold, reason)
+
+
+def _measured(row: dict, metric: str) -> Optional[float]:
+    """The row's value as the float32 the index stores, or None when not measured."""
+    value = row.get(metric)
+    if value is None or not math.isfinite(value):
+        return None
+    return float(np.float32(value))
 
 
 def _fmt(value: float) -> str:

@@ -123,7 +123,11 @@ class QualityConfig(_Section):
     min_avg_logprob: Optional[float] = Field(
         -1.0, le=0, description="Whisper's mean token log-prob; Whisper itself retries a decode below -1")
     max_no_speech_prob: Optional[float] = Field(
-        0.6, ge=0, le=1, description="Whisper's no-speech probability; 0.6 is Whisper's own threshold")
+        0.6, ge=0, le=1,
+        description="Whisper's no-speech rule: a segment is dropped as no speech when its no_speech_prob is above "
+                    "this AND its avg_logprob is below min_avg_logprob (Whisper's own pair, 0.6 and -1; with "
+                    "min_avg_logprob null, the probability alone). A segment that shared a packed ASR window has "
+                    "no no_speech_prob of its own (null: the window's value is one number for all its segments)")
     min_language_prob: Optional[float] = Field(
         None, ge=0, le=1, description="language-ID confidence (multilingual models); Emilia keeps >= 0.8")
     languages: Optional[list[str]] = Field(None, description="keep only these detected languages; null = any")

@@ -26,13 +26,17 @@ def _audio(clips, name):
 
 def test_batched_results_keep_input_order_and_scores(transcriber, clips):
     names = ["2412-153948-0000.flac", "LJ002-0035.wav", "common_voice_en_651325.mp3"]
+    transcriber.counts.clear()
     results = transcriber([_audio(clips, n) for n in names])
     assert "narrative would be tedious" in " ".join(_words(results[0].text))
     assert _words(results[1].text)[-2:] == ["press", "yard"]
     assert _words(results[2].text) == ["every", "purchase", "is", "a", "vote"]
     for result in results:
         assert result.language == "en" and -1.5 < result.avg_logprob < 0
-        assert 0 <= result.no_speech_prob < 0.5
+    assert transcriber.counts["packed"] == 3  # one shared window: no segment has a no_speech_prob of its own
+    assert [r.no_speech_prob for r in results] == [None] * 3
+    alone = Transcriber(AsrConfig(batch_size=2, pack_seconds=0))
+    assert all(0 <= r.no_speech_prob < 0.5 for r in alone([_audio(clips, n) for n in names]))
 
 
 def test_default_model_is_the_bundled_directory():

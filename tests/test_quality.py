@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ from pipelines.engine import resources_for, run_job
 from pipelines.estimator import predict, size_from_manifest
 from pipelines.prepare import PreparedSegment, PreparedUnit, Preparer, SourceFile
 from pipelines.quality import (DNSMOS_WINDOW, SCORE_NAMES, OnnxDnsmos, QualityScorer, TorchDnsmos, audio_hash,
-                               chars_per_second, cover_starts, verdict)
+                               chars_per_second, cover_starts, normalise_text, verdict)
 from schemas.config import QualityConfig, load_job_config
 from schemas.plan import DataProfile, HardwareProfile
 from schemas.tables import MANIFEST_SCHEMA
@@ -136,6 +137,61 @@ def test_filters_name_metric_value_and_threshold():
     assert verdict(config, {"dnsmos_ovrl": 2.6, "loudness_lufs": None}) is None  # unmeasured passes
     assert verdict(QualityConfig(languages=["de"]), {"language": "en"}).reason == "language en not in [de]"
     assert chars_per_second("In 1813, sir!", 2.0) == pytest.approx(4.5)  # 9 letters and digits
+
+
+def test_no_speech_needs_a_high_probability_and_unsure_words_as_in_whisper():
+    """Whisper calls a decode silent only when no_speech_prob > 0.6 AND avg_logprob < -1 (issue 16:
+    the probability alone dropped half of a clear-speech corpus)."""
+    config = QualityConfig()
+    assert (config.max_no_speech_prob, config.min_avg_logprob) == (0.6, -1.0)
+    assert verdict(config, {"no_speech_prob": 0.81, "avg_logprob": -0.3}) is None  # confident words: speech
+    failed = verdict(config, {"no_speech_prob": 0.81, "avg_logprob": -1.3})
+    assert (failed.metric, failed.threshold) == ("no_speech_prob", 0.6)
+    assert failed.value == pytest.approx(0.81, rel=1e-6)
+    assert failed.reason == "no speech: no_speech_prob 0.81 > 0.6 and avg_logprob -1.30 < -1.00"
+    # unsure words with a low no-speech probability: the avg_logprob floor's reject, not "no speech"
+    assert verdict(config, {"no_speech_prob": 0.2, "avg_logprob": -1.3}).reason == "avg_logprob -1.30 < -1.00"
+    # a segment that shared a packed window has no no_speech_prob of its own: its words decide
+    assert verdict(config, {"no_speech_prob": None, "avg_logprob": -0.3}) is None
+    assert verdict(config, {"no_speech_prob": None, "avg_logprob": -1.3}).metric == "avg_logprob"
+    # as Whisper without a log-prob threshold: the probability alone; and the rule can be off
+    alone = verdict(QualityConfig(min_avg_logprob=None), {"no_speech_prob": 0.81, "avg_logprob": -0.3})
+    assert alone.reason == "no speech: no_speech_prob 0.81 > 0.6"
+    assert verdict(QualityConfig(max_no_speech_prob=None), {"no_speech_prob": 0.99, "avg_logprob": -1.3}).metric \
+        == "avg_logprob"
+
+
+ESPEAK = [("en-us", "Please call Stella and ask her to bring these things with her from the store."),
+          ("en-gb", "We will meet at the station at half past nine tomorrow morning."),
+          ("en-us+f2", "Nobody knew where the old map had come from."),
+          ("en-gb-x-rp", "The museum opens a new exhibition next month.")]
+
+
+def test_clear_speech_sharing_a_window_is_kept_and_has_no_borrowed_no_speech_prob(tmp_path):
+    """Short real clips and espeak-ng sentences share ASR windows. The default filters keep every
+    segment, and no packed segment carries its window's no_speech_prob (a number about the whole
+    window): only segments decoded alone have one."""
+    for name in ("LJ002-0020.wav", "LJ002-0035.wav", "common_voice_en_651325.mp3",
+                 "ES2011a.Headset-0-40s-46s.wav", "jfk.flac"):
+        shutil.copy(DEMO / name, tmp_path / name)
+    for i, (voice, text) in enumerate(ESPEAK):
+        subprocess.run(["espeak-ng", "-w", str(tmp_path / f"espeak-{i}.wav"), "-v", voice, text], check=True)
+    config = load_job_config(str(tmp_path), str(tmp_path / "out"))
+    preparer = Preparer(config)
+    preparer.setup()
+    audios, prepared = preparer(0, [SourceFile(p.stem, str(p)) for p in sorted(tmp_path.iterdir())])
+    transcriber = Transcriber(config.asr)
+    transcriber.setup()
+    results = transcriber(audios)
+    rows, rejects = UnitCommitter(config)._rows(prepared, results)
+    assert not rejects and len(rows) == len(audios) >= 10  # jfk and the AMI clip give several segments
+    packed, alone = transcriber.counts["packed"], transcriber.counts["alone"]
+    assert packed >= 8 and transcriber.counts["windows"] <= len(rows) // 2  # most share a window
+    assert sum(row["no_speech_prob"] is None for row, _ in rows) == packed
+    assert sum(row["no_speech_prob"] is not None for row, _ in rows) == alone
+    assert all(0 <= row["no_speech_prob"] < 0.6 for row, _ in rows if row["no_speech_prob"] is not None)
+    spoken = " ".join(normalise_text(row["text"]) for row, _ in rows)
+    assert "every purchase is a vote" in spoken and "museum opens a new exhibition" in spoken
 
 
 def test_plan_prices_quality_as_part_of_prep(tmp_path):
