@@ -57,9 +57,14 @@ def test_noise_lowers_dnsmos_and_snr(scorer):
 def test_clipping_and_loudness(scorer):
     clean = _speech(CLEAN)
     peak = float(np.abs(clean).max())
-    plain, clipped, quiet = scorer.score([clean, np.clip(clean, -0.1 * peak, 0.1 * peak), 0.1 * clean])
+    plain, clipped, quiet, near_silent = scorer.score(
+        [clean, np.clip(clean, -0.1 * peak, 0.1 * peak), 0.1 * clean, 0.001 * clean])
     assert plain["clipping"] < 1e-4 and clipped["clipping"] > 0.02
     assert plain["loudness_lufs"] - quiet["loudness_lufs"] == pytest.approx(20.0, abs=0.1)
+    # under BS.1770's -70 LUFS absolute gate: still measured (it was null, and passed the floor)
+    assert plain["loudness_lufs"] - near_silent["loudness_lufs"] == pytest.approx(60.0, abs=0.1)
+    assert verdict(QualityConfig(min_dnsmos_ovrl=None), near_silent).reason.startswith("loudness_lufs -8")
+    assert scorer.score([np.zeros(16000, dtype=np.float32)])[0]["loudness_lufs"] is None  # digital silence
 
 
 def test_scores_do_not_depend_on_the_batch(scorer):
