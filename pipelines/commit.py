@@ -188,6 +188,8 @@ def _reason_label(row: dict) -> str:
     holds its own value (or the kept key), so those count by metric and threshold instead."""
     if row.get("metric") == "audio_hash":
         return "quality: exact duplicate"
+    if row.get("reason", "").startswith("no speech:"):  # Whisper's pair of thresholds, not one bound
+        return f"quality: {row['reason'].split(':')[0]}"
     if row.get("metric") and row.get("threshold") is not None:
         op = "<" if row["value"] < row["threshold"] else ">"
         return f"{row['stage']}: {row['metric']} {op} {row['threshold']:g}"

@@ -57,9 +57,9 @@ def test_utterances_are_mono_float_with_text_and_meta(out):
 def test_filters_keep_exactly_the_matching_index_rows(out):
     index = read_index(out)
     median = sorted(index["duration"].to_pylist())[index.num_rows // 2]
-    conditions = [f"duration < {median}", "no_speech_prob <= 0.9", "language == 'en'"]
+    conditions = [f"duration < {median}", "avg_logprob >= -0.9", "language == 'en'"]
     expected = {r["key"] for r in index.to_pylist()
-                if r["duration"] < median and r["no_speech_prob"] <= 0.9 and r["language"] == "en"}
+                if r["duration"] < median and r["avg_logprob"] >= -0.9 and r["language"] == "en"}
     assert 0 < len(expected) < index.num_rows
     assert set(read_index(out, conditions)["key"].to_pylist()) == expected
     seen = _keys(SpeechShards(out, conditions, batch_seconds=20, rank=0, world_size=1))
