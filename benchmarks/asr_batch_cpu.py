@@ -16,7 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.gpu_stages import bench_asr, load_corpus, prepare  # noqa: E402
-from pipelines.asr import default_model_path  # noqa: E402
+from pipelines.asr.whisper import default_model_path  # noqa: E402
 
 
 def main() -> None:

@@ -15,9 +15,9 @@ from pathlib import Path
 import pyarrow.dataset as ds
 import ray
 
-from pipelines.engine import run_job
-from pipelines.planning import plan_job
-from pipelines.quality import normalise_text
+from pipelines.job import run_job
+from pipelines.metrics.quality import normalise_text
+from pipelines.plan.planning import plan_job
 from schemas.config import load_job_config
 
 

@@ -61,7 +61,7 @@ def timed(fn: Callable[[], object], repeats: int = 3) -> tuple[float, object]:
 
 
 def load_corpus(corpus: Path):
-    from pipelines.audio import decode
+    from pipelines.stages.audio import decode
 
     refs = [json.loads(line) for line in (corpus / "references.jsonl").read_text().splitlines() if line.strip()]
     waves = []
@@ -77,7 +77,7 @@ def bench_resample(waves) -> dict:
     source rate with soxr first (untimed)."""
     import soxr
 
-    from pipelines.audio import Resampler, Waveform
+    from pipelines.stages.audio import Resampler, Waveform
     from schemas.config import AudioConfig
 
     cpu = Resampler(AudioConfig(resampler="soxr"))
@@ -104,7 +104,8 @@ def bench_resample(waves) -> dict:
 def prepare(refs, corpus: Path, quality: bool):
     """VAD segments at 16 kHz (the audio ASR and DNSMOS read), as a job's prep task makes them;
     with `quality`, scored as well (DNSMOS on the GPU when there is one: quality.dnsmos_device auto)."""
-    from pipelines.prepare import Preparer, SourceFile
+    from pipelines.records import SourceFile
+    from pipelines.stages.prepare import Preparer
     from schemas.config import JobConfig
 
     config = JobConfig(input=str(corpus), output="/tmp/unused", quality={"enabled": quality})
@@ -124,8 +125,14 @@ def bench_dnsmos(audios) -> dict:
     """The scorer's two DNSMOS runners on the same windows, and whole-segment scores both ways."""
     import onnxruntime as ort
 
-    from pipelines.quality import (OnnxDnsmos, QualityScorer, TorchDnsmos, cover_starts, dnsmos_model_path,
-                                   dnsmos_window)
+    from pipelines.metrics.quality import (
+        OnnxDnsmos,
+        QualityScorer,
+        TorchDnsmos,
+        cover_starts,
+        dnsmos_model_path,
+        dnsmos_window,
+    )
     from schemas.config import QualityConfig
 
     windows = np.stack([dnsmos_window(a, s) for a in audios for s in cover_starts(len(a))])
@@ -166,10 +173,9 @@ def bench_dnsmos(audios) -> dict:
 def bench_asr(audios, prepared, refs, model: str, batch_sizes: list[int], device: str = "cuda") -> dict:
     import jiwer
 
-    from pipelines.quality import normalise_text
-
-    from pipelines.asr import Transcriber
-    from pipelines.audio import ASR_RATE
+    from pipelines.asr.whisper import Transcriber
+    from pipelines.metrics.quality import normalise_text
+    from pipelines.stages.audio import ASR_RATE
     from schemas.config import AsrConfig
 
     speech = sum(len(a) for a in audios) / ASR_RATE
@@ -207,7 +213,7 @@ def hardware_profile(results: dict, base: dict, batch_size: int) -> dict:
     run = next(r for r in results["asr"]["runs"] if r["batch_size"] == batch_size)
     hardware = dict(base["hardware"])
     prep = results["prep"]["seconds_per_input_second"]
-    from pipelines.quality import TorchDnsmos
+    from pipelines.metrics.quality import TorchDnsmos
 
     per_window = results["dnsmos"][f"gpu_batch{TorchDnsmos.CHUNK}_seconds_per_window"]
     windows = base["data"].get("dnsmos_windows_per_input_second") or 0.0

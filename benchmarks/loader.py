@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipelines.loader import SpeechShards, padding_ratio, read_index  # noqa: E402
-from pipelines.shards import Sample, ShardWriter  # noqa: E402
+from pipelines.sinks.webdataset import Sample, ShardWriter  # noqa: E402
 from schemas.config import JobConfig, ShardConfig  # noqa: E402
 from schemas.tables import INDEX_SCHEMA  # noqa: E402
 
@@ -39,7 +39,7 @@ def source_output(workdir: Path) -> Path:
     if (out / "summary.json").exists():
         return out
     from benchmarks.make_corpus import make_corpus
-    from pipelines.engine import run_job
+    from pipelines.job import run_job
 
     corpus = workdir / "corpus-mixed-30min"
     if not corpus.exists():

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.processes import cmdline, descendants  # noqa: E402
-from pipelines.audio import Resampler, decode  # noqa: E402
+from pipelines.stages.audio import Resampler, decode  # noqa: E402
 from schemas.config import AudioConfig  # noqa: E402
 
 CLIPS = ["jfk.flac", "2412-153948-0000.flac", "LJ002-0035.wav", "common_voice_en_651325.mp3"]

@@ -16,8 +16,8 @@ import json
 import math
 from pathlib import Path
 
-from pipelines.calibrate import asr_probe, sample_budget, stratified_sample
-from pipelines.planning import discover_for_plan
+from pipelines.plan.calibrate import asr_probe, sample_budget, stratified_sample
+from pipelines.plan.planning import discover_for_plan
 from schemas.config import load_job_config
 
 

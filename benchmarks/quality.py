@@ -25,9 +25,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipelines.discover import Discover  # noqa: E402
-from pipelines.prepare import Preparer, SourceFile  # noqa: E402
-from pipelines.quality import SCORE_NAMES, chars_per_second  # noqa: E402
+from pipelines.metrics.quality import SCORE_NAMES, chars_per_second  # noqa: E402
+from pipelines.records import SourceFile
+from pipelines.stages.discover import Discover  # noqa: E402
+from pipelines.stages.prepare import Preparer  # noqa: E402
 from schemas.config import load_job_config  # noqa: E402
 
 DEMO = ROOT / "demo" / "real-speech"
@@ -60,7 +61,7 @@ def timed_prep(overrides: dict, files: list[SourceFile], repeat: int) -> tuple[d
 
 
 def asr_rows(segments: list, audios: list) -> list[dict]:
-    from pipelines.asr import Transcriber
+    from pipelines.asr.whisper import Transcriber
 
     transcriber = Transcriber(load_job_config(str(DEMO), "/tmp/unused").asr)
     transcriber.setup()
@@ -73,7 +74,7 @@ def compare_windows(corpus: str, files: int) -> None:
     """Covering vs reference DNSMOS windows on a corpus's VAD segments: differences and time."""
     import numpy as np
 
-    from pipelines.quality import QualityScorer
+    from pipelines.metrics.quality import QualityScorer
     from schemas.config import QualityConfig
 
     config = load_job_config(corpus, "/tmp/unused", overrides={"quality.enabled": False})

@@ -6,7 +6,7 @@ run finishes. Reports, as a markdown table:
 
 * redone cut: seconds of audio in units whose decode, resample, VAD and encode a killed run had
   started (the job notes it in VOXMILL_ASR_TRACE) but neither journaled nor ledgered. A journaled
-  unit is read back, not decoded again (`pipelines/journal.py`).
+  unit is read back, not decoded again (`pipelines/state/journal.py`).
 * decoded again: the same seen from outside the job: seconds of audio in units whose files a
   killed run opened for decoding (inotify) and a later run opened again.
 * redone scoring: seconds of segment audio in chunks whose quality scoring a killed run had
@@ -49,9 +49,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.make_corpus import SHAPES, make_corpus, summarize  # noqa: E402
 from benchmarks.processes import descendants, kill  # noqa: E402
-from pipelines.discover import Discover  # noqa: E402
-from pipelines.journal import TRACE_ENV  # noqa: E402
-from pipelines.units import WorkUnit, plan_units  # noqa: E402
+from pipelines.stages.discover import Discover  # noqa: E402
+from pipelines.state.journal import TRACE_ENV  # noqa: E402
+from pipelines.state.units import WorkUnit, plan_units  # noqa: E402
 from schemas.config import DiscoverConfig, EngineConfig  # noqa: E402
 
 VOXMILL = Path(sys.executable).with_name("voxmill")

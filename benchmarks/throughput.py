@@ -27,9 +27,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.make_corpus import SHAPES, make_corpus, summarize  # noqa: E402
-from pipelines.asr import Transcriber, default_model_path  # noqa: E402
-from pipelines.audio import ASR_RATE, DecodeError, Resampler, Waveform, decode, encode  # noqa: E402
-from pipelines.vad import Segmenter, Span  # noqa: E402
+from pipelines.asr.whisper import Transcriber, default_model_path  # noqa: E402
+from pipelines.stages.audio import ASR_RATE, DecodeError, Resampler, Waveform, decode, encode  # noqa: E402
+from pipelines.stages.vad import Segmenter, Span  # noqa: E402
 from schemas.config import AsrConfig, AudioConfig, VadConfig, load_job_config  # noqa: E402
 
 OUT_RATE = AudioConfig().sample_rate  # 24 kHz shard audio
@@ -87,7 +87,7 @@ def audio_files(corpus: Path) -> list[Path]:
 
 
 def decode_path(path: Path) -> Optional[Waveform]:
-    """`pipelines.audio.decode`, or None for a file the pipeline would reject."""
+    """`pipelines.stages.audio.decode`, or None for a file the pipeline would reject."""
     try:
         with open(path, "rb") as fh:
             return decode(fh)
@@ -176,7 +176,7 @@ def bench_job(corpus: Path, workdir: Path, quality: bool) -> Row:
     scores are extra work the naive loop never does."""
     import ray
 
-    from pipelines.engine import run_job
+    from pipelines.job import run_job
 
     out = workdir / ("job-out" if quality else "job-out-noquality")
     shutil.rmtree(out, ignore_errors=True)

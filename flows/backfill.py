@@ -15,7 +15,8 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from flows.prepare import prepare_corpus
-from pipelines import jobstate, storage
+from pipelines.io import storage
+from pipelines.state import jobstate
 
 
 def dated_prefixes(pattern: str, first: str, last: str) -> dict[str, str]:

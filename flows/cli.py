@@ -19,15 +19,25 @@ from rich.progress import BarColumn, Progress, ProgressColumn, Task, TextColumn,
 from rich.table import Table
 from rich.text import Text
 
-from pipelines.discover import InputError
-from pipelines import history, jobstate, report, storage
-from pipelines.engine import run_job
-from pipelines.lease import LeaseHeld, LeaseLost
+from pipelines import report
+from pipelines.io import storage
+from pipelines.io.storage import StorageError
+from pipelines.job import run_job
+from pipelines.plan import history
+from pipelines.plan.planning import (
+    LimitExceeded,
+    check_limits,
+    load_manifest,
+    load_profile,
+    manifest_batches,
+    parse_duration,
+    plan_job,
+)
 from pipelines.preflight import check_model, check_store
-from pipelines.planning import LimitExceeded, check_limits, load_manifest, load_profile, manifest_batches, parse_duration, plan_job
-from pipelines.storage import StorageError
+from pipelines.stages.discover import InputError
+from pipelines.state import jobstate
+from pipelines.state.lease import LeaseHeld, LeaseLost
 from schemas.config import load_job_config
-
 
 
 class _App(typer.Typer):

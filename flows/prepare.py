@@ -12,11 +12,13 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from pydantic import ValidationError
 
-from pipelines.discover import Discover, InputError, manifest_hours
-from pipelines.engine import run_job
-from pipelines import jobstate, report, storage
-from pipelines.planning import LimitExceeded, check_limits, plan_job
+from pipelines import report
+from pipelines.io import storage
+from pipelines.job import run_job
+from pipelines.plan.planning import LimitExceeded, check_limits, plan_job
 from pipelines.preflight import check_model, check_store
+from pipelines.stages.discover import Discover, InputError, manifest_hours
+from pipelines.state import jobstate
 from schemas.config import JobConfig, load_job_config
 from schemas.plan import JobPlan
 

@@ -25,7 +25,7 @@ import torch
 import webdataset as wds
 from webdataset.tariterators import base_plus_ext, group_by_keys, tar_file_expander
 
-from pipelines import tables
+from pipelines.io import tables
 
 AUDIO_EXTENSIONS = ("flac", "wav")
 

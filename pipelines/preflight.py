@@ -13,7 +13,7 @@ from typing import Type
 
 import fsspec
 
-from pipelines import storage
+from pipelines.io import storage
 from schemas.config import AsrConfig
 
 # One try and one retry, and short socket timeouts: a store that answers is fine; one that does not
@@ -89,7 +89,7 @@ def check_model(config: AsrConfig) -> None:
     name = config.model
     if name is None:
         try:
-            from pipelines.asr import default_model_path
+            from pipelines.asr.whisper import default_model_path
 
             path = default_model_path()
         except Exception as err:  # noqa: BLE001 - the package is missing or broken

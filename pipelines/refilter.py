@@ -33,11 +33,12 @@ import pyarrow.parquet as pq
 import yaml
 from pydantic import ValidationError
 
-from pipelines import jobstate, storage
-from pipelines.commit import UnitCommitter, decide
-from pipelines.lease import OutputLease
-from pipelines.ledger import Ledger
-from pipelines.units import WorkUnit
+from pipelines.io import storage
+from pipelines.stages.commit import UnitCommitter, decide
+from pipelines.state import jobstate
+from pipelines.state.lease import OutputLease
+from pipelines.state.ledger import Ledger
+from pipelines.state.units import WorkUnit
 from pipelines.versions import versions
 from schemas.config import JobConfig, QualityConfig
 from schemas.tables import INDEX_SCHEMA

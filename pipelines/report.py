@@ -24,9 +24,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel
 
-from pipelines import storage, tables
-from pipelines.tables import later_copies, read_parts  # every part under one unified schema; see tables
-from pipelines.ledger import Ledger
+from pipelines.io import storage, tables
+from pipelines.io.tables import later_copies, read_parts  # every part under one unified schema; see tables
+from pipelines.state.ledger import Ledger
 
 REPORT_FOLDER = "report"
 # Per-segment scores, with the label a reader sees; the first seven come from the quality stage,

@@ -75,7 +75,7 @@ class ShardConfig(_Section):
 
 
 class QualityConfig(_Section):
-    """Per-segment scores and the filters on them (pipelines/quality.py).
+    """Per-segment scores and the filters on them (pipelines/metrics/quality.py).
 
     Defaults were measured on the real clips (benchmarks/quality.py): they keep clean read speech
     (LibriSpeech, LJSpeech), the AMI headset, Common Voice and the 1961 JFK clip (also at 8 kHz 8-bit),

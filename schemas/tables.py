@@ -31,7 +31,7 @@ INDEX_SCHEMA = pa.schema(
         pa.field("language_prob", pa.float32()),
         pa.field("avg_logprob", pa.float32()),
         pa.field("no_speech_prob", pa.float32()),
-        # quality scores (pipelines/quality.py); null when quality.enabled is false or not measurable
+        # quality scores (pipelines/metrics/quality.py); null when quality.enabled is false or not measurable
         pa.field("dnsmos_sig", pa.float32()),  # DNSMOS P.835, 1-5
         pa.field("dnsmos_bak", pa.float32()),
         pa.field("dnsmos_ovrl", pa.float32()),
@@ -76,7 +76,7 @@ REJECTS_SCHEMA = pa.schema(
 SEGMENTED_SCHEMA = pa.schema(
     [
         # one row per segment of a unit cut but not yet scored: OUTPUT/_ledger/asr/unit-.../segmented.arrow,
-        # kept until the unit commits (pipelines/journal.py); its rejects and totals ride in the schema metadata
+        # kept until the unit commits (pipelines/state/journal.py); its rejects and totals ride in the schema metadata
         pa.field("key", pa.string(), nullable=False),
         pa.field("source_id", pa.string()),
         pa.field("source_uri", pa.string()),

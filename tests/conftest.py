@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import socket
 
+
 # Ray workers read fsspec's S3 settings from the environment at import, so point `s3://` at the
 # loopback moto server (see test_s3.py) before anything starts; fake credentials only.
 def free_port() -> int:
@@ -28,7 +29,7 @@ from pathlib import Path
 import pytest
 import ray
 
-from pipelines.engine import run_job
+from pipelines.job import run_job
 from schemas.config import JobConfig, load_job_config
 
 DEMO = Path(__file__).resolve().parent.parent / "demo" / "real-speech"

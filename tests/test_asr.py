@@ -3,8 +3,8 @@ import re
 
 import pytest
 
-from pipelines.asr import Transcriber
-from pipelines.audio import Resampler, decode
+from pipelines.asr.whisper import Transcriber
+from pipelines.stages.audio import Resampler, decode
 from schemas.config import AsrConfig, AudioConfig
 
 
@@ -75,7 +75,7 @@ def test_packed_windows_give_each_clip_its_own_words(clips):
 def test_journaled_batches_are_read_back_and_the_result_is_unchanged(clips, tmp_path):
     """A rerun after a kill reads the batches a killed run saved and decodes only the rest;
     the transcripts must equal those of one uninterrupted call."""
-    from pipelines.journal import AsrJournal
+    from pipelines.state.journal import AsrJournal
 
     audios = [_audio(clips, name) for name in WITH_TEXT] * 2
     model = Transcriber(AsrConfig(batch_size=2))

@@ -5,7 +5,15 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from pipelines.audio import DecodeError, Resampler, Waveform, decode, encode, peak_normalize, resampled_length
+from pipelines.stages.audio import (
+    DecodeError,
+    Resampler,
+    Waveform,
+    decode,
+    encode,
+    peak_normalize,
+    resampled_length,
+)
 from schemas.config import AudioConfig
 
 
@@ -93,7 +101,7 @@ def test_both_backends_return_the_same_length(length, rates):
 def test_a_unit_prepared_in_gpu_batches_equals_file_by_file(clips, monkeypatch):
     """The prep task groups a unit's files for one resample call when it resamples with torch;
     the segments, their keys and their encoded bytes must not depend on the grouping."""
-    from pipelines import prepare
+    from pipelines.stages import prepare
     from schemas.config import load_job_config
 
     config = load_job_config(str(clips), "/unused", overrides={"audio.resampler": "torch"})

@@ -8,7 +8,7 @@ import pytest
 from prefect.testing.utilities import prefect_test_harness
 
 from flows.backfill import backfill_corpus, dated_prefixes, folder_name, targets
-from pipelines import jobstate
+from pipelines.state import jobstate
 
 DAYS = {"2026-11-01": ["LJ002-0020.wav"], "2026-11-02": ["LJ002-0035.wav", "2412-153948-0000.flac"]}
 

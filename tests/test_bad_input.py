@@ -31,7 +31,7 @@ from moto.server import ThreadedMotoServer
 from typer.testing import CliRunner
 
 from flows.cli import app
-from pipelines.engine import run_job
+from pipelines.job import run_job
 from tests.conftest import DEMO, S3_PORT, small_units_config
 
 SAFE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from pipelines.discover import Discover, InputError
+from pipelines.stages.discover import Discover, InputError
 from schemas.config import DiscoverConfig
 from schemas.tables import MANIFEST_SCHEMA
 
@@ -156,7 +156,7 @@ def test_a_folder_that_cannot_be_entered_is_a_row(tmp_path, clips):
     shutil.copy(clips / "jfk.flac", root / "locked" / "jfk.flac")
     shutil.copy(clips / "jfk.flac", root / "open.flac")
     (root / "locked").chmod(0)
-    script = ("import json, sys; from pipelines.listing import list_input; "
+    script = ("import json, sys; from pipelines.stages.listing import list_input; "
               "print(json.dumps([vars(e) for e in list_input(sys.argv[1], {'flac'})[1]]))")
     prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"] if os.geteuid() == 0 else []
     try:

@@ -155,7 +155,7 @@ def test_passwords_in_urls_are_never_printed(tmp_path):
 
 
 def test_redact():
-    from pipelines.storage import redact
+    from pipelines.io.storage import redact
 
     assert redact("cannot write s3://k:s@cr@t@b/x and sftp://u:pw@h:22/y?token=abc&n=1") == \
         "cannot write s3://k:***@b/x and sftp://u:***@h:22/y?token=***&n=1"
@@ -210,9 +210,9 @@ def test_the_flow_does_not_retry_input_errors():
     from pydantic import ValidationError
 
     from flows.prepare import discover_inputs, run_units
-    from pipelines.discover import InputError
+    from pipelines.io.storage import OutputError, StorageError
     from pipelines.preflight import ModelError
-    from pipelines.storage import OutputError, StorageError
+    from pipelines.stages.discover import InputError
     from schemas.config import load_job_config
 
     try:
@@ -249,8 +249,8 @@ def test_the_flow_fails_a_missing_input_at_once(tmp_path):
 
 
 def test_a_torn_profile_is_named_and_this_machines_own_is_recalibrated(tmp_path, monkeypatch, caplog):
-    from pipelines import planning
-    from pipelines.planning import ProfileError, load_profile
+    from pipelines.plan import planning
+    from pipelines.plan.planning import ProfileError, load_profile
     from schemas.config import load_job_config
 
     config = load_job_config("x", "y", overrides={"plan.profiles_dir": str(tmp_path / "profiles")})
@@ -291,7 +291,8 @@ def test_a_torn_profile_on_the_command_line(tmp_path):
 
 
 def test_profiles_are_written_atomically(tmp_path, monkeypatch):
-    from pipelines import planning, storage
+    from pipelines.io import storage
+    from pipelines.plan import planning
 
     written = []
     monkeypatch.setattr(storage, "write_bytes", lambda url, data: written.append((url, data)))
@@ -310,7 +311,7 @@ def test_profiles_are_written_atomically(tmp_path, monkeypatch):
 
 
 def test_a_torn_history_line_is_skipped_with_a_warning(tmp_path, caplog):
-    from pipelines import history
+    from pipelines.plan import history
 
     path = tmp_path / "history.jsonl"
     good = {"profile": "p", "actual_wall_seconds": 10.0, "raw_predicted_wall_seconds": 8.0,

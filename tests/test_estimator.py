@@ -7,12 +7,12 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipelines import history
-from pipelines.calibrate import stratified_sample
-from pipelines.discover import InputError
-from pipelines.engine import resources_for
-from pipelines.estimator import PROBE_SPREAD, fit_deadline, predict, size_from_manifest, size_from_sample
-from pipelines.planning import LimitExceeded, check_limits, parse_duration, plan_job
+from pipelines.executor.base import resources_for
+from pipelines.plan import history
+from pipelines.plan.calibrate import stratified_sample
+from pipelines.plan.estimator import PROBE_SPREAD, fit_deadline, predict, size_from_manifest, size_from_sample
+from pipelines.plan.planning import LimitExceeded, check_limits, parse_duration, plan_job
+from pipelines.stages.discover import InputError
 from schemas.config import load_job_config
 from schemas.plan import DataProfile, HardwareProfile
 from schemas.tables import MANIFEST_SCHEMA

@@ -25,7 +25,7 @@ from typer.testing import CliRunner
 
 from benchmarks.processes import cmdline, descendants, kill, stat
 from flows.cli import app
-from pipelines.keys import segment_key, source_id
+from pipelines.io.keys import segment_key, source_id
 from tests.conftest import free_port
 from tests.faultproxy import FAULTS, FaultProxy
 

@@ -13,7 +13,8 @@ import textwrap
 
 import pytest
 
-from pipelines.engine import PREP_GPU_SHARE, gpu_shares, resources_for
+from pipelines.executor.base import resources_for
+from pipelines.executor.ray import PREP_GPU_SHARE, gpu_shares
 from schemas.config import load_job_config
 
 
@@ -40,7 +41,7 @@ def test_no_gpu_or_soxr_asks_for_no_prep_gpu():
 def test_a_job_on_a_gpu_shaped_cluster_completes(clips, tmp_path):
     script = textwrap.dedent(f"""
         import json, ray
-        from pipelines.engine import run_job
+        from pipelines.job import run_job
         from schemas.config import load_job_config
         ray.init(num_cpus=2, num_gpus=1, include_dashboard=False)
         config = load_job_config({str(clips)!r}, {str(tmp_path / 'out')!r},

@@ -10,8 +10,8 @@ from pathlib import Path
 import pyarrow.dataset as ds
 import pytest
 
-from pipelines import jobstate
-from pipelines.engine import run_job
+from pipelines.job import run_job
+from pipelines.state import jobstate
 from schemas.config import load_job_config
 from tests.conftest import small_units_config
 

@@ -7,15 +7,15 @@ import re
 from pathlib import Path
 
 import jiwer
-import pytest
 import numpy as np
 import pyarrow.dataset as ds
+import pytest
 import soundfile as sf
 import webdataset as wds
 
-from pipelines import jobstate
-from pipelines.engine import run_job
-from pipelines.jobstate import ConfigChanged
+from pipelines.job import run_job
+from pipelines.state import jobstate
+from pipelines.state.jobstate import ConfigChanged
 from tests.conftest import NO_SPEECH, load_torchcodec, references
 
 

@@ -7,10 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines.engine import _prepare
-from pipelines.journal import SEGMENTED, PrepJournal, journal_url
-from pipelines.prepare import SCORE_CHUNK_SECONDS, Preparer, SourceFile, score_chunks
-from pipelines.quality import QualityScorer
+from pipelines.executor.ray import _prepare
+from pipelines.metrics.quality import QualityScorer
+from pipelines.records import SourceFile
+from pipelines.stages.prepare import SCORE_CHUNK_SECONDS, Preparer, score_chunks
+from pipelines.state.journal import SEGMENTED, PrepJournal, journal_url
 from schemas.config import load_job_config
 from tests.conftest import DEMO
 

@@ -17,7 +17,7 @@ from moto.server import ThreadedMotoServer
 from typer.testing import CliRunner
 
 from flows.cli import app
-from pipelines.lease import LeaseHeld, OutputLease
+from pipelines.state.lease import LeaseHeld, OutputLease
 from tests.conftest import DEMO, S3_PORT
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,7 +36,7 @@ def test_a_second_holder_is_refused_until_the_first_releases(tmp_path):
 def test_a_killed_holder_blocks_until_its_lease_expires_then_a_waiting_run_takes_over(tmp_path):
     out = str(tmp_path / "out")
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from pipelines.lease import OutputLease; "
+        [sys.executable, "-c", "import sys, time; from pipelines.state.lease import OutputLease; "
                                "OutputLease(sys.argv[1], seconds=6).acquire(); print('held', flush=True); time.sleep(600)",
          out], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:

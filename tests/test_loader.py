@@ -15,8 +15,15 @@ import torch
 from moto.server import ThreadedMotoServer
 from torch.utils.data import DataLoader
 
-from pipelines.loader import (IndexedShards, SpeechShards, bucket_by_seconds, distributed_rank, padding_ratio,
-                              parse_filter, read_index)
+from pipelines.loader import (
+    IndexedShards,
+    SpeechShards,
+    bucket_by_seconds,
+    distributed_rank,
+    padding_ratio,
+    parse_filter,
+    read_index,
+)
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +160,7 @@ def test_copies_across_units_are_found_and_skipped_on_request(clips, local_ray, 
     time, and the index's audio hashes let the report count it and the loader skip it."""
     import shutil
 
-    from pipelines.engine import run_job
+    from pipelines.job import run_job
     from pipelines.report import gather
     from tests.conftest import small_units_config
 

@@ -11,11 +11,12 @@ import pyarrow.dataset as ds
 import pytest
 import soundfile as sf
 
-from pipelines.audio import Resampler, decode
-from pipelines.discover import Discover
-from pipelines.engine import run_job
-from pipelines.prepare import Preparer, SourceFile
-from pipelines.units import plan_units
+from pipelines.job import run_job
+from pipelines.records import SourceFile
+from pipelines.stages.audio import Resampler, decode
+from pipelines.stages.discover import Discover
+from pipelines.stages.prepare import Preparer
+from pipelines.state.units import plan_units
 from schemas.config import AudioConfig, DiscoverConfig, EngineConfig, JobConfig
 
 RATE = 44100

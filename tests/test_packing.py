@@ -1,7 +1,7 @@
 """Packing segments into shared windows, and splitting aligned words back to their segments."""
 import numpy as np
 
-from pipelines.packing import pack_windows, split_words, window_audio, words_logprob, words_text
+from pipelines.asr.packing import pack_windows, split_words, window_audio, words_logprob, words_text
 
 
 def _word(text, start, end, probability=0.9, tokens=(1,)):

@@ -15,14 +15,26 @@ import soundfile as sf
 import soxr
 import webdataset as wds
 
-from pipelines.asr import AsrResult, Transcriber
-from pipelines.calibrate import PREP_STAGES
-from pipelines.commit import UnitCommitter
-from pipelines.engine import resources_for, run_job
-from pipelines.estimator import predict, size_from_manifest
-from pipelines.prepare import PreparedSegment, PreparedUnit, Preparer, SourceFile
-from pipelines.quality import (DNSMOS_WINDOW, SCORE_NAMES, OnnxDnsmos, QualityScorer, TorchDnsmos, audio_hash,
-                               chars_per_second, cover_starts, normalise_text, verdict)
+from pipelines.asr.whisper import Transcriber
+from pipelines.executor.base import resources_for
+from pipelines.job import run_job
+from pipelines.metrics.quality import (
+    DNSMOS_WINDOW,
+    SCORE_NAMES,
+    OnnxDnsmos,
+    QualityScorer,
+    TorchDnsmos,
+    audio_hash,
+    chars_per_second,
+    cover_starts,
+    normalise_text,
+    verdict,
+)
+from pipelines.plan.calibrate import PREP_STAGES
+from pipelines.plan.estimator import predict, size_from_manifest
+from pipelines.records import AsrResult, PreparedSegment, PreparedUnit, SourceFile
+from pipelines.stages.commit import UnitCommitter
+from pipelines.stages.prepare import Preparer
 from schemas.config import QualityConfig, load_job_config
 from schemas.plan import DataProfile, HardwareProfile
 from schemas.tables import MANIFEST_SCHEMA

@@ -19,14 +19,17 @@ import pytest
 import soundfile as sf
 from typer.testing import CliRunner
 
-from pipelines import jobstate, refilter as refiltering, report, storage
-from pipelines.asr import AsrResult
-from pipelines.commit import UnitCommitter
-from pipelines.discover import Discover
-from pipelines.lease import OutputLease
-from pipelines.ledger import Ledger
+from pipelines import refilter as refiltering
+from pipelines import report
+from pipelines.io import storage
 from pipelines.loader import IndexedShards, SpeechShards
-from pipelines.prepare import Preparer
+from pipelines.records import AsrResult
+from pipelines.stages.commit import UnitCommitter
+from pipelines.stages.discover import Discover
+from pipelines.stages.prepare import Preparer
+from pipelines.state import jobstate
+from pipelines.state.lease import OutputLease
+from pipelines.state.ledger import Ledger
 from schemas.config import load_job_config
 from schemas.tables import INDEX_SCHEMA, REJECTS_SCHEMA
 from tests.conftest import DEMO

@@ -8,7 +8,7 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from flows.cli import app
-from pipelines import jobstate
+from pipelines.state import jobstate
 
 
 def _files(root: Path) -> dict[str, bytes]:

@@ -11,9 +11,9 @@ import s3fs
 import soundfile as sf
 from moto.server import ThreadedMotoServer
 
-from pipelines.discover import Discover, InputError
-from pipelines.engine import run_job
-from pipelines.storage import OutputError
+from pipelines.io.storage import OutputError
+from pipelines.job import run_job
+from pipelines.stages.discover import Discover, InputError
 from schemas.config import DiscoverConfig
 from tests.conftest import NO_SPEECH, S3_PORT, small_units_config
 

@@ -3,7 +3,7 @@ import tarfile
 
 import webdataset as wds
 
-from pipelines.shards import Sample, ShardWriter
+from pipelines.sinks.webdataset import Sample, ShardWriter
 from schemas.config import ShardConfig
 
 
@@ -38,7 +38,7 @@ def test_samples_read_back_with_webdataset(tmp_path):
 
 
 def test_rejected_samples_go_to_their_own_folder_with_the_same_layout(tmp_path):
-    from pipelines.shards import REJECTED
+    from pipelines.sinks.webdataset import REJECTED
 
     placed = ShardWriter(ShardConfig(max_samples=2), str(tmp_path), REJECTED).write(3, _samples(3))
     assert sorted({s for s, _ in placed}) == ["rejected/shard-000003-01.tar", "rejected/shard-000003.tar"]

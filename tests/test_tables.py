@@ -9,7 +9,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines import report, storage, tables
+from pipelines import report
+from pipelines.io import storage, tables
 from pipelines.loader import read_index
 from schemas.tables import INDEX_SCHEMA, REJECTS_SCHEMA
 
@@ -102,7 +103,7 @@ def test_storage_options_keep_the_s3_retries():
 def test_later_copies_keep_the_smallest_key_per_audio_hash():
     import pyarrow as pa
 
-    from pipelines.tables import later_copies
+    from pipelines.io.tables import later_copies
 
     index = pa.table({"key": ["c", "a", "b", "d", "e"], "audio_hash": ["h1", "h1", None, "h2", "h1"]})
     assert later_copies(index).to_pylist() == [True, False, False, False, True]

@@ -1,8 +1,8 @@
 """Segment: real speech separated by silence splits at the silence; silence yields nothing."""
 import numpy as np
 
-from pipelines.audio import Resampler, decode
-from pipelines.vad import Segmenter
+from pipelines.stages.audio import Resampler, decode
+from pipelines.stages.vad import Segmenter
 from schemas.config import AudioConfig, VadConfig
 
 

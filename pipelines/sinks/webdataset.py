@@ -10,7 +10,7 @@ from typing import Iterable, Iterator
 
 import webdataset as wds
 
-from pipelines import storage
+from pipelines.io import storage
 from schemas.config import ShardConfig
 
 TAR_OVERHEAD = 3 * 512  # a tar header per member plus padding, roughly

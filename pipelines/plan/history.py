@@ -12,7 +12,7 @@ import os
 import statistics
 from typing import Optional
 
-from pipelines import storage
+from pipelines.io import storage
 
 RECENT_RUNS = 10
 log = logging.getLogger("voxmill.history")

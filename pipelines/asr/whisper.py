@@ -3,32 +3,27 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from pipelines.audio import ASR_RATE
-from pipelines.journal import AsrJournal
-from pipelines.packing import Placed, Window, pack_windows, split_words, window_audio, words_logprob, words_text
+from pipelines.asr.packing import (
+    Placed,
+    Window,
+    pack_windows,
+    split_words,
+    window_audio,
+    words_logprob,
+    words_text,
+)
+from pipelines.records import AsrResult
+from pipelines.stages.audio import ASR_RATE
+from pipelines.state.journal import AsrJournal
 from schemas.config import AsrConfig
 
 HOP = 160  # samples per mel frame at 16 kHz
 N_FRAMES = 3000  # mel frames in Whisper's 30 s window
-
-
-@dataclass
-class AsrResult:
-    text: str
-    language: str
-    language_prob: float
-    avg_logprob: float
-    # Whisper's probability that the 30 s window it decoded holds no speech. A segment decoded on
-    # its own has its own; a segment that shared a packed window has None: the window's value is
-    # one number for all of its speech and gaps (read at the first decoder step, before any word),
-    # so it measures none of the segments in it (see `Transcriber._decode_packed`).
-    no_speech_prob: Optional[float]
 
 
 def default_model_path() -> str:
@@ -48,7 +43,7 @@ class Transcriber:
 
     Calling the model per batch, rather than `WhisperModel.transcribe` per file, lets one
     encoder pass serve `batch_size` windows: that is where GPU speed comes from. Short
-    segments also share windows (see `pipelines.packing`), which is where CPU speed comes from.
+    segments also share windows (see `pipelines.asr.packing`), which is where CPU speed comes from.
     """
 
     def __init__(self, config: AsrConfig):
@@ -87,7 +82,7 @@ class Transcriber:
 
     def __call__(self, audios: Sequence[np.ndarray], journal: Optional[AsrJournal] = None) -> list[AsrResult]:
         """Results in input order. With a `journal`, batches it holds are read back, not decoded,
-        and each batch decoded here is saved to it (see `pipelines.journal`)."""
+        and each batch decoded here is saved to it (see `pipelines.state.journal`)."""
         if self.model is None:
             self.setup()
         journal = journal or AsrJournal()

@@ -1,4 +1,4 @@
-"""The engine: discover, plan units, and stream them through Ray — CPU prep tasks, ASR actors, commits.
+"""The Ray executor: stream work units through Ray — CPU prep tasks, ASR actors, commits.
 
 Stages overlap across units: while an ASR actor transcribes unit N, CPU workers decode unit N+1
 and a commit task writes unit N-1. A bounded number of units is in flight, so memory stays flat
@@ -14,40 +14,24 @@ import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Callable, Optional
 
-import pyarrow as pa
 import ray
 
-from pipelines import history, jobstate, journal, storage
-from pipelines.asr import AsrResult, Transcriber
-from pipelines.commit import UnitCommitter
-from pipelines.discover import Discover, manifest_hours
-from pipelines.journal import AsrJournal, PrepJournal, journal_name, journal_url
-from pipelines.lease import OutputLease
-from pipelines.ledger import Ledger
-from pipelines.preflight import check_model
-from pipelines.prepare import Preparer, SourceFile
-from pipelines.units import WorkUnit
-from pipelines.versions import versions
+from pipelines.asr.whisper import Transcriber
+from pipelines.executor.base import resources_for
+from pipelines.io import storage
+from pipelines.records import AsrResult, Resources, SourceFile
+from pipelines.stages.commit import UnitCommitter
+from pipelines.stages.prepare import Preparer
+from pipelines.state.journal import AsrJournal, PrepJournal, journal_url
+from pipelines.state.lease import OutputLease
+from pipelines.state.units import WorkUnit
 from schemas.config import AsrConfig, EngineConfig, JobConfig
 
 log = logging.getLogger("voxmill")
 
 ProgressFn = Callable[[float, float, int, int], None]  # done s, total s, units done, units total
-
-
-@dataclass
-class Resources:
-    cpus: int
-    gpus: int
-    prep_workers: int
-    asr_actors: int
-
-    @property
-    def max_in_flight(self) -> int:
-        return self.prep_workers + 2 * self.asr_actors
 
 
 def connect_ray(config: EngineConfig) -> None:
@@ -130,16 +114,6 @@ def _watch_local_ray(grace_seconds: float = 3.0) -> None:
                                      start_new_session=True)
     except OSError as err:  # the job runs anyway; only the cleanup after a kill -9 is lost
         log.warning("no watchdog for the local Ray (%s): after a kill -9 run `ray stop`", err)
-
-
-def resources_for(cpus: int, gpus: int, config: EngineConfig, nodes: int = 1) -> Resources:
-    """How the engine spreads over a cluster; the estimator models the same split.
-
-    One ASR actor per GPU; without GPUs, one per node using that node's cores.
-    """
-    asr = config.asr_actors or (gpus if gpus else max(1, nodes))
-    prep = config.prep_workers or max(1, cpus - asr)
-    return Resources(cpus, gpus, prep, asr)
 
 
 def plan_resources(config: EngineConfig) -> Resources:
@@ -312,91 +286,3 @@ def failure_line(err: BaseException) -> str:
     return storage.redact(f"{type(err).__name__}: {lines[0] if lines else ''}")
 
 
-def run_job(config: JobConfig, progress: Optional[ProgressFn] = None,
-            manifest: Optional[pa.Table] = None, plan: Optional[dict] = None, restart: bool = False) -> dict:
-    """The whole job; writes OUTPUT/summary.json (with the plan it started from) and returns it.
-
-    The run holds the output's lease throughout (one writer per output). `restart` deletes what
-    voxmill wrote there first, only once the input listed and the output proved writable."""
-    started_at, clock = datetime.now(timezone.utc), time.perf_counter()
-    if manifest is None:
-        manifest = Discover(config.discover, exclude=config.output)(config.input)
-    discover_seconds = time.perf_counter() - clock
-    storage.ensure_writable(config.output)
-    with OutputLease(config.output, config.engine.lease_seconds, config.engine.lease_wait_seconds) as lease:
-        if restart:
-            jobstate.clear(config.output)
-        return _run_leased(config, manifest, lease, progress, plan, started_at, clock, discover_seconds)
-
-
-def _run_leased(config: JobConfig, manifest: pa.Table, lease: OutputLease, progress: Optional[ProgressFn],
-                plan: Optional[dict], started_at: datetime, clock: float, discover_seconds: float) -> dict:
-    units = jobstate.claim(config, manifest)  # earlier runs' units, then new files as new units
-    ledger = Ledger(config.output)
-    records = ledger.done()
-    finished = {u.index: ledger.lookup(records, u.index, u.digest) for u in units}
-    todo = [u for u in units if not finished[u.index]]
-    journal.sweep(config.output, {journal_name(u.index, u.digest) for u in todo})
-    previous = [r for r in finished.values() if r]
-    ray_clock = time.perf_counter()
-    check_model(config.asr)  # a bad model fails here with one line, not as an ActorDiedError
-    connect_ray(config.engine)
-    ray_seconds = time.perf_counter() - ray_clock
-    resources = plan_resources(config.engine)
-    log.info("%d units (%d already done) on %s", len(units), len(previous), resources)
-    total = sum(u.seconds for u in units)
-    result = process_units(config, todo, resources, progress,
-                           done_seconds=total - sum(u.seconds for u in todo), total_seconds=total, lease=lease)
-    summary = build_summary(config, manifest, units, previous, result, resources,
-                            started_at, time.perf_counter() - clock, discover_seconds)
-    summary["startup_seconds"] = ray_seconds + result.startup_seconds
-    if plan is not None:
-        summary["plan"] = plan
-        summary["history"] = history.record(plan, summary)
-        history.append(config.plan.history_path, summary["history"])
-    storage.write_json(storage.join(config.output, "summary.json"), summary)
-    return summary
-
-
-def build_summary(config: JobConfig, manifest: pa.Table, units: list[WorkUnit], previous: list[dict],
-                  result: RunResult, resources: Resources,
-                  started_at: datetime, wall_seconds: float, discover_seconds: float) -> dict:
-    reports, failures = result.reports, result.failures
-    everything = previous + reports
-    stage_seconds = Counter({"discover": discover_seconds})
-    for report in reports:
-        stage_seconds.update(report["stage_seconds"])
-    processed = sum(r["input_seconds"] for r in reports)
-    return {
-        "voxmill_version": versions()["voxmill"],
-        "started_at": started_at.isoformat(),
-        "finished_at": datetime.now(timezone.utc).isoformat(),
-        "wall_seconds": wall_seconds,
-        "complete": not failures,
-        "counts": {
-            "input_files": manifest.num_rows,
-            "units": len(units),
-            "units_processed": len(reports),
-            "units_resumed": len(previous),
-            "units_failed": len(failures),
-            "units_not_started": result.not_started,
-            "samples": sum(r["samples"] for r in everything),
-            "shards": sum(len(r["shards"]) for r in everything),
-            "rejects": sum(r["rejects"] for r in everything),
-        },
-        "reject_reasons": dict(sum((Counter(r["reject_reasons"]) for r in everything), Counter())),
-        "manifest_hours": manifest_hours(manifest),
-        "input_hours": sum(r["input_seconds"] for r in everything) / 3600,
-        "output_hours": sum(r["output_seconds"] for r in everything) / 3600,
-        "this_run": {
-            "input_hours": processed / 3600,
-            "audio_seconds_per_second": processed / wall_seconds if wall_seconds else 0.0,
-        },
-        "stage_seconds": dict(stage_seconds),
-        "asr_counts": dict(sum((Counter(r.get("asr_counts", {})) for r in reports), Counter())),
-        "resources": vars(resources),
-        "nodes": dict(Counter(r.get("node") for r in reports)),  # units prepared per Ray node, this run
-        "failures": failures,
-        "config": config.model_dump(mode="json"),
-        "versions": versions(),
-    }

@@ -14,8 +14,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipelines.engine import Resources, resources_for
-from pipelines.units import FALLBACK_BYTES_PER_SECOND
+from pipelines.executor.base import resources_for
+from pipelines.records import Resources
+from pipelines.state.units import FALLBACK_BYTES_PER_SECOND
 from schemas.config import JobConfig
 from schemas.plan import DataProfile, HardwareProfile, InputSize, JobPlan, StagePlan
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from pipelines.prepare import SourceFile
+from pipelines.records import SourceFile
 from schemas.config import EngineConfig
 
 FALLBACK_BYTES_PER_SECOND = 32000  # 16 kHz 16-bit mono: a guess when a header gave no duration

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from pipelines import storage
+from pipelines.io import storage
 
 
 class Ledger:

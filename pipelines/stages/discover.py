@@ -10,10 +10,10 @@ import fsspec
 import pyarrow as pa
 import soundfile as sf
 
-from pipelines import storage
-from pipelines.audio import describe_error
-from pipelines.keys import source_id
-from pipelines.listing import InputError, Listed, list_input
+from pipelines.io import storage
+from pipelines.io.keys import source_id
+from pipelines.stages.audio import describe_error
+from pipelines.stages.listing import InputError, Listed, list_input
 from schemas.config import DiscoverConfig
 from schemas.tables import MANIFEST_SCHEMA
 

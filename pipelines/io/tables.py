@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from pipelines import storage
+from pipelines.io import storage
 
 PART_PREFIX, PART_SUFFIX = "part-", ".parquet"
 FOOTER_READERS = 16  # parallel footer reads: one ranged request per part on an object store

@@ -15,12 +15,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines import storage
-from pipelines.asr import AsrResult
-from pipelines.ledger import Ledger
-from pipelines.prepare import PreparedSegment, PreparedUnit, SourceFile, reject_row
-from pipelines.quality import SCORE_NAMES, chars_per_second, normalise_text, verdict
-from pipelines.shards import REJECTED, Sample, ShardWriter
+from pipelines.io import storage
+from pipelines.metrics.quality import SCORE_NAMES, chars_per_second, normalise_text, verdict
+from pipelines.records import AsrResult, PreparedSegment, PreparedUnit, SourceFile
+from pipelines.sinks.webdataset import REJECTED, Sample, ShardWriter
+from pipelines.stages.prepare import reject_row
+from pipelines.state.ledger import Ledger
 from schemas.config import JobConfig, QualityConfig
 from schemas.tables import INDEX_SCHEMA, REJECTS_SCHEMA
 

@@ -16,14 +16,20 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
-from pipelines import history, storage
-from pipelines.calibrate import calibrate, machine_key, measure_data, sample_budget, stratified_sample
-from pipelines.discover import Discover, InputError
+from pipelines.io import storage
+from pipelines.plan import history
+from pipelines.plan.calibrate import calibrate, machine_key, measure_data, sample_budget, stratified_sample
+from pipelines.plan.estimator import (
+    fit_deadline,
+    predict,
+    resources_for_profile,
+    size_from_manifest,
+    size_from_sample,
+)
 from pipelines.preflight import check_store
-from pipelines.estimator import fit_deadline, predict, resources_for_profile, size_from_manifest, size_from_sample
+from pipelines.stages.discover import Discover, InputError
 from schemas.config import JobConfig
 from schemas.plan import Calibration, InputSize, JobPlan
-
 
 log = logging.getLogger("voxmill.plan")
 

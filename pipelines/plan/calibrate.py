@@ -23,13 +23,14 @@ import numpy as np
 import pyarrow as pa
 import ray
 
-from pipelines.engine import connect_ray, plan_resources, process_units
-from pipelines.estimator import _duration_bucket
-from pipelines.asr import Transcriber
-from pipelines.audio import ASR_RATE
-from pipelines.prepare import Preparer, SourceFile
-from pipelines.quality import DNSMOS_WINDOW, QualityScorer
-from pipelines.units import EXCERPT_CONTEXT, WorkUnit
+from pipelines.asr.whisper import Transcriber
+from pipelines.executor.ray import connect_ray, plan_resources, process_units
+from pipelines.metrics.quality import DNSMOS_WINDOW, QualityScorer
+from pipelines.plan.estimator import _duration_bucket
+from pipelines.records import SourceFile
+from pipelines.stages.audio import ASR_RATE
+from pipelines.stages.prepare import Preparer
+from pipelines.state.units import EXCERPT_CONTEXT, WorkUnit
 from schemas.config import JobConfig
 from schemas.plan import Calibration, DataProfile, HardwareProfile
 

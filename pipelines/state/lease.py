@@ -21,7 +21,7 @@ import uuid
 from datetime import datetime, timezone
 from typing import Optional
 
-from pipelines import storage
+from pipelines.io import storage
 
 log = logging.getLogger("voxmill")
 

@@ -18,8 +18,7 @@ from pathlib import Path
 from typing import Iterator
 
 import fsspec
-from fsspec.implementations.local import make_path_posix
-from fsspec.implementations.local import LocalFileSystem
+from fsspec.implementations.local import LocalFileSystem, make_path_posix
 
 SCRATCH_MARK = ".tmp-"  # in every scratch name; list_files never returns one
 PROBE_PREFIX = "_probe-"

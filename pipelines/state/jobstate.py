@@ -11,10 +11,10 @@ from typing import Optional
 
 import pyarrow as pa
 
-from pipelines import storage
-from pipelines.lease import PREFIX as LEASE_PREFIX
-from pipelines.ledger import Ledger
-from pipelines.units import WorkUnit, extend_units, unit_from_json, unit_to_json
+from pipelines.io import storage
+from pipelines.state.lease import PREFIX as LEASE_PREFIX
+from pipelines.state.ledger import Ledger
+from pipelines.state.units import WorkUnit, extend_units, unit_from_json, unit_to_json
 from schemas.config import JobConfig
 
 OUTPUT_FOLDERS = ("shards", "rejected", "index", "rejects", "_ledger")

@@ -16,17 +16,14 @@ import json
 import logging
 import os
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
 import numpy as np
 import pyarrow as pa
 
-from pipelines import storage
+from pipelines.io import storage
+from pipelines.records import AsrResult, PreparedSegment, PreparedUnit
 from schemas.tables import SEGMENTED_SCHEMA
-
-if TYPE_CHECKING:
-    from pipelines.asr import AsrResult
-    from pipelines.prepare import PreparedUnit
 
 log = logging.getLogger("voxmill")
 
@@ -53,11 +50,10 @@ class AsrJournal:
         names = storage.list_files(url, ".json") if url else []
         self.saved = {name.rsplit("/", 1)[-1][: -len(".json")] for name in names}  # one listing
 
-    def get(self, tag: str) -> Optional[tuple[dict[int, "AsrResult"], list[int]]]:
+    def get(self, tag: str) -> Optional[tuple[dict[int, AsrResult], list[int]]]:
         """The batch's results by segment index, and the segments it could not resolve."""
         if tag not in self.saved:
             return None
-        from pipelines.asr import AsrResult
 
         data = storage.read_json(storage.join(self.url, f"{tag}.json"))
         results = {int(i): AsrResult(**fields) for i, fields in data["results"].items()}
@@ -68,7 +64,7 @@ class AsrJournal:
         if self.url:
             trace(self.url, "asr", storage.join(self.url, f"{tag}.json"), speech_seconds)
 
-    def put(self, tag: str, results: dict[int, "AsrResult"], unresolved: list[int]) -> None:
+    def put(self, tag: str, results: dict[int, AsrResult], unresolved: list[int]) -> None:
         if self.url is None:
             return
         payload = {"results": {str(i): asdict(r) for i, r in results.items()}, "unresolved": unresolved}
@@ -97,7 +93,7 @@ class PrepJournal:
         names = storage.list_files(url) if url else []
         self.saved = {name.rsplit("/", 1)[-1] for name in names}  # one listing
 
-    def segmented(self) -> Optional[tuple[list["np.ndarray"], "PreparedUnit"]]:
+    def segmented(self) -> Optional[tuple[list[np.ndarray], PreparedUnit]]:
         """The saved (ASR audio, segmented unit), or None when there is none or it cannot be read."""
         if SEGMENTED not in self.saved:
             return None
@@ -111,7 +107,7 @@ class PrepJournal:
             log.warning("ignoring unreadable prep journal %s: %s", url, err)
             return None
 
-    def put_segmented(self, audios: list["np.ndarray"], prepared: "PreparedUnit") -> None:
+    def put_segmented(self, audios: list[np.ndarray], prepared: PreparedUnit) -> None:
         if self.url:
             table = _unit_to_table(audios, prepared)
             self._best_effort(SEGMENTED, lambda url: _write_arrow(url, table))
@@ -156,7 +152,7 @@ def _write_arrow(url: str, table: pa.Table) -> None:
         writer.write_table(table)
 
 
-def _unit_to_table(audios: list["np.ndarray"], prepared: "PreparedUnit") -> pa.Table:
+def _unit_to_table(audios: list[np.ndarray], prepared: PreparedUnit) -> pa.Table:
     segments = prepared.segments
     if len(audios) != len(segments):
         raise ValueError(f"unit {prepared.unit}: {len(audios)} ASR inputs for {len(segments)} segments")
@@ -175,8 +171,7 @@ def _unit_to_table(audios: list["np.ndarray"], prepared: "PreparedUnit") -> pa.T
     return pa.table(columns, schema=SEGMENTED_SCHEMA.with_metadata({"voxmill.unit": json.dumps(unit)}))
 
 
-def _unit_from_table(table: pa.Table) -> tuple[list["np.ndarray"], "PreparedUnit"]:
-    from pipelines.prepare import PreparedSegment, PreparedUnit
+def _unit_from_table(table: pa.Table) -> tuple[list[np.ndarray], PreparedUnit]:
 
     unit = json.loads(table.schema.metadata[b"voxmill.unit"])
     rows = table.to_pylist()

@@ -16,7 +16,7 @@ from typing import Iterator, Optional
 
 import fsspec
 
-from pipelines import storage
+from pipelines.io import storage
 
 GLOB_CHARS = set("*?[")
 

@@ -6,69 +6,21 @@ for the ASR actors, and encoded output audio plus metadata for the shard writer.
 from __future__ import annotations
 
 import time
-from collections import defaultdict
-from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
 
-from pipelines import storage
-from pipelines.audio import ASR_RATE, DecodeError, Resampler, Waveform, decode, encode, peak_normalize
-from pipelines.journal import SEGMENTED, PrepJournal, scores_name
-from pipelines.keys import segment_key
-from pipelines.quality import QualityScorer, audio_hash, clipping_ratio
-from pipelines.vad import Segmenter, Span
+from pipelines.io import storage
+from pipelines.io.keys import segment_key
+from pipelines.metrics.quality import QualityScorer, audio_hash, clipping_ratio
+from pipelines.records import PreparedSegment, PreparedUnit, SourceFile
+from pipelines.stages.audio import ASR_RATE, DecodeError, Resampler, Waveform, decode, encode, peak_normalize
+from pipelines.stages.vad import Segmenter, Span
+from pipelines.state.journal import SEGMENTED, PrepJournal, scores_name
 from schemas.config import JobConfig
 
 BATCH_SECONDS = 600.0  # audio decoded together for one batched (GPU) resample
 SCORE_CHUNK_SECONDS = 30.0  # segment audio scored, then journaled, together: what a kill mid-scoring loses
-
-
-@dataclass
-class SourceFile:
-    id: str
-    uri: str
-    duration: float | None = None
-    error: str | None = None
-    offset: float = 0.0  # an excerpt of a long file: start and length in source seconds
-    limit: float | None = None
-    context: float = 0.0  # > 0: decode this much around the excerpt, keep spans starting inside it
-    length: float = 0.0  # planned seconds, for scheduling (a guess from bytes when no duration)
-
-    @property
-    def decode_from(self) -> float:
-        return max(0.0, self.offset - self.context)
-
-    def owns(self, start: float) -> bool:
-        """Whether a span starting at `start` (source seconds) belongs to this excerpt.
-
-        Neighbouring excerpts overlap by `context` so VAD sees the same audio around each
-        boundary in both; a span belongs to the excerpt its start falls in, exactly once.
-        """
-        if not self.context:
-            return True
-        return self.offset <= start and (self.limit is None or start < self.offset + self.limit)
-
-
-@dataclass
-class PreparedSegment:
-    key: str
-    source_id: str
-    source_uri: str
-    start: float
-    end: float
-    audio: bytes  # encoded output audio (FLAC/WAV)
-    scores: dict = field(default_factory=dict)  # acoustic quality scores (pipelines.quality); {} when off
-
-
-@dataclass
-class PreparedUnit:
-    unit: int
-    segments: list[PreparedSegment] = field(default_factory=list)
-    rejects: list[dict] = field(default_factory=list)
-    input_seconds: float = 0.0
-    stage_seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
-    node: Optional[str] = None  # the Ray node that prepared it (summary "nodes")
 
 
 class Preparer:
@@ -90,7 +42,7 @@ class Preparer:
                  journal: Optional[PrepJournal] = None) -> tuple[list[np.ndarray], PreparedUnit]:
         """The 16 kHz ASR input of each kept segment, and the unit's segments (in the same order),
         rejects and stage times. With a `journal`, the steps it holds for this unit are read back
-        instead of done again, and each step done here is saved to it (see `pipelines.journal`);
+        instead of done again, and each step done here is saved to it (see `pipelines.state.journal`);
         the seconds spent reading or writing it are the "journal" stage."""
         journal = journal or PrepJournal()
         clock = time.perf_counter()
