@@ -325,7 +325,7 @@ def measure(work: Path, groups: list[str], texts: dict[str, list]) -> list[dict]
             row["group"] = group
             row["file"] = Path(seg.source_uri).name
             row["packed"] = i in transcriber.window_no_speech
-            row["old_no_speech_prob"] = transcriber.window_no_speech.get(i, res.no_speech_prob)
+            row["old_no_speech_prob"] = transcriber.window_no_speech.get(i, res.extras.get("no_speech_prob"))
             relative = Path(seg.source_uri).relative_to(work).as_posix()
             row["reference"] = reference(texts.get(relative), seg.start, seg.end, per_file[seg.source_uri] == 1)
             rows.append(row)

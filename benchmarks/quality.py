@@ -67,7 +67,7 @@ def asr_rows(segments: list, audios: list) -> list[dict]:
     transcriber.setup()
     results = transcriber(audios)
     return [{"text": r.text, "chars_per_second": chars_per_second(r.text, s.end - s.start),
-             "avg_logprob": r.avg_logprob, "no_speech_prob": r.no_speech_prob} for s, r in zip(segments, results)]
+             **r.extras} for s, r in zip(segments, results)]
 
 
 def compare_windows(corpus: str, files: int) -> None:

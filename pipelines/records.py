@@ -56,15 +56,28 @@ class PreparedUnit:
 
 @dataclass
 class AsrResult:
+    """One segment's transcript. `extras` holds the backend's own scores by name, which other
+    backends may not have (NeMo Curator's pattern); the index reads the ones it has columns for
+    (`avg_logprob`, `no_speech_prob`: null when a backend lacks them).
+
+    faster-whisper's: `avg_logprob`, the mean token log-prob of the words; `no_speech_prob`,
+    Whisper's probability that the 30 s window it decoded holds no speech. A segment decoded on
+    its own has its own; a segment that shared a packed window has None: the window's value is
+    one number for all of its speech and gaps (read at the first decoder step, before any word),
+    so it measures none of the segments in it (see `Transcriber._decode_packed`)."""
+
     text: str
     language: str
     language_prob: float
-    avg_logprob: float
-    # Whisper's probability that the 30 s window it decoded holds no speech. A segment decoded on
-    # its own has its own; a segment that shared a packed window has None: the window's value is
-    # one number for all of its speech and gaps (read at the first decoder step, before any word),
-    # so it measures none of the segments in it (see `Transcriber._decode_packed`).
-    no_speech_prob: Optional[float]
+    extras: dict[str, Optional[float]] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, fields: dict) -> "AsrResult":
+        """A result saved with `dataclasses.asdict`, also one saved before `extras` existed
+        (Whisper's scores as fields of their own: an ASR journal a killed run left behind)."""
+        core = ("text", "language", "language_prob", "extras")
+        extras = {**{k: v for k, v in fields.items() if k not in core}, **(fields.get("extras") or {})}
+        return cls(fields["text"], fields["language"], fields["language_prob"], extras)
 
 
 @dataclass

@@ -46,6 +46,10 @@ class VadConfig(_Section):
 
 
 class AsrConfig(_Section):
+    backend: str = Field(
+        "faster-whisper", pattern=r"^[A-Za-z_][\w.-]*(:[A-Za-z_]\w*)?$",
+        description="the ASR backend: a name in pipelines/asr/base.py BACKENDS, or 'package.module:Class' "
+                    "for one outside voxmill (see AsrBackend)")
     model: Optional[str] = Field(
         None, description="faster-whisper model name or path; unset = bundled tiny.en"
     )

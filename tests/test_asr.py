@@ -32,11 +32,11 @@ def test_batched_results_keep_input_order_and_scores(transcriber, clips):
     assert _words(results[1].text)[-2:] == ["press", "yard"]
     assert _words(results[2].text) == ["every", "purchase", "is", "a", "vote"]
     for result in results:
-        assert result.language == "en" and -1.5 < result.avg_logprob < 0
+        assert result.language == "en" and -1.5 < result.extras["avg_logprob"] < 0
     assert transcriber.counts["packed"] == 3  # one shared window: no segment has a no_speech_prob of its own
-    assert [r.no_speech_prob for r in results] == [None] * 3
+    assert [r.extras["no_speech_prob"] for r in results] == [None] * 3
     alone = Transcriber(AsrConfig(batch_size=2, pack_seconds=0))
-    assert all(0 <= r.no_speech_prob < 0.5 for r in alone([_audio(clips, n) for n in names]))
+    assert all(0 <= r.extras["no_speech_prob"] < 0.5 for r in alone([_audio(clips, n) for n in names]))
 
 
 def test_default_model_is_the_bundled_directory():
@@ -66,7 +66,7 @@ def test_packed_windows_give_each_clip_its_own_words(clips):
     assert packed.counts["windows"] < len(audios) and packed.counts["packed"] >= 3
     for name, result in zip(WITH_TEXT, results):
         assert _wer(refs[name]["text"], result.text) <= 0.25, (name, result.text)
-        assert -1.5 < result.avg_logprob < 0
+        assert -1.5 < result.extras["avg_logprob"] < 0
 
     alone = Transcriber(AsrConfig(batch_size=4, pack_seconds=0))
     assert [r.text for r in alone(audios)] and alone.counts["windows"] == len(audios)

@@ -326,6 +326,6 @@ def test_quality_off_scores_and_filters_nothing(tmp_path):
     _, prepared = preparer(0, [SourceFile("jfk", str(DEMO / "jfk.flac"))])
     assert prepared.segments and all(s.scores == {} for s in prepared.segments)
     assert "quality" not in prepared.stage_seconds
-    row = UnitCommitter(config)._index_row(0, prepared.segments[0], AsrResult("And so", "en", 1.0, -5.0, 0.9))
+    row = UnitCommitter(config)._index_row(0, prepared.segments[0], AsrResult("And so", "en", 1.0, {"avg_logprob": -5.0, "no_speech_prob": 0.9}))
     assert all(row[name] is None for name in (*SCORE_COLUMNS, "near_duplicate_of"))
     assert UnitCommitter(config)._drop(row, {}) is None  # avg_logprob -5 would fail the default filter

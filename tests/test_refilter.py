@@ -71,7 +71,7 @@ def fake_asr(audio: np.ndarray) -> AsrResult:
     seconds = len(audio) / 16000
     text = "" if seconds < 2 else " ".join(["hello"] * round(seconds * 2))
     rms = float(np.sqrt(np.mean(np.square(audio, dtype=np.float64))))
-    return AsrResult(text, "en", 1.0, -0.1 - rms, 0.01 + rms / 7)
+    return AsrResult(text, "en", 1.0, {"avg_logprob": -0.1 - rms, "no_speech_prob": 0.01 + rms / 7})
 
 
 def run(prepared, out: Path, keep_audio: bool = True, **quality) -> Path:

@@ -39,7 +39,8 @@ def _renumbered(window: Window, indices: list[int]) -> Window:
 
 
 class Transcriber:
-    """Batched Whisper decoding of <=30 s segments.
+    """The "faster-whisper" ASR backend (`pipelines.asr.base.AsrBackend`): batched Whisper decoding
+    of <=30 s segments; `extras` are Whisper's `avg_logprob` and `no_speech_prob`.
 
     Calling the model per batch, rather than `WhisperModel.transcribe` per file, lets one
     encoder pass serve `batch_size` windows: that is where GPU speed comes from. Short
@@ -172,7 +173,8 @@ class Transcriber:
                     # each segment made one window's value drop all of its clear speech (issue 16).
                     # The segment's own evidence is its words (avg_logprob), which the no-speech
                     # filter reads as well.
-                    resolved[index] = AsrResult(words_text(got), lang[0], lang[1], words_logprob(got), None)
+                    resolved[index] = AsrResult(words_text(got), lang[0], lang[1],
+                                                {"avg_logprob": words_logprob(got), "no_speech_prob": None})
         return resolved, unresolved
 
     def _batch(self, audios: list[np.ndarray]) -> list[AsrResult]:
@@ -235,6 +237,6 @@ class Transcriber:
             text=tokenizer.decode(tokens).strip(),
             language=language[0],
             language_prob=language[1],
-            avg_logprob=float(output.scores[0] * length / (length + 1)),
-            no_speech_prob=float(output.no_speech_prob),
+            extras={"avg_logprob": float(output.scores[0] * length / (length + 1)),
+                    "no_speech_prob": float(output.no_speech_prob)},
         )

@@ -18,7 +18,7 @@ from typing import Callable, Optional
 
 import ray
 
-from pipelines.asr.whisper import Transcriber
+from pipelines.asr.base import build_backend
 from pipelines.executor.base import resources_for
 from pipelines.io import storage
 from pipelines.records import AsrResult, Resources, SourceFile
@@ -144,11 +144,11 @@ def _prepare(config: JobConfig, unit: int, files: list[SourceFile], journal: Opt
 
 
 class _AsrWorker:
-    """Ray actor: loads the model once, then transcribes batches of segments."""
+    """Ray actor: builds the `asr.backend` and loads its model once, then transcribes batches of segments."""
 
     def __init__(self, config: AsrConfig, cpu_threads: int):
         # Ray pins OMP threads to the actor's CPU request; CTranslate2 needs them told explicitly.
-        self.transcriber = Transcriber(config.model_copy(update={"cpu_threads": config.cpu_threads or cpu_threads}))
+        self.transcriber = build_backend(config, cpu_threads)
         self.transcriber.setup()
 
     def ready(self) -> bool:

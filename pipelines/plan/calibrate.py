@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 import ray
 
-from pipelines.asr.whisper import Transcriber
+from pipelines.asr.base import build_backend
 from pipelines.executor.ray import connect_ray, plan_resources, process_units
 from pipelines.metrics.quality import DNSMOS_WINDOW, QualityScorer
 from pipelines.plan.estimator import _duration_bucket
@@ -161,7 +161,7 @@ def asr_probe(config: JobConfig, sample: list[SourceFile], threads: int) -> tupl
     windows = dnsmos_windows(config, audios) / max(prepared.input_seconds, 1e-9)
     per_window = max(config.asr.pack_seconds, speech / len(audios))
     repeats = max(1, math.ceil(config.asr.batch_size * per_window / speech))
-    transcriber = Transcriber(config.asr.model_copy(update={"cpu_threads": config.asr.cpu_threads or threads}))
+    transcriber = build_backend(config.asr, threads)
     transcriber.setup()
     started = time.perf_counter()
     transcriber(audios * repeats)

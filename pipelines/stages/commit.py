@@ -107,8 +107,8 @@ class UnitCommitter:
             "text": res.text,
             "language": res.language,
             "language_prob": res.language_prob,
-            "avg_logprob": res.avg_logprob,
-            "no_speech_prob": res.no_speech_prob,
+            "avg_logprob": res.extras.get("avg_logprob"),  # the backend's own scores; null without
+            "no_speech_prob": res.extras.get("no_speech_prob"),
             **self._scores(seg, res),
         }
 

@@ -56,7 +56,7 @@ class AsrJournal:
             return None
 
         data = storage.read_json(storage.join(self.url, f"{tag}.json"))
-        results = {int(i): AsrResult(**fields) for i, fields in data["results"].items()}
+        results = {int(i): AsrResult.from_json(fields) for i, fields in data["results"].items()}
         return results, list(data["unresolved"])
 
     def started(self, tag: str, speech_seconds: float) -> None:
