@@ -12,7 +12,7 @@ Inputs (built under `--work`, never written next to the originals):
 
 Each group of files runs through the real stages as one work unit: `Preparer` (decode, resample, VAD,
 acoustic scores), the real `Transcriber` with the bundled tiny.en model (packing on, as in a job),
-then the commit's index row and `pipelines.metrics.quality.verdict` with the default `QualityConfig`. Per
+then the commit's index row and `pipelines.metrics.filters.verdict` with the default `QualityConfig`. Per
 filter, a segment counts as dropped when that filter alone (the others off) drops it. The old rule
 (before issue 16: every segment of a packed window got the window's `no_speech_prob`, and a segment
 was dropped when it was > 0.6 whatever its avg_logprob) is evaluated on the same run: the window's
@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipelines.asr.whisper import Transcriber  # noqa: E402
-from pipelines.metrics.quality import verdict  # noqa: E402
+from pipelines.metrics.filters import verdict  # noqa: E402
 from pipelines.records import SourceFile
 from pipelines.stages.commit import UnitCommitter  # noqa: E402
 from pipelines.stages.discover import Discover  # noqa: E402
@@ -392,7 +392,7 @@ def wer(rows: list[dict]) -> Optional[float]:
     """Word error rate over the rows that have a reference (normalised text, digits as written)."""
     import jiwer
 
-    from pipelines.metrics.quality import normalise_text
+    from pipelines.metrics.text import normalise_text
 
     pairs = [(normalise_text(r["reference"]), normalise_text(r["text"]) or "-") for r in rows if r.get("reference")]
     if not pairs:

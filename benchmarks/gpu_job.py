@@ -16,7 +16,7 @@ import pyarrow.dataset as ds
 import ray
 
 from pipelines.job import run_job
-from pipelines.metrics.quality import normalise_text
+from pipelines.metrics.text import normalise_text
 from pipelines.plan.planning import plan_job
 from schemas.config import load_job_config
 

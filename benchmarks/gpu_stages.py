@@ -125,14 +125,8 @@ def bench_dnsmos(audios) -> dict:
     """The scorer's two DNSMOS runners on the same windows, and whole-segment scores both ways."""
     import onnxruntime as ort
 
-    from pipelines.metrics.quality import (
-        OnnxDnsmos,
-        QualityScorer,
-        TorchDnsmos,
-        cover_starts,
-        dnsmos_model_path,
-        dnsmos_window,
-    )
+    from pipelines.metrics.dnsmos import OnnxDnsmos, TorchDnsmos, cover_starts, dnsmos_model_path, dnsmos_window
+    from pipelines.metrics.scorer import QualityScorer
     from schemas.config import QualityConfig
 
     windows = np.stack([dnsmos_window(a, s) for a in audios for s in cover_starts(len(a))])
@@ -174,7 +168,7 @@ def bench_asr(audios, prepared, refs, model: str, batch_sizes: list[int], device
     import jiwer
 
     from pipelines.asr.whisper import Transcriber
-    from pipelines.metrics.quality import normalise_text
+    from pipelines.metrics.text import normalise_text
     from pipelines.stages.audio import ASR_RATE
     from schemas.config import AsrConfig
 
@@ -213,7 +207,7 @@ def hardware_profile(results: dict, base: dict, batch_size: int) -> dict:
     run = next(r for r in results["asr"]["runs"] if r["batch_size"] == batch_size)
     hardware = dict(base["hardware"])
     prep = results["prep"]["seconds_per_input_second"]
-    from pipelines.metrics.quality import TorchDnsmos
+    from pipelines.metrics.dnsmos import TorchDnsmos
 
     per_window = results["dnsmos"][f"gpu_batch{TorchDnsmos.CHUNK}_seconds_per_window"]
     windows = base["data"].get("dnsmos_windows_per_input_second") or 0.0

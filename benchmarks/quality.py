@@ -25,7 +25,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipelines.metrics.quality import SCORE_NAMES, chars_per_second  # noqa: E402
+from pipelines.metrics.scorer import SCORE_NAMES  # noqa: E402
+from pipelines.metrics.text import chars_per_second  # noqa: E402
 from pipelines.records import SourceFile
 from pipelines.stages.discover import Discover  # noqa: E402
 from pipelines.stages.prepare import Preparer  # noqa: E402
@@ -74,7 +75,7 @@ def compare_windows(corpus: str, files: int) -> None:
     """Covering vs reference DNSMOS windows on a corpus's VAD segments: differences and time."""
     import numpy as np
 
-    from pipelines.metrics.quality import QualityScorer
+    from pipelines.metrics.scorer import QualityScorer
     from schemas.config import QualityConfig
 
     config = load_job_config(corpus, "/tmp/unused", overrides={"quality.enabled": False})

@@ -27,23 +27,15 @@ from pydantic import BaseModel
 from pipelines.io import storage, tables
 from pipelines.io.tables import later_copies, read_parts  # every part under one unified schema; see tables
 from pipelines.state.ledger import Ledger
+from schemas.metrics import METRICS, Registry
 
 REPORT_FOLDER = "report"
-# Per-segment scores, with the label a reader sees; the first seven come from the quality stage,
-# the last two from ASR. Any of them may be missing (older outputs) or null (a part left unscored).
-SCORE_LABELS = {
-    "dnsmos_ovrl": "DNSMOS overall",
-    "dnsmos_sig": "DNSMOS signal",
-    "dnsmos_bak": "DNSMOS background",
-    "snr_db": "SNR (dB)",
-    "clipping": "clipping (fraction)",
-    "loudness_lufs": "loudness (LUFS)",
-    "chars_per_second": "characters per second",
-    "avg_logprob": "ASR avg log-prob",
-    "no_speech_prob": "ASR no-speech prob",
-}
+# Per-segment scores, with the label a reader sees: the labelled metrics of schemas/metrics.py, in
+# their display order. Any of them may be missing (older outputs) or null (a part left unscored).
+SCORE_LABELS = METRICS.labels()
 SAMPLE_SCORES = ("dnsmos_ovrl", "snr_db", "chars_per_second", "avg_logprob")  # columns of the sample table
-INDEX_COLUMNS = ("key", "shard", "source_id", "duration", "language", "near_duplicate_of", "audio_hash", *SCORE_LABELS)
+BASE_COLUMNS = ("key", "shard", "source_id", "duration", "language", "near_duplicate_of", "audio_hash")
+INDEX_COLUMNS = (*BASE_COLUMNS, *SCORE_LABELS)
 PLOTS = {
     "duration.png": "Segment durations",
     "dnsmos.png": "DNSMOS overall",
@@ -227,7 +219,7 @@ def pick_rows(index: pa.Table, count: int) -> list[int]:
 
 def sample_rows(output: str, index: pa.Table, count: int) -> list[SampleRow]:
     """The picked rows with their transcripts (read for those keys only: text is the bulk of an index)."""
-    picked = index.take(pick_rows(index, count)).to_pylist()
+    picked = index.take(pa.array(pick_rows(index, count), pa.int64())).to_pylist()  # none: an int64 array still
     keys = [row["key"] for row in picked]
     texts = read_parts(output, "index", ("key", "text"), pc.field("key").isin(keys)) if keys else pa.table({})
     text_of = dict(zip(texts["key"].to_pylist(), texts["text"].to_pylist())) if keys else {}
@@ -241,15 +233,18 @@ def _finite(value: Any) -> Optional[float]:
     return float(value) if value is not None and math.isfinite(value) else None
 
 
-def gather(output: str, samples: int = 20) -> DatasetSummary:
+def gather(output: str, samples: int = 20, registry: Registry = METRICS) -> DatasetSummary:
     """The dataset's statistics; raises ReportError when `output` is missing or holds no index."""
-    return gather_with_index(output, samples)[0]
+    return gather_with_index(output, samples, registry)[0]
 
 
-def gather_with_index(output: str, samples: int = 20) -> tuple[DatasetSummary, pa.Table]:
-    """The statistics and the index columns they came from (the plots draw the same values)."""
+def gather_with_index(output: str, samples: int = 20,
+                      registry: Registry = METRICS) -> tuple[DatasetSummary, pa.Table]:
+    """The statistics and the index columns they came from (the plots draw the same values); a
+    distribution per labelled metric of `registry`."""
     _check_output(output)
-    index = read_parts(output, "index", INDEX_COLUMNS)
+    labels = registry.labels()
+    index = read_parts(output, "index", (*BASE_COLUMNS, *labels))
     rejects = read_parts(output, "rejects", ("stage", "reason", "duration", "metric", "value", "threshold"))
     records = list(Ledger(output).done().values())
     summary = storage.read_json(storage.join(output, "summary.json"), missing={})
@@ -271,7 +266,7 @@ def gather_with_index(output: str, samples: int = 20) -> tuple[DatasetSummary, p
         dropped=drops(rejects),
         languages=languages(index),
         duration=distribution(_values(index, "duration")),
-        scores={c: distribution(_values(index, c)) for c in SCORE_LABELS},
+        scores={c: distribution(_values(index, c)) for c in labels},
         near_duplicates=duplicates,
         exact_duplicates=int(pc.sum(later_copies(index)).as_py() or 0) if "audio_hash" in index.column_names else None,
         throughput=throughput(records, summary.get("started_at")),
@@ -424,11 +419,13 @@ def overview_rows(summary: DatasetSummary) -> list[tuple[str, str]]:
     return rows
 
 
-def distribution_rows(summary: DatasetSummary) -> list[tuple[str, Optional[Distribution], str]]:
+def distribution_rows(summary: DatasetSummary,
+                      registry: Registry = METRICS) -> list[tuple[str, Optional[Distribution], str]]:
     """(label, distribution, what to say when it is None): a score nobody computed is "not scored";
     durations are missing only when there is no sample at all."""
+    labels = registry.labels()
     return [("duration (s)", summary.duration, "no samples"),
-            *((SCORE_LABELS[c], d, "not scored") for c, d in summary.scores.items())]
+            *((labels.get(c, c), d, "not scored") for c, d in summary.scores.items())]
 
 
 def _distribution_cells(name: str, d: Optional[Distribution], missing: str) -> list[str]:

@@ -6,10 +6,12 @@ flows from here to the single place that uses it.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Optional
+from typing import ClassVar, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
+
+from schemas.metrics import METRICS, Registry
 
 AUDIO_EXTENSIONS = ("flac", "wav", "mp3", "opus", "ogg", "m4a", "sph")
 
@@ -78,8 +80,8 @@ class ShardConfig(_Section):
                           "can bring them back; false keeps only their rows in rejects/")
 
 
-class QualityConfig(_Section):
-    """Per-segment scores and the filters on them (pipelines/metrics/quality.py).
+class _QualitySettings(_Section):
+    """Per-segment scores and the filters on them (pipelines/metrics/, declared in schemas/metrics.py).
 
     Defaults were measured on the real clips (benchmarks/quality.py): they keep clean read speech
     (LibriSpeech, LJSpeech), the AMI headset, Common Voice and the 1961 JFK clip (also at 8 kHz 8-bit),
@@ -87,6 +89,9 @@ class QualityConfig(_Section):
     transcripts Whisper itself would call failed. They are floors: a TTS corpus from in-the-wild
     audio will want stricter ones (Emilia: DNSMOS >= 3.0). Any threshold set to null is off; the
     scores are written to the index and each sample's JSON either way, to filter again later.
+
+    The threshold fields (`min_<metric>`, `max_<metric>`) come from the metrics' declarations
+    (`quality_config_model`); the settings here are the ones that are no metric's threshold.
     """
 
     enabled: bool = Field(True, description="score every segment and apply the filters; false = neither")
@@ -102,47 +107,40 @@ class QualityConfig(_Section):
     dnsmos_hop_seconds: float = Field(
         1.0, ge=0.1, le=9.01,
         description="hop of the reference windowing; 1.0 is the reference's, 9.01 = no overlap")
-    min_dnsmos_ovrl: Optional[float] = Field(
-        2.0, ge=1, le=5,
-        description="DNSMOS P.835 overall MOS (1-5): a floor for clearly degraded audio. LJSpeech scores 2.72-2.98, "
-                    "JFK (1961) 2.45-2.65, JFK at 8 kHz 8-bit 2.16, LibriSpeech under white noise at 0 dB SNR 1.60. "
-                    "Emilia keeps >= 3.0 (in-the-wild audio after source separation): that drops LJSpeech")
     drop_exact_duplicates: bool = Field(
         True, description="a segment whose stored audio is byte-identical to a kept one of the same unit is a reject")
-    min_dnsmos_sig: Optional[float] = Field(None, ge=1, le=5, description="DNSMOS P.835 speech-signal MOS (1-5)")
-    min_dnsmos_bak: Optional[float] = Field(None, ge=1, le=5, description="DNSMOS P.835 background-noise MOS (1-5)")
-    min_snr_db: Optional[float] = Field(
-        15.0, description="blind SNR estimate, dB (loud vs quiet 25 ms frames); clean clips 29-58, "
-                          "white noise at 5 dB SNR reads 12")
-    max_clipping: Optional[float] = Field(
-        0.001, ge=0, le=1, description="share of samples on the segment's peak plateau; clean speech 0, "
-                                       "a copy clipped at 30% of its peak 0.0015")
-    min_loudness_lufs: Optional[float] = Field(
-        -45.0, description="integrated loudness (BS.1770, LUFS) of the 16 kHz segment; clean clips -33 to -13")
-    max_loudness_lufs: Optional[float] = Field(-5.0, description="louder = distorted or clipped level")
-    min_chars_per_second: Optional[float] = Field(
-        2.0, ge=0, description="letters and digits of the normalised transcript per second (English read "
-                               "speech 9-15; numbers as digits go down to 4): below = words missing")
-    max_chars_per_second: Optional[float] = Field(30.0, ge=0, description="above = hallucinated or misaligned text")
-    min_avg_logprob: Optional[float] = Field(
-        -1.0, le=0, description="Whisper's mean token log-prob; Whisper itself retries a decode below -1")
-    max_no_speech_prob: Optional[float] = Field(
-        0.6, ge=0, le=1,
-        description="Whisper's no-speech rule: a segment is dropped as no speech when its no_speech_prob is above "
-                    "this AND its avg_logprob is below min_avg_logprob (Whisper's own pair, 0.6 and -1; with "
-                    "min_avg_logprob null, the probability alone). A segment that shared a packed ASR window has "
-                    "no no_speech_prob of its own (null: the window's value is one number for all its segments)")
-    min_language_prob: Optional[float] = Field(
-        None, ge=0, le=1, description="language-ID confidence (multilingual models); Emilia keeps >= 0.8")
-    languages: Optional[list[str]] = Field(None, description="keep only these detected languages; null = any")
+
+    metrics: ClassVar[Registry] = METRICS  # the declarations the threshold fields came from
 
     @model_validator(mode="after")
-    def _check_bounds(self) -> "QualityConfig":
-        for low, high in (("min_loudness_lufs", "max_loudness_lufs"), ("min_chars_per_second", "max_chars_per_second")):
-            lo, hi = getattr(self, low), getattr(self, high)
-            if lo is not None and hi is not None and lo >= hi:
-                raise ValueError(f"quality.{low} must be below quality.{high}")
+    def _check_bounds(self) -> "_QualitySettings":
+        """A metric's floor must be below its ceiling (loudness, speech rate)."""
+        fields = type(self).model_fields
+        for low in fields:
+            high = "max_" + low.removeprefix("min_")
+            if low.startswith("min_") and high in fields:
+                lo, hi = getattr(self, low), getattr(self, high)
+                if lo is not None and hi is not None and lo >= hi:
+                    raise ValueError(f"quality.{low} must be below quality.{high}")
         return self
+
+
+def quality_config_model(registry: Registry = METRICS, name: str = "QualityConfig") -> type[_QualitySettings]:
+    """The `quality:` section: the settings above, then each declared threshold as an optional float
+    field (`min_<metric>` / `max_<metric>`, with its default, range and description), then `languages`."""
+    fields: dict = {
+        field: (Optional[float], Field(t.default, ge=t.ge, le=t.le, description=t.description or None))
+        for field, t in registry.thresholds()
+    }
+    fields["languages"] = (Optional[list[str]],
+                           Field(None, description="keep only these detected languages; null = any"))
+    model = create_model(name, __base__=_QualitySettings, __module__=__name__, __doc__=_QualitySettings.__doc__,
+                         **fields)
+    model.metrics = registry
+    return model
+
+
+QualityConfig = quality_config_model()
 
 
 class EngineConfig(_Section):

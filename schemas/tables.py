@@ -1,6 +1,8 @@
 """Arrow schemas of the tables voxmill writes; readers and writers both use these."""
 import pyarrow as pa
 
+from schemas.metrics import METRICS, Registry
+
 MANIFEST_SCHEMA = pa.schema(
     [
         pa.field("id", pa.string(), nullable=False),  # stable: hash of uri + sanitised stem
@@ -15,33 +17,18 @@ MANIFEST_SCHEMA = pa.schema(
     ]
 )
 
-INDEX_SCHEMA = pa.schema(
-    [
-        pa.field("key", pa.string(), nullable=False),
-        pa.field("shard", pa.string(), nullable=False),  # path relative to the output root
-        pa.field("unit", pa.int32()),
-        pa.field("source_id", pa.string()),
-        pa.field("source_uri", pa.string()),
-        pa.field("start", pa.float64()),
-        pa.field("end", pa.float64()),
-        pa.field("duration", pa.float64()),
-        pa.field("sample_rate", pa.int32()),
-        pa.field("text", pa.string()),
-        pa.field("language", pa.string()),
-        pa.field("language_prob", pa.float32()),
-        pa.field("avg_logprob", pa.float32()),
-        pa.field("no_speech_prob", pa.float32()),
-        # quality scores (pipelines/metrics/quality.py); null when quality.enabled is false or not measurable
-        pa.field("dnsmos_sig", pa.float32()),  # DNSMOS P.835, 1-5
-        pa.field("dnsmos_bak", pa.float32()),
-        pa.field("dnsmos_ovrl", pa.float32()),
-        pa.field("snr_db", pa.float32()),  # blind estimate
-        pa.field("clipping", pa.float32()),  # share of samples on the peak plateau
-        pa.field("loudness_lufs", pa.float32()),  # BS.1770 integrated loudness
-        pa.field("chars_per_second", pa.float32()),  # letters+digits of the normalised transcript
-        pa.field("audio_hash", pa.string()),  # blake2b-128 hex of the stored KEY.flac/KEY.wav bytes
-        pa.field("near_duplicate_of", pa.string()),  # key of an earlier sample with the same text and length
-    ]
+# The columns of a segment itself; the score columns (ASR and quality) follow, from schemas/metrics.py.
+SEGMENT_FIELDS = (
+    pa.field("key", pa.string(), nullable=False),
+    pa.field("shard", pa.string(), nullable=False),  # path relative to the output root
+    pa.field("unit", pa.int32()),
+    pa.field("source_id", pa.string()),
+    pa.field("source_uri", pa.string()),
+    pa.field("start", pa.float64()),
+    pa.field("end", pa.float64()),
+    pa.field("duration", pa.float64()),
+    pa.field("sample_rate", pa.int32()),
+    pa.field("text", pa.string()),
 )
 
 _REJECT_FIELDS = (
@@ -61,17 +48,31 @@ _REJECT_FIELDS = (
         pa.field("threshold", pa.float64()),
     ]
 )
-# A segment dropped after ASR (stage "asr" empty transcript, or stage "quality") also carries every
+
+
+def index_schema(registry: Registry = METRICS) -> pa.Schema:
+    """One row per kept sample: the segment's columns, then one column per declared metric (in
+    declaration order; null when quality.enabled is false or not measurable)."""
+    return pa.schema([*SEGMENT_FIELDS, *(m.field for m in registry)])
+
+
+def rejects_schema(index: pa.Schema) -> pa.Schema:
+    """The rejects columns, then `shard` and every other column of `index`, nullable."""
+    return pa.schema(
+        _REJECT_FIELDS
+        + [pa.field("shard", pa.string())]
+        + [f.with_nullable(True) for f in index
+           if f.name not in {g.name for g in _REJECT_FIELDS} | {"shard"}]
+    )
+
+
+# One row per kept sample. A segment dropped after ASR (stage "asr" empty transcript, or stage "quality") also carries every
 # column of the index row it would have had (text, language, ASR and quality scores, audio_hash, ...)
 # and `shard`: the `rejected/shard-*.tar` holding its KEY.flac + KEY.json (null when
 # shards.keep_rejected_audio is off). All of them are null for a file-level reject (discover, decode,
 # vad, prepare) and for a segment whose scoring failed before ASR. `voxmill refilter` reads them back.
-REJECTS_SCHEMA = pa.schema(
-    _REJECT_FIELDS
-    + [pa.field("shard", pa.string())]
-    + [f.with_nullable(True) for f in INDEX_SCHEMA
-       if f.name not in {g.name for g in _REJECT_FIELDS} | {"shard"}]
-)
+INDEX_SCHEMA = index_schema(METRICS)
+REJECTS_SCHEMA = rejects_schema(INDEX_SCHEMA)
 
 SEGMENTED_SCHEMA = pa.schema(
     [

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from pipelines.executor.ray import _prepare
-from pipelines.metrics.quality import QualityScorer
+from pipelines.metrics.scorer import QualityScorer
 from pipelines.records import SourceFile
 from pipelines.stages.prepare import SCORE_CHUNK_SECONDS, Preparer, score_chunks
 from pipelines.state.journal import SEGMENTED, PrepJournal, journal_url

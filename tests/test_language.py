@@ -12,7 +12,7 @@ import pyarrow.dataset as ds
 import pytest
 
 from pipelines.job import run_job
-from pipelines.metrics.quality import normalise_text
+from pipelines.metrics.text import normalise_text
 from tests.conftest import small_units_config
 
 ESPEAK_SPEED = 130  # words per minute; espeak's default 175 is too fast for Whisper base to be reliable

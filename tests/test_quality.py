@@ -18,18 +18,11 @@ import webdataset as wds
 from pipelines.asr.whisper import Transcriber
 from pipelines.executor.base import resources_for
 from pipelines.job import run_job
-from pipelines.metrics.quality import (
-    DNSMOS_WINDOW,
-    SCORE_NAMES,
-    OnnxDnsmos,
-    QualityScorer,
-    TorchDnsmos,
-    audio_hash,
-    chars_per_second,
-    cover_starts,
-    normalise_text,
-    verdict,
-)
+from pipelines.metrics.dnsmos import DNSMOS_WINDOW, OnnxDnsmos, TorchDnsmos, cover_starts
+from pipelines.metrics.filters import verdict
+from pipelines.metrics.scorer import SCORE_NAMES, QualityScorer
+from pipelines.metrics.signal import audio_hash
+from pipelines.metrics.text import chars_per_second, normalise_text
 from pipelines.plan.calibrate import PREP_STAGES
 from pipelines.plan.estimator import predict, size_from_manifest
 from pipelines.records import AsrResult, PreparedSegment, PreparedUnit, SourceFile

@@ -25,7 +25,7 @@ import ray
 
 from pipelines.asr.base import build_backend
 from pipelines.executor.ray import connect_ray, plan_resources, process_units
-from pipelines.metrics.quality import DNSMOS_WINDOW, QualityScorer
+from pipelines.metrics.cost import DNSMOS_COST, priced
 from pipelines.plan.estimator import _duration_bucket
 from pipelines.records import SourceFile
 from pipelines.stages.audio import ASR_RATE
@@ -37,7 +37,6 @@ from schemas.plan import Calibration, DataProfile, HardwareProfile
 PRESAMPLE_ROWS = 5000
 MIN_PIECE = 20.0  # seconds: shorter excerpts would cut most utterances short
 PREP_STAGES = ("decode", "resample", "vad", "encode", "quality", "journal")  # what a prep task times
-PROBE_WINDOWS = 8  # DNSMOS windows per timed batch (~3 s on one core)
 
 
 def sample_budget(config: JobConfig, input_seconds: float) -> float:
@@ -170,11 +169,9 @@ def asr_probe(config: JobConfig, sample: list[SourceFile], threads: int) -> tupl
 
 
 def dnsmos_windows(config: JobConfig, audios: list[np.ndarray]) -> int:
-    """DNSMOS windows in these segments: quality scoring's cost follows them (see quality.py)."""
-    if not config.quality.enabled:
-        return 0
-    scorer = QualityScorer(config.quality)
-    return sum(len(scorer.window_starts(len(a))) for a in audios)
+    """DNSMOS windows in these segments: the cost model of the metrics that declare it (metrics.cost)."""
+    model = priced(config.quality, DNSMOS_COST)
+    return model.units(config.quality, audios) if model else 0
 
 
 def dnsmos_window_seconds(config: JobConfig) -> Optional[float]:
@@ -184,15 +181,8 @@ def dnsmos_window_seconds(config: JobConfig) -> Optional[float]:
     scoring time is not used: it shares the cores with an ASR actor far busier on calibration's
     small units than in a run, and came out 50% dear; the estimator adds the cores a run's
     ASR takes from prep itself, `estimator._cores_taken`.)"""
-    if not config.quality.enabled:
-        return None
-    scorer = QualityScorer(config.quality)
-    scorer.setup()
-    batch = np.random.default_rng(0).normal(0.0, 0.05, (PROBE_WINDOWS, DNSMOS_WINDOW)).astype(np.float32)
-    scorer.runner(batch)  # this batch shape's first run allocates
-    started = time.perf_counter()
-    scorer.runner(batch)
-    return (time.perf_counter() - started) / PROBE_WINDOWS
+    model = priced(config.quality, DNSMOS_COST)
+    return model.unit_seconds(config.quality) if model else None
 
 
 def _unscored(config: JobConfig) -> JobConfig:

@@ -16,7 +16,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.io import storage
-from pipelines.metrics.quality import SCORE_NAMES, chars_per_second, normalise_text, verdict
+from pipelines.metrics.filters import verdict
+from pipelines.metrics.scorer import round_score
+from pipelines.metrics.text import TEXT, normalise_text
 from pipelines.records import AsrResult, PreparedSegment, PreparedUnit, SourceFile
 from pipelines.sinks.webdataset import REJECTED, Sample, ShardWriter
 from pipelines.stages.prepare import reject_row
@@ -113,13 +115,22 @@ class UnitCommitter:
         }
 
     def _scores(self, seg: PreparedSegment, res: AsrResult) -> dict:
-        """The quality columns: the prep task's acoustic scores plus the speech rate, as the float32
-        the index stores (so KEY.json and the index hold the same numbers); all null when off."""
-        scores: dict = {name: seg.scores.get(name) for name in SCORE_NAMES}
-        scores["chars_per_second"] = chars_per_second(res.text, seg.end - seg.start) if seg.scores else None
-        scores = {k: None if v is None else float(np.float32(round(v, 3) if k == "chars_per_second" else v))
-                  for k, v in scores.items()}
-        return {**scores, "audio_hash": seg.scores.get("audio_hash"), "near_duplicate_of": None}
+        """The quality columns (each prep and commit metric the config was made from, in declaration
+        order): the prep task's scores, and the commit metrics computed from the transcript
+        (`metrics.text.TEXT`), as the float32 the index stores (so KEY.json and the index hold the
+        same numbers); all null when off. near_duplicate_of is set by `decide`."""
+        seconds = seg.end - seg.start
+        scores: dict = {}
+        for metric in self.quality.metrics.at("prep", "commit"):
+            if metric.stage == "prep":
+                value = seg.scores.get(metric.name)
+            else:
+                compute = TEXT.get(metric.name)
+                value = round_score(compute(res.text, seconds), metric.digits) if compute and seg.scores else None
+            if value is not None and metric.type == pa.float32():
+                value = float(np.float32(value))
+            scores[metric.name] = value
+        return scores
 
     @staticmethod
     def _meta(row: dict) -> dict:

@@ -12,7 +12,8 @@ import numpy as np
 
 from pipelines.io import storage
 from pipelines.io.keys import segment_key
-from pipelines.metrics.quality import QualityScorer, audio_hash, clipping_ratio
+from pipelines.metrics.scorer import QualityScorer
+from pipelines.metrics.signal import audio_hash, clipping_ratio
 from pipelines.records import PreparedSegment, PreparedUnit, SourceFile
 from pipelines.stages.audio import ASR_RATE, DecodeError, Resampler, Waveform, decode, encode, peak_normalize
 from pipelines.stages.vad import Segmenter, Span
