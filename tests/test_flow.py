@@ -9,15 +9,9 @@ import pyarrow.dataset as ds
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-from prefect.testing.utilities import prefect_test_harness
 
 from flows.prepare import prepare_corpus
-
-
-@pytest.fixture(scope="module")
-def prefect_server():
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
+from tests.fakes import OVERRIDES as FAKE_ASR
 
 
 async def _artifact_markdown(key: str) -> str:
@@ -27,7 +21,8 @@ async def _artifact_markdown(key: str) -> str:
 
 
 def _plan_overrides(tmp_path) -> dict:
-    return {"plan.profiles_dir": str(tmp_path / "profiles"), "plan.history_path": str(tmp_path / "history.jsonl")}
+    """Plan files under tmp_path, and the fake ASR backend (calibration and job): the flow is under test."""
+    return {**FAKE_ASR, "plan.profiles_dir": str(tmp_path / "profiles"), "plan.history_path": str(tmp_path / "history.jsonl")}
 
 
 def test_flow_plans_runs_and_publishes(prefect_server, local_ray, clips, tmp_path):

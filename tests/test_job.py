@@ -1,4 +1,5 @@
-"""The whole job on the real clips: transcripts, audio, accounting, and both shard readers."""
+"""The whole job on the real clips: transcripts (the real model), audio, accounting, and both shard
+readers (the fake ASR backend: `finished_job`)."""
 from __future__ import annotations
 
 import io
@@ -16,7 +17,7 @@ import webdataset as wds
 from pipelines.job import run_job
 from pipelines.state import jobstate
 from pipelines.state.jobstate import ConfigChanged
-from tests.conftest import NO_SPEECH, load_torchcodec, references
+from tests.conftest import NO_SPEECH, REAL_ASR, load_torchcodec, references, small_units_config
 
 
 def _norm(text: str) -> str:
@@ -32,8 +33,17 @@ def _shard_samples(output: str) -> dict[str, dict]:
     return {s["__key__"]: s for s in wds.WebDataset(urls, shardshuffle=False)}
 
 
-def test_transcripts_match_references(finished_job):
-    config, _ = finished_job
+@pytest.fixture(scope="module")
+def real_job(clips, local_ray, tmp_path_factory):
+    """The clips through the whole job with the real model (faster-whisper tiny.en)."""
+    config = small_units_config(str(clips), str(tmp_path_factory.mktemp("real") / "out"), backend=REAL_ASR)
+    return config, run_job(config)
+
+
+@pytest.mark.slow
+def test_transcripts_match_references(real_job):
+    config, summary = real_job
+    assert summary["complete"] and summary["config"]["asr"]["backend"] == REAL_ASR
     index = _index(config.output).to_pylist()
     refs = {name: row["text"] for name, row in references().items() if row["text"]}
     hyps = {}

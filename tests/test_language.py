@@ -13,7 +13,9 @@ import pytest
 
 from pipelines.job import run_job
 from pipelines.metrics.text import normalise_text
-from tests.conftest import small_units_config
+from tests.conftest import REAL_ASR, small_units_config
+
+pytestmark = pytest.mark.slow  # the real multilingual model
 
 ESPEAK_SPEED = 130  # words per minute; espeak's default 175 is too fast for Whisper base to be reliable
 SPOKEN = {  # file -> (espeak voice = language Whisper should detect, what it says)
@@ -62,7 +64,7 @@ def mixed_input(clips, tmp_path_factory) -> Path:
 
 def _job(folder: Path, output: Path, model: Path, **overrides: object) -> tuple[list[dict], list[dict], dict]:
     # one unit: the auto-detect batch holds all three languages at once
-    config = small_units_config(str(folder), str(output), **{
+    config = small_units_config(str(folder), str(output), REAL_ASR, **{
         "engine.unit_minutes": 30, "asr.model": str(model), **overrides})
     assert config.asr.language is None
     summary = run_job(config)

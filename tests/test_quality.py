@@ -177,6 +177,7 @@ ESPEAK = [("en-us", "Please call Stella and ask her to bring these things with h
           ("en-gb-x-rp", "The museum opens a new exhibition next month.")]
 
 
+@pytest.mark.slow  # the real model: what it hears in packed windows
 def test_clear_speech_sharing_a_window_is_kept_and_has_no_borrowed_no_speech_prob(tmp_path):
     """Short real clips and espeak-ng sentences share ASR windows. The default filters keep every
     segment, and no packed segment carries its window's no_speech_prob (a number about the whole
@@ -292,6 +293,7 @@ def test_scores_are_in_the_index_and_in_each_samples_json(quality_job):
     assert prep_stages <= set(PREP_STAGES)  # every second a prep task spends is priced by the plan
 
 
+@pytest.mark.slow  # the real model: the same words from both takes
 def test_a_second_take_is_flagged_as_near_duplicate_and_kept(tmp_path):
     """The same LibriSpeech utterance at 98% gain: other bytes (no exact duplicate), same words and
     length, so the second sample names the first in `near_duplicate_of`."""

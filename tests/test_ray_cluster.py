@@ -23,6 +23,7 @@ import pytest
 
 from benchmarks.processes import Sessions
 from tests.conftest import free_port
+from tests.fakes import FAKE_ASR, FAKE_ASR_ENV
 
 ROOT = Path(__file__).resolve().parent.parent
 RAY = str(Path(sys.executable).with_name("ray"))
@@ -53,7 +54,8 @@ def _wait_for_nodes(address: str, count: int, env: dict[str, str], nodes: Sessio
 def test_cli_job_runs_on_two_nodes(clips, tmp_path):
     port = free_port()
     address = f"127.0.0.1:{port}"
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
+    # FAKE_ASR_ENV: the nodes' workers import the fake ASR backend (tests.fakes) from this checkout
+    env = {**os.environ, **FAKE_ASR_ENV, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
     env.pop("RAY_ADDRESS", None)
     temp_dir = tempfile.mkdtemp(prefix="vxray-")  # short: Ray's socket paths must fit in 107 bytes
     nodes = Sessions(tmp_path)
@@ -69,7 +71,7 @@ def test_cli_job_runs_on_two_nodes(clips, tmp_path):
         _wait_for_nodes(address, 2, env, nodes)
         out = tmp_path / "out"
         job = tmp_path / "job.yaml"  # ~15 s units: the 11 clips make several units to spread
-        job.write_text(f"input: {clips}\noutput: {out}\nengine: {{unit_minutes: 0.25}}\n")
+        job.write_text(f"input: {clips}\noutput: {out}\nengine: {{unit_minutes: 0.25}}\nasr: {{backend: '{FAKE_ASR}'}}\n")
         run = subprocess.run([sys.executable, "-m", "flows.cli", "run", "--config", str(job), "--no-plan", "--json"],
                              cwd=ROOT, env={**env, "RAY_ADDRESS": address}, capture_output=True, text=True,
                              timeout=600)
