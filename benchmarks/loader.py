@@ -28,7 +28,8 @@ from torch.utils.data import DataLoader
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipelines.loader import SpeechShards, padding_ratio, read_index  # noqa: E402
-from pipelines.sinks.webdataset import Sample, ShardWriter  # noqa: E402
+from pipelines.sinks.base import Sample  # noqa: E402
+from pipelines.sinks.webdataset import WebDatasetSink  # noqa: E402
 from schemas.config import JobConfig, ShardConfig  # noqa: E402
 from schemas.tables import INDEX_SCHEMA  # noqa: E402
 
@@ -54,7 +55,7 @@ def reshard(source: Path, target: Path, copies: int, per_shard: int) -> None:
     urls = sorted(str(p) for p in (source / "shards").glob("*.tar"))
     stored = [s for s in wds.WebDataset(urls, shardshuffle=False) if s["__key__"] in rows]
     samples = [(f"{s['__key__']}-c{c}", s) for c in range(copies) for s in stored]
-    writer, index = ShardWriter(ShardConfig(max_samples=per_shard), str(target)), []
+    writer, index = WebDatasetSink(ShardConfig(max_samples=per_shard), str(target)), []
     for unit in range(0, len(samples), per_shard):
         group = samples[unit: unit + per_shard]
         placed = writer.write(unit // per_shard, (Sample(k, s["flac"], json.loads(s["json"])) for k, s in group))

@@ -9,7 +9,7 @@ from typing import Optional
 
 import pyarrow as pa
 
-from pipelines.executor.ray import ProgressFn, RunResult, connect_ray, plan_resources, process_units
+from pipelines.executor.base import Executor, ProgressFn, RunResult, open_executor, run_units
 from pipelines.io import storage
 from pipelines.plan import history
 from pipelines.preflight import check_model
@@ -32,6 +32,7 @@ def run_job(config: JobConfig, progress: Optional[ProgressFn] = None,
     The run holds the output's lease throughout (one writer per output). `restart` deletes what
     voxmill wrote there first, only once the input listed and the output proved writable."""
     started_at, clock = datetime.now(timezone.utc), time.perf_counter()
+    executor = open_executor(config)  # an unknown engine.executor fails here, before any work
     if manifest is None:
         manifest = Discover(config.discover, exclude=config.output)(config.input)
     discover_seconds = time.perf_counter() - clock
@@ -39,11 +40,12 @@ def run_job(config: JobConfig, progress: Optional[ProgressFn] = None,
     with OutputLease(config.output, config.engine.lease_seconds, config.engine.lease_wait_seconds) as lease:
         if restart:
             jobstate.clear(config.output)
-        return _run_leased(config, manifest, lease, progress, plan, started_at, clock, discover_seconds)
+        return _run_leased(config, executor, manifest, lease, progress, plan, started_at, clock, discover_seconds)
 
 
-def _run_leased(config: JobConfig, manifest: pa.Table, lease: OutputLease, progress: Optional[ProgressFn],
-                plan: Optional[dict], started_at: datetime, clock: float, discover_seconds: float) -> dict:
+def _run_leased(config: JobConfig, executor: Executor, manifest: pa.Table, lease: OutputLease,
+                progress: Optional[ProgressFn], plan: Optional[dict], started_at: datetime, clock: float,
+                discover_seconds: float) -> dict:
     units = jobstate.claim(config, manifest)  # earlier runs' units, then new files as new units
     ledger = Ledger(config.output)
     records = ledger.done()
@@ -51,18 +53,17 @@ def _run_leased(config: JobConfig, manifest: pa.Table, lease: OutputLease, progr
     todo = [u for u in units if not finished[u.index]]
     journal.sweep(config.output, {journal_name(u.index, u.digest) for u in todo})
     previous = [r for r in finished.values() if r]
-    ray_clock = time.perf_counter()
+    start_clock = time.perf_counter()
     check_model(config.asr)  # a bad model fails here with one line, not as an ActorDiedError
-    connect_ray(config.engine)
-    ray_seconds = time.perf_counter() - ray_clock
-    resources = plan_resources(config.engine)
+    resources = executor.start()
+    start_seconds = time.perf_counter() - start_clock
     log.info("%d units (%d already done) on %s", len(units), len(previous), resources)
     total = sum(u.seconds for u in units)
-    result = process_units(config, todo, resources, progress,
-                           done_seconds=total - sum(u.seconds for u in todo), total_seconds=total, lease=lease)
+    result = run_units(executor, todo, progress, done_seconds=total - sum(u.seconds for u in todo),
+                       total_seconds=total, lease=lease)
     summary = build_summary(config, manifest, units, previous, result, resources,
                             started_at, time.perf_counter() - clock, discover_seconds)
-    summary["startup_seconds"] = ray_seconds + result.startup_seconds
+    summary["startup_seconds"] = start_seconds + result.startup_seconds
     if plan is not None:
         summary["plan"] = plan
         summary["history"] = history.record(plan, summary)
@@ -108,7 +109,7 @@ def build_summary(config: JobConfig, manifest: pa.Table, units: list[WorkUnit], 
         "stage_seconds": dict(stage_seconds),
         "asr_counts": dict(sum((Counter(r.get("asr_counts", {})) for r in reports), Counter())),
         "resources": vars(resources),
-        "nodes": dict(Counter(r.get("node") for r in reports)),  # units prepared per Ray node, this run
+        "nodes": dict(Counter(r.get("node") for r in reports)),  # units prepared per node, this run
         "failures": failures,
         "config": config.model_dump(mode="json"),
         "versions": versions(),

@@ -1,8 +1,9 @@
 """Training loader: voxmill shards into PyTorch, filtered through the index, batched by audio seconds.
 
 The Parquet index is the truth about what an output holds: the shard list and any filter come
-from it, so a half-written unit (shards, no index part yet) is never read. Streaming is plain
-webdataset; random access reads one tar member by its byte range.
+from it, so a half-written unit (shards, no index part yet) is never read. Samples are read back
+by the output's sink (`shards.format`, `pipelines/sinks/`): streamed shard by shard through a
+webdataset pipeline, or one by key (the WebDataset sink reads one sample's members by byte range).
 """
 from __future__ import annotations
 
@@ -10,12 +11,10 @@ import io
 import os
 import random
 import re
-import tarfile
 from dataclasses import dataclass
-from functools import lru_cache, partial
-from typing import Any, Iterable, Iterator, Sequence, TypedDict
+from functools import partial
+from typing import Any, Iterable, Iterator, Optional, Sequence, TypedDict
 
-import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -23,9 +22,10 @@ import soundfile as sf
 import soxr
 import torch
 import webdataset as wds
-from webdataset.tariterators import base_plus_ext, group_by_keys, tar_file_expander
 
 from pipelines.io import tables
+from pipelines.sinks.base import Sink
+from pipelines.state import jobstate
 
 AUDIO_EXTENSIONS = ("flac", "wav")
 
@@ -208,11 +208,14 @@ def _node_split(urls: Iterable[dict], rank: int, world_size: int) -> Iterator[di
             yield url
 
 
-def _open_shards(sources: Iterable[dict], storage_options: dict) -> Iterator[dict]:
-    """webdataset's url_opener, through fsspec (s3://, gs://, ... and local paths)."""
+def _read_shards(sources: Iterable[dict], root: str, storage_options: Optional[dict]) -> Iterator[dict]:
+    """The samples of each shard (`url`: its name under the output), read by the output's sink;
+    the sink is opened in the process that reads (a DataLoader worker), not pickled into it."""
+    sink: Sink = jobstate.sink(root, storage_options)
+    base = root.rstrip("/")
     for source in sources:
-        with fsspec.open(source["url"], "rb", **storage_options) as stream:
-            yield {**source, "stream": stream}  # the tar is read whole before the next pull closes it
+        for sample in sink.read(source["url"]):
+            yield {**sample, "__url__": f"{base}/{source['url']}"}
 
 
 def _keep_keys(sample: dict, keys: frozenset[str]) -> bool:
@@ -253,8 +256,7 @@ class SpeechShards(torch.utils.data.IterableDataset):
             table = table.filter(pc.invert(tables.later_copies(table)))
         self.num_samples = table.num_rows
         self.seconds = float(pc.sum(table["duration"]).as_py() or 0.0)
-        base = self.root.rstrip("/")
-        self.urls = [f"{base}/{s}" for s in sorted(pc.unique(table["shard"]).to_pylist())]
+        self.shards = sorted(pc.unique(table["shard"]).to_pylist())  # names under root, as the index holds them
         self.keys = frozenset(table["key"].to_pylist()) if self.filters or self.drop_duplicates else None
 
     def set_epoch(self, epoch: int) -> None:
@@ -262,19 +264,17 @@ class SpeechShards(torch.utils.data.IterableDataset):
         self.epoch = epoch
 
     def __iter__(self) -> Iterator[Utterance | Batch]:
-        return iter(self.pipeline()) if self.urls else iter(())
+        return iter(self.pipeline()) if self.shards else iter(())
 
     def pipeline(self) -> wds.DataPipeline:
         """The webdataset pipeline for this node and (when called inside one) DataLoader worker."""
         info = torch.utils.data.get_worker_info()
         rng = random.Random(hash((self.seed, self.epoch, self.rank, info.id if info else 0)))
         stages: list = [
-            wds.SimpleShardList(self.urls, seed=self.seed + self.epoch),
+            wds.SimpleShardList(self.shards, seed=self.seed + self.epoch),
             partial(_node_split, rank=self.rank, world_size=self.world_size),
             wds.split_by_worker,
-            partial(_open_shards, storage_options=self.storage_options or {}),
-            tar_file_expander,
-            group_by_keys,
+            partial(_read_shards, root=self.root, storage_options=self.storage_options),
         ]
         if self.keys is not None:
             stages.append(wds.select(partial(_keep_keys, keys=self.keys)))
@@ -294,18 +294,17 @@ class SpeechShards(torch.utils.data.IterableDataset):
 # ---- random access ----
 
 class IndexedShards:
-    """Any sample by key: index -> shard -> the member's byte range, read with one ranged request.
+    """Any sample by key: index -> shard -> the sample, read by the output's sink (`self.sink`).
 
-    The member offsets of a shard are read once (tar headers only) and cached, so later lookups
-    in the same shard cost one read each.
+    The WebDataset sink reads a shard's member offsets once (tar headers only) and caches them, so
+    later lookups in the same shard cost one ranged read each.
     """
 
     def __init__(self, root: str, sample_rate: int | None = None, storage_options: dict | None = None,
-                 cached_shards: int = 256, rejected: bool = False):
+                 rejected: bool = False):
         """`rejected=True`: the segments the filters dropped instead, from `rejected/` shards (those
         whose audio the run kept: shards.keep_rejected_audio); never mixed with the training samples."""
-        self.fs, path = fsspec.url_to_fs(root, **(storage_options or {}))
-        self.base = path.rstrip("/")
+        self.sink = jobstate.sink(root, storage_options)
         if rejected:
             table = tables.read_parts(root, "rejects", ("key", "shard"), storage_options=storage_options)
             if "shard" not in table.column_names:
@@ -315,7 +314,6 @@ class IndexedShards:
             table = read_index(root, columns=["key", "shard"], storage_options=storage_options)
         self.shard_of = dict(zip(table["key"].to_pylist(), table["shard"].to_pylist()))
         self.decoder = _decoder(sample_rate)
-        self.members = lru_cache(maxsize=cached_shards)(self._read_members)
 
     def __len__(self) -> int:
         return len(self.shard_of)
@@ -323,25 +321,10 @@ class IndexedShards:
     def __contains__(self, key: str) -> bool:
         return key in self.shard_of
 
-    def _read_members(self, shard: str) -> dict[str, dict[str, tuple[int, int]]]:
-        """key -> extension -> (data offset, size), from the tar headers of one shard."""
-        members: dict[str, dict[str, tuple[int, int]]] = {}
-        with self.fs.open(f"{self.base}/{shard}", "rb") as fh, tarfile.open(fileobj=fh, mode="r:") as tar:
-            for info in tar:
-                key, ext = base_plus_ext(info.name)
-                if info.isreg() and key:
-                    members.setdefault(key, {})[ext] = (info.offset_data, info.size)
-        return members
-
     def raw(self, key: str) -> dict[str, bytes]:
-        """The sample's stored files, byte for byte ({"flac": ..., "json": ...}), in one ranged read:
-        a sample's members sit next to each other in the tar."""
-        shard = self.shard_of[key]
-        spans = self.members(shard)[key]
-        start = min(offset for offset, _ in spans.values())
-        end = max(offset + size for offset, size in spans.values())
-        block = self.fs.cat_file(f"{self.base}/{shard}", start=start, end=end)
-        return {ext: block[offset - start: offset - start + size] for ext, (offset, size) in spans.items()}
+        """The sample's stored files, byte for byte ({"flac": ..., "json": ...})."""
+        sample = next(iter(self.sink.read(self.shard_of[key], [key])))
+        return {ext: data for ext, data in sample.items() if not ext.startswith("__")}
 
     def __getitem__(self, key: str) -> Utterance:
         return _decode_one({"__key__": key, **self.raw(key)}, self.decoder)

@@ -6,7 +6,7 @@ scores) and the shards holding their audio (`shards/` and `rejected/`). It decid
 again with `commit.decide` under the new QualityConfig, in the unit's segment order (so exact
 duplicates and `near_duplicate_of` come out as a fresh run would give them), and writes a new,
 whole output: training shards with the samples now kept, rejected shards with those now dropped
-(audio bytes copied exactly from whichever tar held them), index and rejects parts, and a ledger
+(audio bytes copied exactly from whichever shard held them), index and rejects parts, and a ledger
 record per unit, written last by the same `UnitCommitter.commit` a run uses. File-level rejects
 (discover, decode, vad, prepare, a failed scoring) carry over unchanged.
 
@@ -21,9 +21,7 @@ the source did not keep (`shards.keep_rejected_audio: false`).
 """
 from __future__ import annotations
 
-import io
 import json
-import tarfile
 import time
 from collections import Counter
 from datetime import datetime, timezone
@@ -34,6 +32,7 @@ import yaml
 from pydantic import ValidationError
 
 from pipelines.io import storage
+from pipelines.sinks.base import open_sink
 from pipelines.stages.commit import UnitCommitter, decide
 from pipelines.state import jobstate
 from pipelines.state.lease import OutputLease
@@ -159,7 +158,7 @@ def refilter_unit(src: JobConfig, committer: UnitCommitter, quality: QualityConf
     """One unit of the source, decided again and committed (data first, ledger record last)."""
     started = time.perf_counter()
     kept, dropped, carried = _read_unit(src.output, unit)
-    members = _read_shards(src.output, sorted({r["shard"] for r in kept} | {r["shard"] for r in dropped if r["shard"]}))
+    members = _read_shards(src, sorted({r["shard"] for r in kept} | {r["shard"] for r in dropped if r["shard"]}))
     rows = [_row(r, members.get(r["key"])) for r in _in_segment_order(unit, kept, dropped)]
     decided = decide(quality, rows)
     was_kept = {r["key"] for r in kept}
@@ -244,25 +243,20 @@ def _row(table_row: dict, files: Optional[dict] = None) -> dict:
     return {name: meta[name] if name in meta else table_row.get(name) for name in ROW_COLUMNS}
 
 
-def _read_shards(output: str, shards: list[str]) -> dict[str, dict[str, bytes]]:
-    """key -> extension -> the member's bytes, from every named shard (read whole, one at a time)."""
+def _read_shards(src: JobConfig, shards: list[str]) -> dict[str, dict[str, bytes]]:
+    """key -> extension -> the stored file's bytes, from every named shard (one at a time), read by
+    the source's sink (its `shards.format`)."""
+    sink = open_sink(src.shards, src.output)
     members: dict[str, dict[str, bytes]] = {}
     for shard in shards:
-        url = storage.join(output, shard)
-        fs, path = storage.filesystem(url)
+        url = storage.join(src.output, shard)
         try:
-            with fs.open(path, "rb") as fh:
-                data = fh.read()
+            for sample in sink.read(shard):
+                members[sample["__key__"]] = {ext: data for ext, data in sample.items() if not ext.startswith("__")}
         except FileNotFoundError as err:
             raise RefilterError(f"{url} is missing: the output is damaged (its rows name that shard)") from err
         except OSError as err:
             raise storage.StorageError(f"cannot read {url}: {type(err).__name__}: {err}") from err
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
-            for info in tar:
-                if not info.isreg():
-                    continue
-                key, _, ext = info.name.rsplit("/", 1)[-1].partition(".")
-                members.setdefault(key, {})[ext] = tar.extractfile(info).read()
     return members
 
 

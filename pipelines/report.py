@@ -26,6 +26,7 @@ from pydantic import BaseModel
 
 from pipelines.io import storage, tables
 from pipelines.io.tables import later_copies, read_parts  # every part under one unified schema; see tables
+from pipelines.state import jobstate
 from pipelines.state.ledger import Ledger
 from schemas.metrics import METRICS, Registry
 
@@ -357,14 +358,13 @@ def plots(summary: DatasetSummary, index: pa.Table) -> dict[str, bytes]:
 # ---- audio ----
 
 def copy_audio(output: str, report: str, rows: list[SampleRow]) -> None:
-    """Each shown sample's stored audio, byte for byte, to report/audio/KEY.<ext> (one ranged read each)."""
+    """Each shown sample's stored audio, byte for byte, to report/audio/KEY.<ext>, read by the
+    output's sink (the WebDataset sink: one ranged read each)."""
     if not rows:
         return
-    from pipelines.loader import IndexedShards  # torch and webdataset load only when clips are copied
-
-    shards = IndexedShards(output)
+    sink = jobstate.sink(output)  # the format's own readers load only when clips are copied
     for row in rows:
-        members = shards.raw(row.key)
+        members = next(iter(sink.read(row.shard, [row.key])))
         ext = next(e for e in AUDIO_EXTENSIONS if e in members)
         row.audio = f"audio/{row.key}.{ext}"
         storage.write_bytes(storage.join(report, row.audio), members[ext])

@@ -71,6 +71,10 @@ class AsrConfig(_Section):
 
 
 class ShardConfig(_Section):
+    format: str = Field(
+        "webdataset", pattern=r"^[A-Za-z_][\w.-]*(:[A-Za-z_]\w*)?$",
+        description="the output format: a name in pipelines/sinks/base.py SINKS (webdataset: tars of KEY.flac + "
+                    "KEY.json), or 'package.module:Class' for a sink outside voxmill (see Sink)")
     audio_format: Literal["flac", "wav"] = "flac"
     max_bytes: int = Field(1_000_000_000, ge=1_000_000)
     max_samples: int = Field(100_000, ge=1)
@@ -155,6 +159,10 @@ class EngineConfig(_Section):
                           "writes of about 3x the unit's shard bytes")
     prep_workers: Optional[int] = Field(None, ge=1, description="unset = CPUs left after ASR")
     asr_actors: Optional[int] = Field(None, ge=1, description="unset = one per GPU, else 1")
+    executor: str = Field(
+        "ray", pattern=r"^[A-Za-z_][\w.-]*(:[A-Za-z_]\w*)?$",
+        description="what runs the work units: a name in pipelines/executor/base.py EXECUTORS (ray: a local Ray "
+                    "or the cluster at ray_address), or 'package.module:Class' for one outside voxmill (see Executor)")
     ray_address: Optional[str] = Field(None, description="unset = RAY_ADDRESS or local ray.init()")
     lease_seconds: float = Field(
         120.0, ge=5, description="one run writes an output at a time: its lease lasts this long past the last "

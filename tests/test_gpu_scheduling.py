@@ -14,7 +14,8 @@ import textwrap
 import pytest
 
 from pipelines.executor.base import resources_for
-from pipelines.executor.ray import PREP_GPU_SHARE, gpu_shares
+from pipelines.executor.ray import gpu_shares
+from pipelines.stages.resources import ASR, PREP
 from schemas.config import load_job_config
 
 
@@ -24,7 +25,7 @@ def test_gpu_shares_fit_on_every_gpu(cpus, gpus):
     resources = resources_for(cpus, gpus, config.engine)
     prep, asr = gpu_shares(config, resources)
     per_gpu = -(-resources.prep_workers // gpus)
-    assert asr == 1.0 - PREP_GPU_SHARE and 0 < prep
+    assert asr == 1.0 - PREP.gpu_share == 0.75 and 0 < prep
     assert asr + per_gpu * prep <= 1.0 + 1e-9
 
 
@@ -35,6 +36,16 @@ def test_no_gpu_or_soxr_asks_for_no_prep_gpu():
     assert gpu_shares(cpu_only, resources_for(16, 1, cpu_only.engine)) == (0.0, 1.0)
     soxr = load_job_config("/in", "/out", overrides={"audio.resampler": "soxr"})  # DNSMOS still wants the GPU
     assert gpu_shares(soxr, resources_for(16, 1, soxr.engine))[0] > 0
+
+
+def test_the_split_follows_the_stages_declarations():
+    """The executor's requests and the cost model's split both come from `stages/resources.py`."""
+    config = load_job_config("/in", "/out")
+    assert PREP.uses_gpu(config) and ASR.uses_gpu(config)
+    assert not PREP.uses_gpu(load_job_config("/in", "/out", overrides={"audio.resampler": "soxr",
+                                                                        "quality.dnsmos_device": "cpu"}))
+    assert resources_for(16, 2, config.engine).prep_workers == 16 - 2 * ASR.cpus  # one core per prep task
+    assert resources_for(8, 0, config.engine, nodes=2).asr_actors == 2  # no GPU: one ASR actor per node
 
 
 @pytest.mark.slow

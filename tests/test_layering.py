@@ -93,3 +93,24 @@ def test_the_pure_cost_model_imports_no_ray_and_records_import_nothing_of_ours()
     edges = graph()
     assert "pipelines.executor.ray" not in edges["pipelines.plan.estimator"]
     assert not {m for m in edges["pipelines.records"] if m.startswith("pipelines")}
+
+
+def third_party(path: Path) -> set[str]:
+    """The top-level packages `path` imports, wherever the import statement stands."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+def test_only_the_ray_executor_imports_ray():
+    importers = sorted(name for name, path in modules().items() if "ray" in third_party(path))
+    assert importers == ["pipelines.executor.ray"]
+
+
+def test_only_sinks_know_the_tar_format():
+    importers = sorted(name for name, path in modules().items() if "tarfile" in third_party(path))
+    assert all(name.startswith("pipelines.sinks.") for name in importers), importers

@@ -110,9 +110,9 @@ def test_random_access_returns_the_shard_bytes(out):
         with tarfile.open(Path(out) / row["shard"]) as tar:
             stored = {ext: tar.extractfile(f"{row['key']}.{ext}").read() for ext in ("flac", "json")}
         assert shards.raw(row["key"]) == stored
-    hits = shards.members.cache_info().hits
+    hits = shards.sink.members.cache_info().hits
     again = shards[index[0]["key"]]
-    assert shards.members.cache_info().hits > hits  # offsets of that shard came from the cache
+    assert shards.sink.members.cache_info().hits > hits  # offsets of that shard came from the cache
     assert again["key"] == index[0]["key"] and again["waveform"].dtype == torch.float32
 
 

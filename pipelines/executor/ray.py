@@ -2,7 +2,8 @@
 
 Stages overlap across units: while an ASR actor transcribes unit N, CPU workers decode unit N+1
 and a commit task writes unit N-1. A bounded number of units is in flight, so memory stays flat
-however large the input is.
+however large the input is. The loop around the run (lease, failures, progress) is
+`executor.base.run_units`; this is the only module that imports Ray.
 """
 from __future__ import annotations
 
@@ -13,25 +14,21 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Iterable, Iterator, Optional
 
 import ray
 
 from pipelines.asr.base import build_backend
-from pipelines.executor.base import resources_for
-from pipelines.io import storage
+from pipelines.executor.base import Outcome, resources_for
 from pipelines.records import AsrResult, Resources, SourceFile
 from pipelines.stages.commit import UnitCommitter
 from pipelines.stages.prepare import Preparer
+from pipelines.stages.resources import ASR, COMMIT, PREP
 from pipelines.state.journal import AsrJournal, PrepJournal, journal_url
-from pipelines.state.lease import OutputLease
 from pipelines.state.units import WorkUnit
 from schemas.config import AsrConfig, EngineConfig, JobConfig
 
 log = logging.getLogger("voxmill")
-
-ProgressFn = Callable[[float, float, int, int], None]  # done s, total s, units done, units total
 
 
 def connect_ray(config: EngineConfig) -> None:
@@ -170,37 +167,30 @@ def _commit(config: JobConfig, prepared, transcribed, digest: str) -> dict:
     return {**report, "asr_counts": asr_counts, "node": prepared.node}  # asr_counts: what calibration fits
 
 
-PREP_GPU_SHARE = 0.25  # of each GPU, left to the prep tasks that resample or score DNSMOS on it
-
-
-def prep_uses_gpu(config: JobConfig) -> bool:
-    """Whether a prep task has GPU work: torch resampling, or DNSMOS not pinned to the CPU."""
-    scores_on_gpu = config.quality.enabled and config.quality.dnsmos_device != "cpu"
-    return config.audio.resampler != "soxr" or scores_on_gpu
-
-
 def gpu_shares(config: JobConfig, resources: Resources) -> tuple[float, float]:
-    """(per prep task, per ASR actor). Ray hides the GPUs from a task that asks for none, so prep
-    tasks that resample or score on the GPU ask for a slice; the ASR actor keeps the rest."""
+    """(per prep task, per ASR actor), from the stages' declared shares (`stages/resources.py`).
+    Ray hides the GPUs from a task that asks for none, so prep tasks with GPU work (resampling,
+    DNSMOS) share their declared slice of each GPU; the ASR actor keeps the rest."""
     if not resources.gpus:
         return 0.0, 0.0
-    if not prep_uses_gpu(config):
-        return 0.0, 1.0
+    if not PREP.uses_gpu(config):
+        return 0.0, ASR.gpu_share
     preps_per_gpu = math.ceil(resources.prep_workers / resources.gpus)
-    share = max(1e-4, math.floor(PREP_GPU_SHARE / preps_per_gpu * 1e4) / 1e4)  # Ray's resource precision
-    return share, 1.0 - PREP_GPU_SHARE
+    share = max(1e-4, math.floor(PREP.gpu_share / preps_per_gpu * 1e4) / 1e4)  # Ray's resource precision
+    return share, ASR.gpu_share - PREP.gpu_share
 
 
 class _Scheduler:
-    """Submits units as prep -> ASR -> commit chains, at most `max_in_flight` at a time."""
+    """Submits a unit as a prep -> ASR -> commit chain, to the least loaded ASR actor."""
 
     def __init__(self, config: JobConfig, resources: Resources):
         self.config = config
         self.resources = resources
         prep_gpu, asr_gpu = gpu_shares(config, resources)
-        self.prepare = ray.remote(_prepare).options(num_cpus=1, num_gpus=prep_gpu, num_returns=2, max_retries=2)
-        self.commit = ray.remote(_commit).options(num_cpus=0, max_retries=2)
-        actor = ray.remote(_AsrWorker).options(num_cpus=1, num_gpus=asr_gpu, max_restarts=2,
+        self.prepare = ray.remote(_prepare).options(num_cpus=PREP.cpus, num_gpus=prep_gpu, num_returns=2,
+                                                    max_retries=2)
+        self.commit = ray.remote(_commit).options(num_cpus=COMMIT.cpus, max_retries=2)
+        actor = ray.remote(_AsrWorker).options(num_cpus=ASR.cpus, num_gpus=asr_gpu, max_restarts=2,
                                                max_task_retries=2, scheduling_strategy="SPREAD")
         threads = max(1, resources.cpus // resources.asr_actors)
         self.actors = [actor.remote(config.asr, threads) for _ in range(resources.asr_actors)]
@@ -224,65 +214,40 @@ class _Scheduler:
             ray.kill(actor)
 
 
-@dataclass
-class RunResult:
-    reports: list[dict]
-    failures: list[dict]
-    startup_seconds: float  # until every ASR actor had its model loaded
-    not_started: int = 0  # units left untouched after the output storage failed
+class RayExecutor:
+    """The `ray` executor (`executor.base.Executor`): a local Ray, or the cluster at
+    `engine.ray_address` / RAY_ADDRESS; prep tasks, one ASR actor per GPU (or node), commit tasks."""
 
+    def __init__(self, config: JobConfig):
+        self.config = config
+        self.resources: Optional[Resources] = None
 
-def process_units(config: JobConfig, units: list[WorkUnit], resources: Resources,
-                  progress: Optional[ProgressFn] = None, done_seconds: float = 0.0,
-                  total_seconds: float = 0.0, lease: Optional[OutputLease] = None) -> RunResult:
-    """Run units through Ray. A failed unit is recorded and never stops the others; a lost lease
-    (another run took the output over) stops the run before it submits more."""
-    clock = time.perf_counter()
-    scheduler = _Scheduler(config, resources)
-    startup = time.perf_counter() - clock
-    queue, running, reports, failures = list(units), {}, [], []
-    not_started = 0
-    if progress:
-        progress(done_seconds, total_seconds, 0, len(units))
-    try:
-        while queue or running:
-            while queue and len(running) < resources.max_in_flight:
-                if lease:
-                    lease.check()
-                unit = queue.pop(0)
-                ref, slot = scheduler.submit(unit)
-                running[ref] = (unit, slot)
-            ready, _ = ray.wait(list(running), num_returns=1)
-            unit, slot = running.pop(ready[0])
-            scheduler.release(slot)
-            try:
-                reports.append(ray.get(ready[0]))
-            except Exception as err:  # noqa: BLE001 - recorded, the unit stays pending for a rerun
-                cause = failure_line(err)
-                log.error("unit %d failed: %s", unit.index, cause)  # one line; Ray's remote traceback:
-                log.debug("unit %d failure details:\n%s", unit.index, storage.redact(err))  # the log file
-                failures.append({"unit": unit.index, "error": cause[:2000]})
-                if isinstance(err, storage.OutputError) and queue:
-                    # a full disk or a revoked key fails every later unit too: spend nothing on them
-                    log.error("output storage is failing: %d units not started; rerun resumes", len(queue))
-                    not_started += len(queue)
-                    queue.clear()
-            done_seconds += unit.seconds
-            if progress:
-                progress(done_seconds, total_seconds, len(reports) + len(failures), len(units))
-    finally:
-        scheduler.close()
-    return RunResult(reports, failures, startup, not_started)
+    def running(self) -> Optional[Resources]:
+        return plan_resources(self.config.engine) if ray.is_initialized() else None
 
+    def start(self) -> Resources:
+        connect_ray(self.config.engine)
+        self.resources = plan_resources(self.config.engine)
+        return self.resources
 
-def failure_line(err: BaseException) -> str:
-    """`Type: message` of what failed in a unit, on one line, credentials masked: for a Ray task
-    error its cause (e.g. `OutputError: cannot write ...: No space left on device`), not the
-    remote traceback Ray wraps around it."""
-    cause = getattr(err, "cause", None)
-    if isinstance(cause, BaseException):
-        err = cause
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    return storage.redact(f"{type(err).__name__}: {lines[0] if lines else ''}")
-
-
+    def run(self, units: Iterable[WorkUnit]) -> Iterator[tuple[WorkUnit, Outcome]]:
+        resources = self.resources or self.start()
+        scheduler = _Scheduler(self.config, resources)
+        pending, running = iter(units), {}
+        try:
+            while True:
+                while len(running) < resources.max_in_flight and (unit := next(pending, None)) is not None:
+                    ref, slot = scheduler.submit(unit)
+                    running[ref] = (unit, slot)
+                if not running:
+                    return
+                ready, _ = ray.wait(list(running), num_returns=1)
+                unit, slot = running.pop(ready[0])
+                scheduler.release(slot)
+                try:
+                    outcome: Outcome = ray.get(ready[0])
+                except Exception as err:  # noqa: BLE001 - the unit's failure, for the shared loop to record
+                    outcome = err
+                yield unit, outcome
+        finally:
+            scheduler.close()

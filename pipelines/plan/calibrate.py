@@ -21,13 +21,13 @@ from typing import Optional
 
 import numpy as np
 import pyarrow as pa
-import ray
 
 from pipelines.asr.base import build_backend
-from pipelines.executor.ray import connect_ray, plan_resources, process_units
+from pipelines.executor.base import open_executor, run_units
 from pipelines.metrics.cost import DNSMOS_COST, priced
 from pipelines.plan.estimator import _duration_bucket
 from pipelines.records import SourceFile
+from pipelines.sinks.base import TRAINING, open_sink
 from pipelines.stages.audio import ASR_RATE
 from pipelines.stages.prepare import Preparer
 from pipelines.state.units import EXCERPT_CONTEXT, WorkUnit
@@ -93,19 +93,19 @@ def _excerpts(members: list[dict], budget: float, excerpt_seconds: float, rng) -
 
 
 def calibrate(config: JobConfig, sample: list[SourceFile]) -> Calibration:
-    """Run the real engine (Ray, actors, shard writes to a scratch folder) on `sample`."""
-    ray_clock = time.perf_counter()
-    already_running = ray.is_initialized()
-    connect_ray(config.engine)
-    ray_start = 0.0 if already_running else time.perf_counter() - ray_clock
-    resources = plan_resources(config.engine)
+    """Run the real engine (`engine.executor`, its workers, shard writes to a scratch folder) on `sample`."""
     with tempfile.TemporaryDirectory(prefix="voxmill-calibrate-") as scratch:
         job = config.model_copy(update={"output": scratch})
+        executor = open_executor(job)
+        start_clock = time.perf_counter()
+        already_running = executor.running() is not None
+        resources = executor.start()
+        ray_start = 0.0 if already_running else time.perf_counter() - start_clock
         units = _units(sample, 2 * resources.prep_workers + 1)
-        result = process_units(job, units, resources)
+        result = run_units(executor, units)
         if result.failures:
             raise RuntimeError(f"calibration failed: {result.failures[0]['error']}")
-        shard_bytes = sum(p.stat().st_size for p in Path(scratch, "shards").glob("*.tar"))
+        shard_bytes = sum(Path(scratch, name).stat().st_size for name in open_sink(job.shards, scratch).files(TRAINING))
     reports = result.reports
     stage = lambda name: sum(r["stage_seconds"].get(name, 0.0) for r in reports)  # noqa: E731
     total = lambda name: sum(r[name] for r in reports)  # noqa: E731

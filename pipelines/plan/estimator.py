@@ -16,6 +16,7 @@ import pyarrow.compute as pc
 
 from pipelines.executor.base import resources_for
 from pipelines.records import Resources
+from pipelines.stages.resources import ASR, PREP
 from pipelines.state.units import FALLBACK_BYTES_PER_SECOND
 from schemas.config import JobConfig
 from schemas.plan import DataProfile, HardwareProfile, InputSize, JobPlan, StagePlan
@@ -276,7 +277,8 @@ def fit_deadline(config: JobConfig, size: InputSize, hardware: HardwareProfile, 
 
 
 def _fewest_cpus(config, size, hardware, data, gpus: int, deadline: float, **kwargs) -> Optional[JobPlan]:
-    low, high = gpus + 1, gpus + 4096
+    low = math.ceil(gpus * ASR.cpus + PREP.cpus)  # an ASR actor per GPU and one prep task, by their declared cores
+    high = low + 4095
     plan_at = lambda cpus: predict(config, size, hardware, data, resources_for(cpus, gpus, config.engine), **kwargs)  # noqa: E731
     if plan_at(high).wall_seconds > deadline:
         return None

@@ -14,8 +14,8 @@ from typing import Iterable, Iterator, Optional
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import ray
 
+from pipelines.executor.base import open_executor
 from pipelines.io import storage
 from pipelines.plan import history
 from pipelines.plan.calibrate import calibrate, machine_key, measure_data, sample_budget, stratified_sample
@@ -108,7 +108,7 @@ def costs(config: JobConfig, sample_source: pa.Table, input_seconds: float,
     name = config.plan.profile
     saved = None
     if name is None and not recalibrate:
-        path = profile_path(config, machine_key(config, _gpus_here()))
+        path = profile_path(config, machine_key(config, _gpus_here(config)))
         try:
             saved = load_profile(config, str(path)) if path.exists() else None
         except ProfileError as err:  # this machine's own profile, torn: measure again and replace it
@@ -122,9 +122,11 @@ def costs(config: JobConfig, sample_source: pa.Table, input_seconds: float,
     return Calibration(hardware=saved.hardware, data=data)
 
 
-def _gpus_here() -> int:
-    if ray.is_initialized():
-        return int(ray.cluster_resources().get("GPU", 0))
+def _gpus_here(config: JobConfig) -> int:
+    """The GPUs a run would get: those of the executor's compute when it is up, else this machine's."""
+    running = open_executor(config).running()
+    if running is not None:
+        return running.gpus
     try:
         import torch
 
@@ -148,7 +150,7 @@ def plan_job(config: JobConfig, manifest: Optional[pa.Table | Iterable[pa.Record
     calibration = calibration or costs(config, manifest, size.audio_seconds, recalibrate)
     records = history.read(config.plan.history_path)
     factor, error, runs = history.correction(records, calibration.hardware.name)
-    common = dict(ray_running=ray.is_initialized(), discover_seconds=discover_seconds,
+    common = dict(ray_running=open_executor(config).running() is not None, discover_seconds=discover_seconds,
                   correction=factor, history_error=error, history_runs=runs)
     if deadline_seconds:
         plan = fit_deadline(config, size, calibration.hardware, calibration.data, deadline_seconds, **common)

@@ -20,7 +20,7 @@ from pipelines.metrics.filters import verdict
 from pipelines.metrics.scorer import round_score
 from pipelines.metrics.text import TEXT, normalise_text
 from pipelines.records import AsrResult, PreparedSegment, PreparedUnit, SourceFile
-from pipelines.sinks.webdataset import REJECTED, Sample, ShardWriter
+from pipelines.sinks.base import REJECTED, TRAINING, Sample, open_sink
 from pipelines.stages.prepare import reject_row
 from pipelines.state.ledger import Ledger
 from schemas.config import JobConfig, QualityConfig
@@ -34,8 +34,8 @@ class UnitCommitter:
         self.output = config.output
         self.sample_rate = config.audio.sample_rate
         self.quality = config.quality
-        self.writer = ShardWriter(config.shards, config.output)
-        self.rejected = ShardWriter(config.shards, config.output, REJECTED) if config.shards.keep_rejected_audio else None
+        self.sink = open_sink(config.shards, config.output)  # the format: `shards.format`
+        self.keep_rejected_audio = config.shards.keep_rejected_audio
         self.ledger = Ledger(config.output)
 
     def __call__(self, prepared: PreparedUnit, results: list[AsrResult], digest: str) -> dict:
@@ -53,14 +53,14 @@ class UnitCommitter:
         after `prep_rejects` (the file-level rejects), to its rejects part; then its ledger record,
         last. `audio` maps a key to its stored bytes and extension ("" = shards.audio_format)."""
         kept = [row for row, dropped in decided if dropped is None]
-        placed = dict((key, shard) for shard, key in self.writer.write(
-            unit, (Sample(r["key"], audio[r["key"]][0], self._meta(r), audio[r["key"]][1]) for r in kept)))
+        placed = dict((key, shard) for shard, key in self.sink.write(
+            unit, (Sample(r["key"], audio[r["key"]][0], self._meta(r), audio[r["key"]][1]) for r in kept), TRAINING))
         dropped_rows = [reject_fields(row, dropped) for row, dropped in decided if dropped is not None]
         stored: dict[str, str] = {}
-        if self.rejected is not None:
-            stored = dict((key, shard) for shard, key in self.rejected.write(unit, (
+        if self.keep_rejected_audio:
+            stored = dict((key, shard) for shard, key in self.sink.write(unit, (
                 Sample(r["key"], audio[r["key"]][0], self._meta(r) | _verdict_fields(r), audio[r["key"]][1])
-                for r in dropped_rows if r["key"] in audio)))
+                for r in dropped_rows if r["key"] in audio), REJECTED))
         index = [dict(row, shard=placed[row["key"]]) for row in kept]
         rejects = list(prep_rejects) + [dict(r, shard=stored.get(r["key"])) for r in dropped_rows]
         self._write_table("index", unit, index, INDEX_SCHEMA)

@@ -12,12 +12,17 @@ from typing import Optional
 import pyarrow as pa
 
 from pipelines.io import storage
+from pipelines.sinks.base import DEFAULT_FORMAT, FOLDERS, Sink, open_sink
 from pipelines.state.lease import PREFIX as LEASE_PREFIX
 from pipelines.state.ledger import Ledger
 from pipelines.state.units import WorkUnit, extend_units, unit_from_json, unit_to_json
-from schemas.config import JobConfig
+from schemas.config import JobConfig, ShardConfig
 
-OUTPUT_FOLDERS = ("shards", "rejected", "index", "rejects", "_ledger")
+OUTPUT_FOLDERS = (*FOLDERS, "index", "rejects", "_ledger")
+# Settings added after outputs were made, with the value every earlier output was made with: left
+# out of the settings (and so of the fingerprint) while at it, so those outputs keep their
+# fingerprint (a rerun, `--new-version` and refilter's "nothing changed" compare fingerprints).
+LATER_DEFAULTS = {("shards", "format"): DEFAULT_FORMAT, ("asr", "backend"): "faster-whisper"}
 
 
 class ConfigChanged(ValueError):
@@ -28,6 +33,9 @@ def output_settings(config: JobConfig) -> dict:
     """The settings that decide what lands in the output (not where or how fast it runs)."""
     data = config.model_dump(mode="json", exclude={"output", "plan"})
     data["engine"] = {k: data["engine"][k] for k in ("unit_minutes", "unit_max_files")}
+    for (section, key), value in LATER_DEFAULTS.items():
+        if data[section].get(key) == value:
+            del data[section][key]
     return data
 
 
@@ -41,6 +49,20 @@ def _url(output: str) -> str:
 
 def read(output: str) -> Optional[dict]:
     return storage.read_json(_url(output), missing=None)
+
+
+def sink(output: str, storage_options: Optional[dict] = None) -> Sink:
+    """The sink that reads `output`'s samples back: the `shards.format` its job was made with
+    (`_ledger/job.json`); the default format when the output has no job record (made before
+    `shards.format` existed, or a copy of only its shards and index)."""
+    fs, path = storage.filesystem(_url(output), storage_options)
+    try:
+        with fs.open(path, "rb") as fh:
+            settings = json.load(fh).get("settings", {})
+    except FileNotFoundError:
+        settings = {}
+    shards = settings.get("shards", {})
+    return open_sink(ShardConfig(format=shards.get("format", DEFAULT_FORMAT)), output, storage_options)
 
 
 def claim(config: JobConfig, manifest: pa.Table) -> list[WorkUnit]:
@@ -125,9 +147,9 @@ class NotAnOutput(ValueError):
     """`--restart` on a folder that holds files but no voxmill job: nothing is deleted."""
 
 
-# what voxmill writes in each folder of an output (`_ledger/` is wholly voxmill's once job.json is there)
-WRITTEN = {"shards": "shard-*.tar", "rejected": "shard-*.tar", "index": "part-*.parquet",
-           "rejects": "part-*.parquet"}
+# what voxmill writes in each table folder of an output (the sample folders: what its sink lists;
+# `_ledger/` is wholly voxmill's once job.json is there)
+WRITTEN = {"index": "part-*.parquet", "rejects": "part-*.parquet"}
 
 
 def check_restartable(output: str) -> None:
@@ -152,12 +174,17 @@ def clear(output: str) -> None:
     check_restartable(output)
     fs, root = storage.filesystem(output)
     root = root.rstrip("/")
-    doomed = [p for folder, pattern in WRITTEN.items() for p in fs.glob(f"{root}/{folder}/{pattern}")]
+    samples = sink(output)
+    stored = [f"{root}/{name}" for folder in FOLDERS for name in samples.files(folder)]
+    doomed = stored + [p for folder, pattern in WRITTEN.items() for p in fs.glob(f"{root}/{folder}/{pattern}")]
     doomed += [p for p in storage.list_paths(fs, f"{root}/_ledger") if not p.rsplit("/", 1)[-1].startswith(LEASE_PREFIX)]
     doomed += [f"{root}/summary.json"] if fs.exists(f"{root}/summary.json") else []
     for path in doomed:
         fs.rm(path, recursive=True)
-    for folder in (*WRITTEN, "_ledger"):
+    nested = {path.rsplit("/", 1)[0] for path in stored} - {f"{root}/{folder}" for folder in FOLDERS}
+    for folder in sorted(nested, key=len, reverse=True):  # a format's own subfolders, deepest first
+        _remove_if_empty(fs, folder)
+    for folder in (*FOLDERS, *WRITTEN, "_ledger"):
         _remove_if_empty(fs, f"{root}/{folder}")
 
 
