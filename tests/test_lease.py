@@ -33,10 +33,12 @@ def test_a_second_holder_is_refused_until_the_first_releases(tmp_path):
     assert [p.name for p in (tmp_path / "out" / "_ledger").iterdir()] == ["lease-000002.json"]
 
 
-def test_a_killed_holder_blocks_until_its_lease_expires_then_a_waiting_run_takes_over(tmp_path):
+def test_a_holder_killed_on_another_machine_blocks_until_its_lease_expires_then_a_waiting_run_takes_over(tmp_path):
+    """Another machine's process cannot be looked up: only the heartbeat tells it is gone."""
     out = str(tmp_path / "out")
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from pipelines.state.lease import OutputLease; "
+        [sys.executable, "-c", "import socket, sys, time; socket.gethostname = lambda: 'another-node'; "
+                               "from pipelines.state.lease import OutputLease; "
                                "OutputLease(sys.argv[1], seconds=6).acquire(); print('held', flush=True); time.sleep(600)",
          out], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
@@ -114,3 +116,23 @@ def test_voxmill_run_refuses_a_held_output_in_one_line_before_any_work(tmp_path)
     assert len(lines) == 1 and lines[0].startswith("LeaseHeld: another voxmill run holds"), result.output
     assert "--wait" in lines[0] and "Traceback" not in result.output
     assert sorted(p.name for p in out.rglob("*") if p.is_file()) == ["lease-000001.json"]  # nothing else written
+
+
+def test_a_holder_killed_on_this_machine_is_seen_dead_at_once(tmp_path):
+    """A rerun right after kill -9 (or after a crash that could not release) on the same machine need
+    not wait for the expiry: the holder's process is gone."""
+    out = str(tmp_path / "out")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pipelines.state.lease import OutputLease; "
+                               "OutputLease(sys.argv[1], seconds=600).acquire(); print('held', flush=True); time.sleep(600)",
+         out], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(LeaseHeld):
+            OutputLease(out, seconds=600).acquire()
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+        with OutputLease(out, seconds=600) as lease:  # no wait: the expiry is ten minutes away
+            assert lease.number == 2
+    finally:
+        holder.kill()

@@ -94,7 +94,7 @@ class OutputLease:
     def _try_take(self) -> Optional[str]:
         """Take the next lease number; None on success, else who holds the output."""
         current, record = self._current()
-        if record is not None and not record.get("released") and record.get("expires_at", 0) > time.time():
+        if record is not None and _held(record):
             return (f"another voxmill run holds {self.folder.rsplit('/', 1)[0]} (host {record.get('host')}, "
                     f"pid {record.get('pid')}, since {record.get('started_at')}); wait for it, or rerun with --wait")
         number = current + 1
@@ -113,7 +113,7 @@ class OutputLease:
         return number, _read(newest)
 
     def _record(self, released: bool = False) -> dict:
-        return {"token": self.token, "host": socket.gethostname(), "pid": os.getpid(),
+        return {"token": self.token, "host": socket.gethostname(), "pid": os.getpid(), "pid_start": _started(os.getpid()),
                 "started_at": self.started_at, "expires_at": time.time() + self.seconds, "released": released}
 
     def _url(self, number: int) -> str:
@@ -135,6 +135,42 @@ class OutputLease:
             if url != self._url(number):
                 fs, path = storage.filesystem(url)
                 fs.rm(path)
+
+
+def _held(record: dict) -> bool:
+    """Whether a lease record still holds its output: not released, not expired, and, when its
+    holder ran on this machine, that process still alive (a rerun right after `kill -9` or a crash
+    on a full disk need not wait for the expiry; holders elsewhere are judged by the heartbeat)."""
+    if record.get("released") or record.get("expires_at", 0) <= time.time():
+        return False
+    if record.get("host") != socket.gethostname() or not record.get("pid"):
+        return True
+    return _alive(int(record["pid"]), record.get("pid_start"))
+
+
+def _alive(pid: int, started: Optional[int]) -> bool:
+    """Process `pid` runs, and is the one that started at `started` (a pid can be reused)."""
+    now = _started(pid)
+    if now is not None:
+        return started is None or now == started
+    if os.path.isdir("/proc"):
+        return False
+    try:  # no /proc: liveness alone
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+def _started(pid: int) -> Optional[int]:
+    """When process `pid` started, in clock ticks since boot (Linux's /proc), or None."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return int(fh.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def _read(url: str) -> dict:
