@@ -41,7 +41,7 @@ class PreparedSegment:
     start: float
     end: float
     audio: bytes  # encoded output audio (FLAC/WAV)
-    scores: dict = field(default_factory=dict)  # acoustic quality scores (pipelines.metrics.quality); {} when off
+    scores: dict = field(default_factory=dict)  # acoustic quality scores (pipelines.metrics.scorer); {} when off
 
 
 @dataclass
