@@ -112,7 +112,7 @@ def small_units_config(input_url: str, output_url: str, backend: str = FAKE_ASR,
 
 @pytest.fixture(scope="session")
 def finished_job(clips, local_ray, tmp_path_factory) -> tuple[JobConfig, dict]:
-    """The clips through the whole job with the fake ASR backend (see `real_job` for transcripts)."""
+    """The clips through the whole job with the fake ASR backend (test_job.py's `real_job` runs the real model)."""
     output = tmp_path_factory.mktemp("job") / "out"
     config = small_units_config(str(clips), str(output))
     return config, run_job(config)

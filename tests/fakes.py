@@ -7,9 +7,14 @@ and a plausible speech rate (the quality filters keep it), and equal audio gives
 Batches go through the ASR journal as the real backend's do (same tags, one per `batch_size`
 segments), so the resume and crash tests still exercise it.
 
-Ray workers import it by name, so `tests` must be importable where they run: pytest puts the
-repository root on `sys.path` and the local Ray's workers get the driver's `sys.path` (Ray ships
-it with the job); a child `voxmill` gets the root on PYTHONPATH (`FAKE_ASR_ENV`).
+The ASR actor imports it by name (`pipelines.asr.base.backend_class`), so `tests` must be
+importable wherever a job runs. A local Ray's workers start in the driver's working directory
+with it on their path, which covers pytest run from the checkout, but not a child `voxmill`
+(its console script puts its own folder first) nor a `ray start` cluster. So tests/conftest.py
+puts the checkout on PYTHONPATH at import: the session's Ray, every child process and the Ray
+nodes a test starts inherit it (`FAKE_ASR_ENV` says the same for an environment built by hand).
+Shipping the fake inside `pipelines/` would reach workers anywhere, but would put test code in
+the installed package.
 """
 from __future__ import annotations
 
@@ -29,7 +34,8 @@ FAKE_ASR = "tests.fakes:FakeAsr"
 OVERRIDES = {"asr.backend": FAKE_ASR}  # for load_job_config(..., overrides=)
 ROOT = Path(__file__).resolve().parent.parent
 # for a child process (`voxmill ...` as a user runs it): `tests.fakes` importable in it and in its Ray workers
-FAKE_ASR_ENV = {"PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
+FAKE_ASR_ENV = {"PYTHONPATH": os.pathsep.join(
+    [str(ROOT), *[p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != str(ROOT)]])}
 DELAY_ENV = "VOXMILL_FAKE_ASR_DELAY"  # seconds per batch: keeps a crash test's ASR task alive long enough to kill
 
 WORDS = ("the", "speech", "corpus", "reader", "window", "river", "garden", "morning", "letter", "silver",

@@ -88,10 +88,20 @@ def test_extras_fill_the_same_index_columns_and_read_back_old_journals(tmp_path)
 def test_the_backend_setting_is_part_of_the_output_and_its_default_locks_out_no_older_output(tmp_path):
     config = load_job_config(str(tmp_path / "in"), str(tmp_path / "out"))
     settings = jobstate.output_settings(config)
-    assert settings["asr"]["backend"] == "faster-whisper"
-    older = {**settings, "asr": {k: v for k, v in settings["asr"].items() if k != "backend"}}
+    assert settings["asr"].get("backend", "faster-whisper") == "faster-whisper"
+    older = {**settings, "asr": {k: v for k, v in settings["asr"].items() if k != "backend"}}  # before asr.backend
     job = {"fingerprint": jobstate.fingerprint(older), "settings": older}
     assert jobstate.changed_settings(job, settings) == []
     fake = load_job_config(str(tmp_path / "in"), str(tmp_path / "out"), overrides={"asr.backend": FAKE_ASR})
     assert jobstate.changed_settings(job, jobstate.output_settings(fake)) == [
         f"asr.backend: None -> {FAKE_ASR!r}"]
+
+
+def test_a_backend_gets_hardware_profiles_of_its_own():
+    """A plan prices ASR from a saved profile of this machine: one calibrated on another backend
+    (the fake's ASR costs nothing) must never price a faster-whisper run."""
+    from pipelines.plan.calibrate import machine_key
+
+    default, fake = (load_job_config("/in", "/out", overrides=o) for o in ({}, {"asr.backend": FAKE_ASR}))
+    assert machine_key(default, 0) != machine_key(fake, 0)
+    assert "tests-fakes-fakeasr" in machine_key(fake, 0) and "fakeasr" not in machine_key(default, 0)

@@ -21,6 +21,7 @@ def _run(*args: str, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run([*VOXMILL, *args], capture_output=True, text=True, timeout=600, env=env, **kwargs)
 
 
+@pytest.mark.slow  # end to end: `voxmill plan` and `run` as child processes, each with its own Ray
 def test_run_from_yaml_with_flag_override(clips, tmp_path):
     source = tmp_path / "in"
     source.mkdir()
@@ -54,6 +55,7 @@ def test_clear_errors_and_exit_code_2(tmp_path):
     assert invalid.returncode == 2 and "beam_size" in invalid.stderr
 
 
+@pytest.mark.slow  # end to end: two calibrations, each in a child process with its own Ray
 def test_plan_json_what_if_and_history(clips, tmp_path):
     job = tmp_path / "job.yaml"
     job.write_text(f"input: {clips}\noutput: {tmp_path / 'out'}\n"

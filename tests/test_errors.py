@@ -183,6 +183,7 @@ def tiny_disk(tmp_path):
     subprocess.run([*([] if os.geteuid() == 0 else ["sudo", "-n"]), "umount", "-l", str(point)], capture_output=True)
 
 
+@pytest.mark.slow  # end to end: a child `voxmill` with its own Ray
 def test_disk_full_says_so_in_one_clear_last_line(clips, tiny_disk, tmp_path):
     """Was 190 lines of Ray worker tracebacks before the clear line; now each failing unit is one
     line, the last line says what to do, and the tracebacks are in the log file."""
@@ -230,6 +231,7 @@ def test_the_flow_does_not_retry_input_errors():
         assert condition(task, None, Failed(data=StorageError("cannot read s3://b/k: 503"))) is True
 
 
+@pytest.mark.slow  # end to end: the flow in a child process, with its own Prefect server
 @pytest.mark.timeout(180) if hasattr(pytest.mark, "timeout") else (lambda f: f)
 def test_the_flow_fails_a_missing_input_at_once(tmp_path):
     """A real flow run (Prefect's ephemeral API) on a typo'd prefix: one InputError, no retries
@@ -354,6 +356,7 @@ def _alive(processes: dict[int, int]) -> dict[int, str]:
     return found
 
 
+@pytest.mark.slow  # end to end: a child `voxmill` with its own Ray
 def test_kill_9_of_the_driver_leaves_no_ray_process(clips, tmp_path):
     """Ray's dashboard and runtime-env agents outlived a killed driver by over a minute (each
     waits 60 s to report the raylet's death to a GCS that is gone); the watchdog ends them."""

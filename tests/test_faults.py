@@ -30,11 +30,14 @@ from tests.conftest import free_port
 from tests.fakes import DELAY_ENV, FAKE_ASR, FAKE_ASR_ENV
 from tests.faultproxy import FAULTS, FaultProxy
 
-pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="reads /proc and sends POSIX signals")
+pytestmark = [pytest.mark.skipif(sys.platform != "linux", reason="reads /proc and sends POSIX signals"),
+              pytest.mark.slow]  # end to end: child `voxmill` runs, each with its own Ray
 
 VOXMILL = Path(sys.executable).with_name("voxmill")  # the console script, as a user runs it
-# tests/conftest.py small_units_config: 5+ units, the fake ASR backend (as `finished_job`, the reference)
-SMALL_UNITS = f"engine: {{unit_minutes: 0.25}}\nasr: {{backend: '{FAKE_ASR}'}}\n"
+# tests/conftest.py small_units_config: 5+ units, the fake ASR backend (as `finished_job`, the reference);
+# a short output lease that a rerun waits for: a killed run's lease stops a rerun until it expires
+SMALL_UNITS = (f"engine: {{unit_minutes: 0.25, lease_seconds: 15, lease_wait_seconds: 120}}\n"
+               f"asr: {{backend: '{FAKE_ASR}'}}\n")
 AUDIO_SUFFIXES = (".flac", ".wav")
 T = TypeVar("T")
 

@@ -9,14 +9,19 @@ import pyarrow.dataset as ds
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from prefect.client.schemas.sorting import ArtifactSort
 
 from flows.prepare import prepare_corpus
 from tests.fakes import OVERRIDES as FAKE_ASR
 
+pytestmark = pytest.mark.slow  # end to end: flow runs on a Prefect server
+
 
 async def _artifact_markdown(key: str) -> str:
+    """The latest artifact under `key` (the Prefect server is the session's: other tests publish too)."""
     async with get_client() as client:
-        found = await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+        found = await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
+                                            sort=ArtifactSort.CREATED_DESC)
     return found[0].data
 
 

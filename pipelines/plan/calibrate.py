@@ -31,7 +31,7 @@ from pipelines.sinks.base import TRAINING, open_sink
 from pipelines.stages.audio import ASR_RATE
 from pipelines.stages.prepare import Preparer
 from pipelines.state.units import EXCERPT_CONTEXT, WorkUnit
-from schemas.config import JobConfig
+from schemas.config import AsrConfig, JobConfig
 from schemas.plan import Calibration, DataProfile, HardwareProfile
 
 PRESAMPLE_ROWS = 5000
@@ -226,6 +226,8 @@ def _units(sample: list[SourceFile], count: int) -> list[WorkUnit]:
 def machine_key(config: JobConfig, gpus: int) -> str:
     parts = [gpu_name() if gpus else cpu_model(), config.asr.model or "tiny.en", config.asr.compute_type,
              f"{gpus}gpu" if gpus else f"{_cpu_count()}cpu"]
+    if config.asr.backend != AsrConfig().backend:  # another backend's costs are its own (the default's keys stay)
+        parts.insert(1, config.asr.backend)
     slug = re.sub(r"[^A-Za-z0-9]+", "-", "-".join(parts)).strip("-").lower()[:80]
     return f"{slug}-{hashlib.sha1('|'.join(parts).encode()).hexdigest()[:6]}"
 
