@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # lowest first; a module takes the layer of its longest matching prefix
 LAYERS: list[tuple[str, ...]] = [
     ("schemas",),
-    ("pipelines.records", "pipelines.io", "pipelines.versions"),
+    ("pipelines.records", "pipelines.io", "pipelines.versions", "pipelines.registry"),
     ("pipelines.asr.packing", "pipelines.asr.base", "pipelines.metrics", "pipelines.sinks", "pipelines.stages.audio",
      "pipelines.stages.vad", "pipelines.stages.listing"),
     ("pipelines.state",),

@@ -13,13 +13,13 @@ or, for a backend that lives outside voxmill, a full "package.module:Class" path
 """
 from __future__ import annotations
 
-import importlib
 from collections import Counter
 from typing import Any, Optional, Protocol, Sequence
 
 import numpy as np
 
 from pipelines.records import AsrResult
+from pipelines.registry import load_class
 from schemas.config import AsrConfig
 
 BACKENDS: dict[str, str] = {
@@ -43,15 +43,7 @@ class AsrBackend(Protocol):
 
 def backend_class(name: str) -> type:
     """The class `asr.backend` names: a key of `BACKENDS` or a "package.module:Class" path."""
-    target = BACKENDS.get(name, name)
-    module, sep, attr = target.partition(":")
-    if not sep or not module or not attr:
-        raise ValueError(f"asr.backend {name!r}: not one of {', '.join(sorted(BACKENDS))} "
-                         "and not a 'package.module:Class' path")
-    try:
-        return getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as err:
-        raise ValueError(f"asr.backend {name!r}: cannot import {target} ({type(err).__name__}: {err})") from err
+    return load_class("asr.backend", name, BACKENDS)
 
 
 def build_backend(config: AsrConfig, cpu_threads: int = 0) -> AsrBackend:

@@ -13,7 +13,6 @@ it, and executors are "module:Class" strings imported on first use.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import logging
 import time
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from typing import Callable, Iterable, Iterator, Optional, Protocol, Union
 
 from pipelines.io import storage
 from pipelines.records import Resources
+from pipelines.registry import load_class
 from pipelines.stages.resources import ASR, PREP
 from pipelines.state.lease import OutputLease
 from pipelines.state.units import WorkUnit
@@ -56,15 +56,7 @@ class Executor(Protocol):
 
 def executor_class(name: str) -> type:
     """The class `engine.executor` names: a key of `EXECUTORS` or a "package.module:Class" path."""
-    target = EXECUTORS.get(name, name)
-    module, sep, attr = target.partition(":")
-    if not sep or not module or not attr:
-        raise ValueError(f"engine.executor {name!r}: not one of {', '.join(sorted(EXECUTORS))} "
-                         "and not a 'package.module:Class' path")
-    try:
-        return getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as err:
-        raise ValueError(f"engine.executor {name!r}: cannot import {target} ({type(err).__name__}: {err})") from err
+    return load_class("engine.executor", name, EXECUTORS)
 
 
 def open_executor(config: JobConfig) -> Executor:

@@ -14,10 +14,10 @@ the process that writes or reads it.
 """
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
 from typing import Collection, Iterable, Iterator, Optional, Protocol
 
+from pipelines.registry import load_class
 from schemas.config import ShardConfig
 
 TRAINING, REJECTED = "shards", "rejected"  # the two sample folders under the output root
@@ -60,15 +60,7 @@ class Sink(Protocol):
 
 def sink_class(name: str) -> type:
     """The class `shards.format` names: a key of `SINKS` or a "package.module:Class" path."""
-    target = SINKS.get(name, name)
-    module, sep, attr = target.partition(":")
-    if not sep or not module or not attr:
-        raise ValueError(f"shards.format {name!r}: not one of {', '.join(sorted(SINKS))} "
-                         "and not a 'package.module:Class' path")
-    try:
-        return getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as err:
-        raise ValueError(f"shards.format {name!r}: cannot import {target} ({type(err).__name__}: {err})") from err
+    return load_class("shards.format", name, SINKS)
 
 
 def open_sink(config: ShardConfig, output: str, storage_options: Optional[dict] = None) -> Sink:
