@@ -491,6 +491,31 @@ def refilter(
                           f"`voxmill run` with the new settings on {target} to add them", soft_wrap=True)
 
 
+@app.command()
+def export(
+    output: str = typer.Argument(..., help="fsspec URL of a voxmill output"),
+    to: str = typer.Option(..., "--to", help="lhotse (Lhotse Shar: CutSet.from_shar) or nemo (manifest + audio files)"),
+    dest: Optional[str] = typer.Option(None, "--dest", help="where to write [OUTPUT/exports/<to>]"),
+    filters: list[str] = typer.Option([], "--filter", help="index filter: 'dnsmos_ovrl >= 3' (repeatable)"),
+    drop_duplicates: bool = typer.Option(False, "--drop-duplicates", help="audio copied across units: keep one"),
+    json_out: bool = typer.Option(False, "--json", help="what was written, as JSON on stdout"),
+) -> None:
+    """Export OUTPUT's samples (never its rejects) for Lhotse or NeMo trainers; the audio is copied byte for byte."""
+    from pipelines import export as exporting  # the export command (issue 17)
+
+    try:
+        check_store(output, "output")
+        written = exporting.export(output, to, dest, filters, drop_duplicates)
+    except (exporting.ExportError, StorageError, FileNotFoundError, ValueError) as err:
+        _print_error(err)
+        raise typer.Exit(2)
+    if json_out:
+        sys.stdout.write(json.dumps(written, indent=2) + "\n")
+        return
+    console.print(f"exported {written['samples']} samples ({written['seconds'] / 3600:.2f} h) from "
+                  f"{written['shards']} shards for {to}: {escape(storage.redact(written['dest']))}", soft_wrap=True)
+
+
 def main() -> None:  # pragma: no cover - console-script shim
     app()
 

@@ -18,7 +18,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("pipelines.executor",),
     ("pipelines.plan",),
     ("pipelines.job",),
-    ("pipelines.loader", "pipelines.report", "pipelines.refilter"),
+    ("pipelines.loader", "pipelines.report", "pipelines.refilter", "pipelines.export"),
     ("flows",),
 ]
 
