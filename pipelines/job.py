@@ -14,6 +14,7 @@ from pipelines.io import storage
 from pipelines.plan import history
 from pipelines.preflight import check_model
 from pipelines.records import Resources
+from pipelines.sinks.card import write_card
 from pipelines.stages.discover import Discover, manifest_hours
 from pipelines.state import jobstate, journal
 from pipelines.state.journal import journal_name
@@ -69,6 +70,7 @@ def _run_leased(config: JobConfig, executor: Executor, manifest: pa.Table, lease
         summary["history"] = history.record(plan, summary)
         history.append(config.plan.history_path, summary["history"])
     storage.write_json(storage.join(config.output, "summary.json"), summary)
+    write_card(config.output, config.shards)  # OUTPUT/README.md: the shards' typed features, for HF datasets
     return summary
 
 

@@ -1,9 +1,24 @@
-"""Training loader: voxmill shards into PyTorch, filtered through the index, batched by audio seconds.
+"""Training loader: voxmill shards into PyTorch, filtered through the index, batched by audio seconds;
+and the same output as a Hugging Face dataset (`hf_dataset`), audio decoded with soundfile.
 
 The Parquet index is the truth about what an output holds: the shard list and any filter come
 from it, so a half-written unit (shards, no index part yet) is never read. Samples are read back
 by the output's sink (`shards.format`, `pipelines/sinks/`): streamed shard by shard through a
 webdataset pipeline, or one by key (the WebDataset sink reads one sample's members by byte range).
+
+Reading needs only voxmill's core install (`pip install voxmill`: pyarrow, fsspec, webdataset,
+soundfile, soxr, numpy, pydantic, pyyaml), plus the trainer's own torch for `SpeechShards` and
+`IndexedShards`, and `datasets` for `hf_dataset`. No audio goes through torchcodec/FFmpeg.
+
+Examples (`output` is an output folder or URL; `tests/test_readers.py` runs every example here):
+
+>>> data = SpeechShards(output, filters=["dnsmos_ovrl >= 3.2", "language in ('en', 'de')"], sample_rate=16000)
+>>> first = next(iter(data))  # {"key", "waveform" (float32 tensor), "sample_rate", "text", "meta"}
+>>> rows = read_index(output, "duration < 15 and (snr_db > 20 or dnsmos_ovrl >= 3)", columns=["key", "text"])
+>>> one = IndexedShards(output)[rows["key"][0].as_py()]
+>>> hf = hf_dataset(output)  # columns: key, audio ({"array", "sampling_rate"}), text, duration, ... (flat)
+>>> hf[0]["audio"]["sampling_rate"] == hf[0]["sample_rate"]
+True
 """
 from __future__ import annotations
 
@@ -19,12 +34,18 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import soundfile as sf
-import soxr
-import torch
 import webdataset as wds
+
+try:  # the trainer's torch: SpeechShards and IndexedShards need it, read_index and hf_dataset do not
+    import torch
+    from torch.utils.data import IterableDataset as _IterableDataset
+except ImportError:  # pragma: no cover - exercised by the clean-venv test
+    torch = None  # type: ignore[assignment]
+    _IterableDataset = object  # type: ignore[assignment,misc]
 
 from pipelines.io import tables
 from pipelines.sinks.base import Sink
+from pipelines.sinks.card import features_yaml
 from pipelines.state import jobstate
 
 AUDIO_EXTENSIONS = ("flac", "wav")
@@ -32,7 +53,7 @@ AUDIO_EXTENSIONS = ("flac", "wav")
 
 class Utterance(TypedDict):
     key: str
-    waveform: torch.Tensor  # float32, mono, shape (samples,)
+    waveform: "torch.Tensor"  # float32, mono, shape (samples,)
     sample_rate: int
     text: str
     meta: dict[str, Any]  # the sample's KEY.json (source, start/end, duration, scores)
@@ -40,32 +61,142 @@ class Utterance(TypedDict):
 
 class Batch(TypedDict):
     keys: list[str]
-    waveforms: torch.Tensor  # (batch, longest), zero-padded
-    lengths: torch.Tensor  # int64 (batch,), samples before padding
+    waveforms: "torch.Tensor"  # (batch, longest), zero-padded
+    lengths: "torch.Tensor"  # int64 (batch,), samples before padding
     sample_rate: int
     texts: list[str]
     metas: list[dict[str, Any]]
 
 
-# ---- filters: `column op literal`, parsed into a pyarrow expression (never eval'd) ----
+# ---- filters: a small boolean grammar, parsed into a pyarrow expression (never eval'd) ----
+#
+#   filter     := or ;  or := and ("or" and)* ;  and := not ("and" not)* ;  not := "not" not | atom
+#   atom       := "(" filter ")" | COLUMN OP VALUE | COLUMN ["not"] "in" "(" VALUE ("," VALUE)* ")"
+#               | COLUMN "is" ["not"] "null"
+#   OP         := == != < <= > >=     VALUE := a number or a 'quoted' / "quoted" string
+#
+# Keywords are case-insensitive. A comparison with a null (e.g. `no_speech_prob <= 0.5` on a row
+# whose value is null) is false, so the row is dropped, as in SQL.
 
-_CONDITION = re.compile(
-    r"""^\s*(?P<column>[A-Za-z_]\w*)\s*(?P<op>==|!=|<=|>=|<|>)\s*
-        (?P<value>[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|'[^']*'|"[^"]*")\s*$""",
-    re.VERBOSE,
-)
+_TOKEN = re.compile(r"""\s*(?:
+    (?P<number>[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)
+  | (?P<string>'[^']*'|"[^"]*")
+  | (?P<name>[A-Za-z_]\w*)
+  | (?P<op>==|!=|<=|>=|<|>|\(|\)|,)
+)""", re.VERBOSE)
 _OPS = {"==": "equal", "!=": "not_equal", "<": "less", "<=": "less_equal", ">": "greater", ">=": "greater_equal"}
+_KEYWORDS = {"and", "or", "not", "in", "is", "null"}
 
 
-def parse_filter(condition: str) -> tuple[str, pc.Expression]:
-    """`dnsmos >= 3.2`, `duration < 15`, `language == 'en'`: (column, expression); one comparison with
-    a number or a quoted string, nothing else."""
-    match = _CONDITION.match(condition)
-    if not match:
-        raise ValueError(f"bad filter {condition!r}: expected `column op value`, op one of {' '.join(_OPS)}")
-    raw = match["value"]
-    value: object = raw[1:-1] if raw[0] in "'\"" else float(raw) if re.search(r"[.eE]", raw) else int(raw)
-    return match["column"], getattr(pc, _OPS[match["op"]])(pc.field(match["column"]), pc.scalar(value))
+def _tokens(text: str) -> list[tuple[str, str]]:
+    tokens, position, text = [], 0, text.rstrip()
+    while position < len(text):
+        match = _TOKEN.match(text, position)
+        if not match or match.end() == position:
+            raise ValueError(f"bad filter {text!r}: cannot read {text[position:].strip()!r}")
+        kind = match.lastgroup
+        value = match[kind]
+        if kind == "name" and value.lower() in _KEYWORDS:
+            kind, value = "keyword", value.lower()
+        tokens.append((kind, value))
+        position = match.end()
+    return tokens
+
+
+class _FilterParser:
+    def __init__(self, text: str):
+        self.text, self.tokens, self.at = text, _tokens(text), 0
+        self.columns: set[str] = set()
+
+    def fail(self, expected: str):
+        got = self.tokens[self.at][1] if self.at < len(self.tokens) else "the end"
+        raise ValueError(f"bad filter {self.text!r}: expected {expected}, got {got!r} (e.g. \"duration < 15 and "
+                         f"language in ('en', 'de')\"; operators {' '.join(_OPS)}, and, or, not, in, is null)")
+
+    def peek(self, kind: str, value: str | None = None) -> bool:
+        if self.at < len(self.tokens):
+            k, v = self.tokens[self.at]
+            return k == kind and (value is None or v == value)
+        return False
+
+    def take(self, kind: str, value: str | None = None, expected: str = "") -> str:
+        if not self.peek(kind, value):
+            self.fail(expected or value or kind)
+        self.at += 1
+        return self.tokens[self.at - 1][1]
+
+    def parse(self) -> pc.Expression:
+        expression = self.or_()
+        if self.at != len(self.tokens):
+            self.fail("and, or or the end")
+        return expression
+
+    def or_(self) -> pc.Expression:
+        expression = self.and_()
+        while self.peek("keyword", "or"):
+            self.at += 1
+            expression = expression | self.and_()
+        return expression
+
+    def and_(self) -> pc.Expression:
+        expression = self.not_()
+        while self.peek("keyword", "and"):
+            self.at += 1
+            expression = expression & self.not_()
+        return expression
+
+    def not_(self) -> pc.Expression:
+        if self.peek("keyword", "not"):
+            self.at += 1
+            return ~self.not_()
+        return self.atom()
+
+    def value(self) -> object:
+        if self.peek("string"):
+            return self.take("string")[1:-1]
+        raw = self.take("number", expected="a number or a quoted string")
+        return float(raw) if re.search(r"[.eE]", raw) else int(raw)
+
+    def atom(self) -> pc.Expression:
+        if self.peek("op", "("):
+            self.at += 1
+            expression = self.or_()
+            self.take("op", ")")
+            return expression
+        column = self.take("name", expected="a column name")
+        self.columns.add(column)
+        field = pc.field(column)
+        if self.peek("keyword", "is"):
+            self.at += 1
+            negate = self.peek("keyword", "not")
+            self.at += negate
+            self.take("keyword", "null")
+            return pc.is_valid(field) if negate else pc.is_null(field)
+        negate = self.peek("keyword", "not")
+        if negate or self.peek("keyword", "in"):
+            self.at += negate
+            self.take("keyword", "in")
+            self.take("op", "(")
+            values = [self.value()]
+            while self.peek("op", ","):
+                self.at += 1
+                values.append(self.value())
+            self.take("op", ")")
+            member = pc.is_in(field, pa.array(values))
+            return pc.invert(member) & pc.is_valid(field) if negate else member
+        if self.at < len(self.tokens) and self.tokens[self.at][1] in _OPS:
+            op = self.take("op")
+            return getattr(pc, _OPS[op])(field, pc.scalar(self.value()))
+        self.fail(f"an operator ({' '.join(_OPS)}, in, not in, is null)")
+
+
+def parse_filter(condition: str) -> tuple[set[str], pc.Expression]:
+    """A filter over index columns as a pyarrow expression, and the columns it names:
+    `duration < 15`, `dnsmos_ovrl >= 3.2 and language == 'en'`, `language in ('en', 'de')`,
+    `(snr_db > 20 or dnsmos_ovrl >= 3) and not clipping > 0.01`, `near_duplicate_of is null`.
+    Parsed by a small grammar (above), never eval'd: anything else is a ValueError."""
+    parser = _FilterParser(condition)
+    return parser.columns, parser.parse()
 
 
 def read_index(root: str, filters: str | Sequence[str] = (), columns: Sequence[str] | None = None,
@@ -81,7 +212,7 @@ def read_index(root: str, filters: str | Sequence[str] = (), columns: Sequence[s
         raise FileNotFoundError(f"no index parts under {root.rstrip('/')}/index: not a voxmill output, "
                                 "or no unit has finished yet")
     names = dataset.schema.names
-    unknown = sorted({column for column, _ in parsed} - set(names))
+    unknown = sorted(set().union(*(columns for columns, _ in parsed)) - set(names))
     if unknown:
         raise ValueError(f"filter on unknown column {unknown}; the index has {names}")
     missing = [c for c in columns or () if c not in names]
@@ -95,13 +226,23 @@ def read_index(root: str, filters: str | Sequence[str] = (), columns: Sequence[s
 
 # ---- decoding ----
 
-def _read_audio(data: bytes, sample_rate: int | None = None) -> tuple[torch.Tensor, int]:
-    """FLAC/WAV bytes to a float32 mono tensor, resampled with soxr when a rate is asked for."""
+def read_audio(data: bytes, sample_rate: int | None = None) -> tuple[np.ndarray, int]:
+    """FLAC/WAV bytes to float32 mono samples and their rate, decoded with soundfile (libsndfile,
+    bundled in its wheel), resampled with soxr when a rate is asked for. Also a webdataset handler:
+    `wds.WebDataset(urls).decode(wds.handle_extension("flac wav", read_audio))`."""
     wave, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
     mono = wave.mean(axis=1) if wave.shape[1] > 1 else wave[:, 0]
     if sample_rate and sample_rate != rate:
+        import soxr
+
         mono, rate = soxr.resample(mono, rate, sample_rate).astype(np.float32, copy=False), sample_rate
-    return torch.from_numpy(np.ascontiguousarray(mono)), rate
+    return np.ascontiguousarray(mono, dtype=np.float32), rate
+
+
+def _read_audio(data: bytes, sample_rate: int | None = None) -> tuple["torch.Tensor", int]:
+    """`read_audio` as a torch tensor."""
+    wave, rate = read_audio(data, sample_rate)
+    return torch.from_numpy(wave), rate
 
 
 def _decoder(sample_rate: int | None) -> wds.Decoder:
@@ -197,25 +338,44 @@ def distributed_rank(rank: int | None = None, world_size: int | None = None) -> 
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world size {world_size}")
         return rank, world_size
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
+    if torch is not None and torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
-def _node_split(urls: Iterable[dict], rank: int, world_size: int) -> Iterator[dict]:
-    for i, url in enumerate(urls):
-        if i % world_size == rank:
-            yield url
+def assign_shards(shards: Sequence[str], seed: int, rank: int, world_size: int, worker: int,
+                  workers: int) -> list[tuple[str, int, int]]:
+    """What one (node, DataLoader worker) reads: (shard, part, parts) for each of its shards, where it
+    keeps the samples whose position in the shard is `part` modulo `parts`.
+
+    The shards are shuffled with `seed` (the same order everywhere), then dealt round-robin over
+    the `world_size * workers` readers, node-major (reader = rank * workers + worker). With at least
+    as many shards as readers each shard goes whole to one reader; with fewer (a one-shard output
+    and two workers), reader r reads shard r mod n and keeps its share of that shard's samples, so
+    every sample is still read exactly once and no worker sits idle or fails.
+    """
+    order = list(shards)
+    random.Random(seed).shuffle(order)
+    readers = world_size * workers
+    reader = rank * workers + worker
+    if not order:
+        return []
+    if len(order) >= readers:
+        return [(shard, 0, 1) for shard in order[reader::readers]]
+    n = len(order)
+    parts = len(range(reader % n, readers, n))  # readers sharing shard reader % n
+    return [(order[reader % n], reader // n, parts)]
 
 
-def _read_shards(sources: Iterable[dict], root: str, storage_options: Optional[dict]) -> Iterator[dict]:
-    """The samples of each shard (`url`: its name under the output), read by the output's sink;
-    the sink is opened in the process that reads (a DataLoader worker), not pickled into it."""
+def _read_shards(assigned: Iterable[tuple[str, int, int]], root: str, storage_options: Optional[dict]) -> Iterator[dict]:
+    """The samples of each assigned (shard, part, parts) (`assign_shards`), read by the output's
+    sink; the sink is opened in the process that reads (a DataLoader worker), not pickled into it."""
     sink: Sink = jobstate.sink(root, storage_options)
     base = root.rstrip("/")
-    for source in sources:
-        for sample in sink.read(source["url"]):
-            yield {**sample, "__url__": f"{base}/{source['url']}"}
+    for shard, part, parts in assigned:
+        for position, sample in enumerate(sink.read(shard)):
+            if position % parts == part:
+                yield {**sample, "__url__": f"{base}/{shard}"}
 
 
 def _keep_keys(sample: dict, keys: frozenset[str]) -> bool:
@@ -223,11 +383,12 @@ def _keep_keys(sample: dict, keys: frozenset[str]) -> bool:
 
 
 @dataclass
-class SpeechShards(torch.utils.data.IterableDataset):
+class SpeechShards(_IterableDataset):
     """Utterances (or, with `batch_seconds`, padded batches) from a voxmill output, for a DataLoader.
 
-    Shards are shuffled with `seed + epoch` (the same order on every node), dealt round-robin to
-    nodes, then to DataLoader workers, so each sample is seen exactly once per epoch. Use
+    Shards are shuffled with `seed + epoch` (the same order on every node) and dealt round-robin to
+    every (node, DataLoader worker), so each sample is seen exactly once per epoch; with fewer
+    shards than readers, readers share a shard by sample position (`assign_shards`). Use
     `DataLoader(dataset, batch_size=None, num_workers=N)` when batching here; call `set_epoch`.
     Nodes can get unequal sample counts (shards differ in size): under DDP, stop all ranks at the
     shortest (e.g. `torch.distributed.algorithms.Join`).
@@ -248,6 +409,8 @@ class SpeechShards(torch.utils.data.IterableDataset):
     drop_duplicates: bool = False  # byte-identical audio in several units: keep the smallest key only
 
     def __post_init__(self) -> None:
+        if torch is None:
+            raise ImportError("SpeechShards needs torch (pip install torch); hf_dataset and read_index do not")
         super().__init__()
         self.rank, self.world_size = distributed_rank(self.rank, self.world_size)
         columns = ["key", "shard", "duration"] + (["audio_hash"] if self.drop_duplicates else [])
@@ -269,11 +432,11 @@ class SpeechShards(torch.utils.data.IterableDataset):
     def pipeline(self) -> wds.DataPipeline:
         """The webdataset pipeline for this node and (when called inside one) DataLoader worker."""
         info = torch.utils.data.get_worker_info()
-        rng = random.Random(hash((self.seed, self.epoch, self.rank, info.id if info else 0)))
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        rng = random.Random(hash((self.seed, self.epoch, self.rank, worker)))
+        assigned = assign_shards(self.shards, self.seed + self.epoch, self.rank, self.world_size, worker, workers)
         stages: list = [
-            wds.SimpleShardList(self.shards, seed=self.seed + self.epoch),
-            partial(_node_split, rank=self.rank, world_size=self.world_size),
-            wds.split_by_worker,
+            partial(iter, assigned),  # (a bare list would be taken as a list of stages)
             partial(_read_shards, root=self.root, storage_options=self.storage_options),
         ]
         if self.keys is not None:
@@ -328,3 +491,70 @@ class IndexedShards:
 
     def __getitem__(self, key: str) -> Utterance:
         return _decode_one({"__key__": key, **self.raw(key)}, self.decoder)
+
+
+# ---- Hugging Face datasets ----
+
+def hf_features(audio_format: str = "flac"):
+    """The `datasets.Features` of an output's shards, as its dataset card (`OUTPUT/README.md`)
+    declares them: `__key__`, `__url__`, the audio file's bytes (a binary column named by its
+    extension: no torchcodec needed, see `sinks.card.features_yaml`) and `json` (a struct of typed
+    fields). Pass them to `load_dataset("webdataset", data_files=..., features=...)` to read shards
+    from anywhere without type inference."""
+    from datasets import Features
+
+    return Features._from_yaml_list(features_yaml(audio_format))
+
+
+def _hf_decode(batch: dict, sample_rate: int | None) -> dict:
+    """A `with_transform` for `hf_dataset`: each audio's bytes to {"array", "sampling_rate"}."""
+    decoded = []
+    for data in batch["audio"]:
+        wave, rate = read_audio(data, sample_rate)
+        decoded.append({"array": wave, "sampling_rate": rate})
+    return dict(batch, audio=decoded)
+
+
+def _hf_decode_one(row: dict, sample_rate: int | None) -> dict:
+    wave, rate = read_audio(row["audio"], sample_rate)
+    return {"audio": {"array": wave, "sampling_rate": rate}}
+
+
+def hf_dataset(root: str, filters: str | Sequence[str] = (), sample_rate: int | None = None, decode: bool = True,
+               streaming: bool = False, storage_options: dict | None = None, **load_kwargs: Any):
+    """An output as a Hugging Face dataset: columns `key`, `audio` and every KEY.json field flat
+    (`text`, `duration`, `dnsmos_ovrl`, ...), typed by the output's schema (nothing inferred).
+
+    `audio` is {"array": float32 mono, "sampling_rate"}, decoded with soundfile on access (and
+    resampled with soxr to `sample_rate` when given), so torchcodec/FFmpeg are never needed;
+    `decode=False` leaves the file's bytes. `filters` (as `read_index`'s) pick the shards and rows
+    through the index. Only indexed shards are read (a unit still being written is skipped).
+    `load_kwargs` go to `datasets.load_dataset` (`cache_dir`, `num_proc`, ...); `streaming=True`
+    gives an IterableDataset. The transform of a map-style dataset survives slicing and
+    iteration, not `map`: decode inside your own `map` with `pipelines.loader.read_audio`."""
+    from datasets import load_dataset
+
+    index = read_index(root, filters, ["key", "shard"], storage_options)
+    shards = sorted(pc.unique(index["shard"]).to_pylist())
+    if not shards:
+        raise ValueError(f"no samples in {root} match {filters!r}")
+    sink: Sink = jobstate.sink(root, storage_options)
+    first = next(iter(sink.read(shards[0])))
+    audio_format = next(ext for ext in AUDIO_EXTENSIONS if ext in first)
+    base = root.rstrip("/")
+    data = load_dataset("webdataset", data_files={"train": [f"{base}/{s}" for s in shards]}, split="train",
+                        features=hf_features(audio_format), streaming=streaming,
+                        storage_options=storage_options, **load_kwargs)
+    data = data.remove_columns(["__url__"]).rename_columns({"__key__": "key", audio_format: "audio"})
+    if filters:
+        keys = set(index["key"].to_pylist())
+        data = data.filter(lambda key: key in keys, input_columns="key")
+    nested = [name for name in data.features["json"]]
+    data = data.flatten() if not streaming else data.map(lambda row: row["json"], remove_columns=["json"])
+    if not streaming:
+        data = data.rename_columns({f"json.{name}": name for name in nested})
+    if not decode:
+        return data
+    if streaming:  # features unknown after this map (a dict column)
+        return data.map(partial(_hf_decode_one, sample_rate=sample_rate))
+    return data.with_transform(partial(_hf_decode, sample_rate=sample_rate))

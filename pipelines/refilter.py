@@ -33,6 +33,7 @@ from pydantic import ValidationError
 
 from pipelines.io import storage
 from pipelines.sinks.base import open_sink
+from pipelines.sinks.card import write_card
 from pipelines.stages.commit import UnitCommitter, decide
 from pipelines.state import jobstate
 from pipelines.state.lease import OutputLease
@@ -150,6 +151,7 @@ def refilter(source: str, changes: Mapping[str, object], output: Optional[str] =
                 progress(n + 1, len(todo))
         summary = _summary(source, config, changes, units, done, reports, started_at, time.perf_counter() - clock)
         storage.write_json(storage.join(config.output, "summary.json"), summary)
+        write_card(config.output, config.shards)  # OUTPUT/README.md, as a run writes it
     return summary
 
 

@@ -116,17 +116,3 @@ def finished_job(clips, local_ray, tmp_path_factory) -> tuple[JobConfig, dict]:
     output = tmp_path_factory.mktemp("job") / "out"
     config = small_units_config(str(clips), str(output))
     return config, run_job(config)
-
-
-def load_torchcodec() -> None:
-    """HF `datasets` decodes audio with torchcodec, whose PyPI wheel links NVIDIA NPP; torch does
-    not put that library on the loader path, so load it first (no-op where it is already found)."""
-    import ctypes
-    import glob
-    import os
-
-    import torch
-
-    lib_dir = os.path.join(os.path.dirname(os.path.dirname(torch.__file__)), "nvidia", "cu13", "lib")
-    for lib in sorted(glob.glob(os.path.join(lib_dir, "libnpp*.so.*"))):
-        ctypes.CDLL(lib, mode=ctypes.RTLD_GLOBAL)

@@ -17,7 +17,7 @@ import webdataset as wds
 from pipelines.job import run_job
 from pipelines.state import jobstate
 from pipelines.state.jobstate import ConfigChanged
-from tests.conftest import NO_SPEECH, REAL_ASR, load_torchcodec, references, small_units_config
+from tests.conftest import NO_SPEECH, REAL_ASR, references, small_units_config
 
 
 def _norm(text: str) -> str:
@@ -101,16 +101,17 @@ def test_output_segment_is_the_source_audio_at_its_times(finished_job, clips):
     assert np.corrcoef(cut, resampled)[0, 1] > 0.95
 
 
-def test_huggingface_datasets_loads_the_shards(finished_job):
-    load_torchcodec()
+def test_huggingface_datasets_loads_the_shards(finished_job, tmp_path):
+    """By the output's dataset card, and decoded with soundfile (no torchcodec): tests/test_readers.py."""
     from datasets import load_dataset
 
+    from pipelines.loader import hf_dataset
+
     config, summary = finished_job
-    files = sorted(str(p) for p in Path(config.output, "shards").glob("*.tar"))
-    data = load_dataset("webdataset", data_files={"train": files}, split="train")
-    assert len(data) == summary["counts"]["samples"]
-    row = data[0]
-    assert row["json"]["text"] and row["flac"]["sampling_rate"] == config.audio.sample_rate
+    data = load_dataset(config.output, split="train", cache_dir=str(tmp_path))
+    assert len(data) == summary["counts"]["samples"] and data[0]["json"]["text"]
+    row = hf_dataset(config.output, cache_dir=str(tmp_path))[0]
+    assert row["text"] and row["audio"]["sampling_rate"] == config.audio.sample_rate
 
 
 def test_summary_reports_counts_hours_and_stages(finished_job):

@@ -21,6 +21,7 @@ from pipelines.metrics.scorer import round_score
 from pipelines.metrics.text import TEXT, normalise_text
 from pipelines.records import AsrResult, PreparedSegment, PreparedUnit, SourceFile
 from pipelines.sinks.base import REJECTED, TRAINING, Sample, open_sink
+from pipelines.sinks.card import sample_meta
 from pipelines.stages.prepare import reject_row
 from pipelines.state.ledger import Ledger
 from schemas.config import JobConfig, QualityConfig
@@ -135,8 +136,9 @@ class UnitCommitter:
     @staticmethod
     def _meta(row: dict) -> dict:
         """A sample's KEY.json: its index row but the key, unit and shard (and, for a reject, the
-        verdict fields, which `_verdict_fields` adds back)."""
-        return {k: v for k, v in row.items() if k not in ("key", "unit", "shard") + VERDICT_FIELDS}
+        verdict fields, which `_verdict_fields` adds back), every index field present and typed as
+        the index types it (`sinks.card.sample_meta`), so each shard's JSON has one schema."""
+        return sample_meta({k: v for k, v in row.items() if k not in VERDICT_FIELDS})
 
     def _write_table(self, folder: str, unit: int, rows: list[dict], schema: pa.Schema) -> None:
         url = storage.join(self.output, folder, f"part-{unit:06d}.parquet")

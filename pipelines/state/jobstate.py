@@ -12,6 +12,7 @@ from typing import Optional
 import pyarrow as pa
 
 from pipelines.io import storage
+from pipelines.sinks import card
 from pipelines.sinks.base import DEFAULT_FORMAT, FOLDERS, Sink, open_sink
 from pipelines.state.lease import PREFIX as LEASE_PREFIX
 from pipelines.state.ledger import Ledger
@@ -179,6 +180,7 @@ def clear(output: str) -> None:
     doomed = stored + [p for folder, pattern in WRITTEN.items() for p in fs.glob(f"{root}/{folder}/{pattern}")]
     doomed += [p for p in storage.list_paths(fs, f"{root}/_ledger") if not p.rsplit("/", 1)[-1].startswith(LEASE_PREFIX)]
     doomed += [f"{root}/summary.json"] if fs.exists(f"{root}/summary.json") else []
+    doomed += [f"{root}/{card.CARD}"] if card.ours(fs, f"{root}/{card.CARD}") else []  # a README of yours stays
     for path in doomed:
         fs.rm(path, recursive=True)
     nested = {path.rsplit("/", 1)[0] for path in stored} - {f"{root}/{folder}" for folder in FOLDERS}
