@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Creates .venv and installs voxmill into it (with test extras when called with "test").
+# Creates .venv and installs voxmill into it: the job stack (`voxmill[job]`, the CLI), or with "test"
+# everything the tests need (`voxmill[test]`: job, gpu, hf, s3 and the test tools). A trainer who only
+# reads outputs needs neither: `pip install voxmill` (the core reader; see README "Training loader").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
@@ -7,7 +9,7 @@ PYTHON="${PYTHON:-python3}"
 .venv/bin/python -m pip install --quiet --upgrade pip
 if [ "${1:-}" = "test" ]; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
-  # HF datasets decodes audio through torchcodec, which needs the system FFmpeg libraries.
+  # The long-file test cuts an excerpt with the ffmpeg command line.
   if ! ldconfig -p | grep -q libavutil; then
     $SUDO apt-get update -qq && $SUDO apt-get install -y -qq --no-install-recommends ffmpeg >/dev/null
   fi
@@ -24,5 +26,5 @@ if [ "${1:-}" = "test" ]; then
   fi
   .venv/bin/python -m pip install --quiet -e ".[test]"
 else
-  .venv/bin/python -m pip install --quiet -e .
+  .venv/bin/python -m pip install --quiet -e ".[job]"
 fi

@@ -273,3 +273,75 @@ def test_the_readme_training_loader_examples_run(out, tmp_path):
         done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env,
                               timeout=300)
         assert done.returncode == 0, f"{block}\n{done.stderr[-3000:]}"
+
+
+# ---- a clean venv with only the reader install ----
+
+TRAINERS_TORCH = ("torch", "torchgen", "functorch", "nvidia", "cuda", "triton", "sympy", "mpmath", "networkx",
+                  "jinja2", "markupsafe", "filelock")  # torch and what it imports, as a trainer already has them
+
+
+@pytest.mark.slow
+def test_a_clean_reader_venv_loads_a_multi_shard_output(out, tmp_path):
+    """`pip install "voxmill[hf]"` (the core, plus datasets) into a new venv: no torch, Ray, Prefect,
+    faster-whisper or torchcodec come with it. There hf_dataset decodes every sample's audio and
+    webdataset reads with workers; then, with the trainer's own torch (this environment's, linked
+    in after the venv's packages), SpeechShards reads every sample once with 2 DataLoader workers."""
+    import torch
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    python = str(venv / "bin" / "python")
+    source = tmp_path / "src"  # the package's files only: building in the checkout would write into it
+    for name in ("pipelines", "flows", "schemas"):
+        shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    subprocess.run([python, "-m", "pip", "install", "--quiet", f"{source}[hf]"], check=True, timeout=600)
+    installed = subprocess.run([python, "-m", "pip", "list", "--format=freeze"], capture_output=True, text=True,
+                               check=True).stdout.lower()
+    for heavy in ("torch=", "ray=", "prefect=", "faster-whisper=", "torchcodec=", "ctranslate2=", "s3fs="):
+        assert f"\n{heavy}" not in f"\n{installed}", heavy
+    expected = sorted(read_index(out, columns=["key"])["key"].to_pylist())
+    reader = f"""
+import glob, sys
+import webdataset as wds
+from pipelines.loader import hf_dataset, read_audio, read_index
+out, expected = {out!r}, {expected!r}
+data = hf_dataset(out, cache_dir={str(tmp_path / "hf")!r})
+assert sorted(data["key"]) == expected
+for row in data:
+    assert row["audio"]["array"].size and row["audio"]["sampling_rate"] == row["sample_rate"] == 24000
+urls = sorted(glob.glob(out + "/shards/*.tar"))
+assert len(urls) >= 3
+keys = [s["__key__"] for s in wds.WebDataset(urls, shardshuffle=False).decode(wds.handle_extension("flac", read_audio))]
+assert sorted(keys) == expected
+for name in ("torch", "ray", "prefect", "torchcodec", "faster_whisper", "s3fs"):
+    assert name not in sys.modules, name
+print("ok")
+"""
+    done = subprocess.run([python, "-c", reader], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert done.returncode == 0 and "ok" in done.stdout, done.stderr[-3000:]
+
+    site = Path(torch.__file__).parent.parent
+    linked = tmp_path / "trainers-torch"
+    linked.mkdir()
+    for name in TRAINERS_TORCH:
+        if (site / name).exists():
+            (linked / name).symlink_to(site / name)
+    venv_site = next((venv / "lib").glob("python*/site-packages"))
+    (venv_site / "zz-trainers-torch.pth").write_text(f"{linked}\n")  # after the venv's own packages
+    trainer = f"""
+import sys
+from collections import Counter
+from torch.utils.data import DataLoader
+from pipelines.loader import SpeechShards
+data = SpeechShards({out!r}, sample_rate=16000, batch_seconds=20)
+keys = [k for b in DataLoader(data, batch_size=None, num_workers=2, multiprocessing_context="spawn") for k in b["keys"]]
+assert sorted(keys) == {expected!r}
+for name in ("ray", "prefect", "torchcodec", "torchaudio", "faster_whisper"):
+    assert name not in sys.modules, name
+print("ok")
+"""
+    done = subprocess.run([python, "-c", trainer], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert done.returncode == 0 and "ok" in done.stdout, done.stderr[-3000:]
