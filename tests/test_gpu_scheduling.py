@@ -56,7 +56,8 @@ def test_a_job_on_a_gpu_shaped_cluster_completes(clips, tmp_path):
         from schemas.config import load_job_config
         ray.init(num_cpus=2, num_gpus=1, include_dashboard=False)
         config = load_job_config({str(clips)!r}, {str(tmp_path / 'out')!r},
-                                 overrides={{"engine.unit_minutes": 0.25, "audio.resampler": "torch"}})
+                                 overrides={{"engine.unit_minutes": 0.25, "audio.resampler": "torch",
+                                            "asr.backend": "tests.fakes:FakeAsr"}})  # scheduling, not ASR
         print(json.dumps(run_job(config)))
     """)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
