@@ -85,7 +85,16 @@ def _check_folder(path: str, shown: str) -> None:
 def check_model(config: AsrConfig) -> None:
     """The model `asr.model` names can be loaded here: a local CTranslate2 folder with model.bin,
     or a faster-whisper size / Hugging Face repo id that is in the local cache or on a hub this
-    machine reaches. Unset: the bundled tiny.en must be installed."""
+    machine reaches. Unset: the bundled tiny.en must be installed. Another `asr.backend` must at
+    least import (it checks its own model when it loads)."""
+    from pipelines.asr.base import DEFAULT_BACKEND, backend_class
+
+    try:
+        backend_class(config.backend)
+    except ValueError as err:
+        raise ModelError(str(err)) from err
+    if config.backend != DEFAULT_BACKEND:
+        return
     name = config.model
     if name is None:
         try:

@@ -105,3 +105,12 @@ def test_a_backend_gets_hardware_profiles_of_its_own():
     default, fake = (load_job_config("/in", "/out", overrides=o) for o in ({}, {"asr.backend": FAKE_ASR}))
     assert machine_key(default, 0) != machine_key(fake, 0)
     assert "tests-fakes-fakeasr" in machine_key(fake, 0) and "fakeasr" not in machine_key(default, 0)
+
+
+def test_preflight_names_a_backend_that_does_not_import_and_leaves_other_backends_their_models():
+    from pipelines.preflight import ModelError, check_model
+    from schemas.config import AsrConfig
+
+    with pytest.raises(ModelError, match=r"asr.backend 'no.such.module:Asr': cannot import"):
+        check_model(AsrConfig(backend="no.such.module:Asr"))
+    check_model(AsrConfig(backend="tests.fakes:FakeAsr", model="/no/whisper/model/here"))  # not Whisper's to check
