@@ -107,7 +107,7 @@ class _QualitySettings(_Section):
     dnsmos_device: Literal["auto", "cpu", "cuda"] = Field(
         "auto",
         description="auto: the GPU when the prep task sees one (the DNSMOS graph runs in torch, converted by "
-                    "onnx2torch: pip install voxmill[gpu]; ~430x one CPU core on an H100), else onnxruntime on the CPU")
+                    "onnx2torch: pip install voxmill[job,gpu]; ~430x one CPU core on an H100), else onnxruntime on the CPU")
     dnsmos_hop_seconds: float = Field(
         1.0, ge=0.1, le=9.01,
         description="hop of the reference windowing; 1.0 is the reference's, 9.01 = no overlap")

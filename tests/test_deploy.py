@@ -237,8 +237,8 @@ def test_dockerfile(version):
     runs = " ".join(rest for instr, rest in instrs if instr == "RUN")
     for pkg in ("ffmpeg", "libsndfile1"):
         assert re.search(rf"apt-get install[^&]*\b{pkg}\b", runs), pkg
-    assert re.search(r"pip install (\S+ )*\"?\.(\[gpu\])?\"?(\s|$)", runs), "does not pip install the project"
-    assert ".[gpu]" in runs, "GPU nodes need the gpu extra (DNSMOS on the GPU)"
+    assert re.search(r"pip install (\S+ )*\"?\.(\[[\w,]+\])?\"?(\s|$)", runs), "does not pip install the project"
+    assert ".[job,gpu]" in runs, "nodes run the job (job extra), GPU nodes score DNSMOS there (gpu extra)"
     assert any(instr == "COPY" and rest.split()[0] == "." for instr, rest in instrs)
     assert ("ENTRYPOINT", '["voxmill"]') in instrs
     assert f"voxmill:{version}" in (DEPLOY / "Dockerfile").read_text()
