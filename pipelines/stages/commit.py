@@ -138,7 +138,7 @@ class UnitCommitter:
         """A sample's KEY.json: its index row but the key, unit and shard (and, for a reject, the
         verdict fields, which `_verdict_fields` adds back), every index field present and typed as
         the index types it (`sinks.card.sample_meta`), so each shard's JSON has one schema."""
-        return sample_meta({k: v for k, v in row.items() if k not in VERDICT_FIELDS})
+        return sample_meta({k: v for k, v in row.items() if k not in VERDICT_FIELDS}, INDEX_SCHEMA)
 
     def _write_table(self, folder: str, unit: int, rows: list[dict], schema: pa.Schema) -> None:
         url = storage.join(self.output, folder, f"part-{unit:06d}.parquet")
