@@ -139,6 +139,7 @@ def test_status_of_an_unreachable_store(tmp_path):
     assert time.monotonic() - started < 30
 
 
+@pytest.mark.slow  # several voxmill processes: ~14 s
 def test_passwords_in_urls_are_never_printed(tmp_path):
     closed = free_port()
     secret = "hunter2-voxmill"

@@ -33,6 +33,7 @@ def test_a_second_holder_is_refused_until_the_first_releases(tmp_path):
     assert [p.name for p in (tmp_path / "out" / "_ledger").iterdir()] == ["lease-000002.json"]
 
 
+@pytest.mark.slow  # waits out a lease: ~8 s
 def test_a_holder_killed_on_another_machine_blocks_until_its_lease_expires_then_a_waiting_run_takes_over(tmp_path):
     """Another machine's process cannot be looked up: only the heartbeat tells it is gone."""
     out = str(tmp_path / "out")

@@ -97,6 +97,7 @@ def test_covering_windows_read_every_sample_and_score_like_the_reference(scorer)
     assert windows(scorer) < windows(reference)
 
 
+@pytest.mark.slow  # converts the ONNX graph with onnx2torch and runs it on the CPU: ~18 s
 def test_the_torch_graph_scores_like_onnxruntime(scorer):
     """The GPU backend is the same ONNX graph converted to torch (onnx2torch). It must give
     onnxruntime's DNSMOS to within float32 kernel noise, on real speech and on noise (on the CPU
