@@ -19,7 +19,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Iterable
 
 import soundfile as sf
 
@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])  # Ray workers: tests.fakes
 
 from benchmarks.loader import reshard  # noqa: E402
+from benchmarks.readers import measure  # noqa: E402
 from pipelines.export import export  # noqa: E402
 from pipelines.loader import read_index  # noqa: E402
 from pipelines.state import jobstate  # noqa: E402
@@ -69,13 +70,6 @@ def shards_pass(root: Path) -> Iterable[float]:
         for sample in sink.read(shard):
             wave, rate = sf.read(io.BytesIO(sample["flac"]), dtype="float32")
             yield len(wave) / rate
-
-
-def measure(loop: Callable[[], Iterable[float]]) -> tuple[float, int, float]:
-    started, samples, seconds = time.perf_counter(), 0, 0.0
-    for s in loop():
-        samples, seconds = samples + 1, seconds + s
-    return time.perf_counter() - started, samples, seconds
 
 
 def main() -> None:
