@@ -23,7 +23,8 @@ OUTPUT_FOLDERS = (*FOLDERS, "index", "rejects", "_ledger")
 # Settings added after outputs were made, with the value every earlier output was made with: left
 # out of the settings (and so of the fingerprint) while at it, so those outputs keep their
 # fingerprint (a rerun, `--new-version` and refilter's "nothing changed" compare fingerprints).
-LATER_DEFAULTS = {("shards", "format"): DEFAULT_FORMAT, ("asr", "backend"): "faster-whisper"}
+LATER_DEFAULTS = {("shards", "format"): DEFAULT_FORMAT, ("asr", "backend"): "faster-whisper",
+                  ("shards", "keep_rejected_audio"): True}
 
 
 class ConfigChanged(ValueError):
@@ -100,7 +101,7 @@ def changed_settings(job: dict, settings: dict) -> list[str]:
     """How `settings` differ from those a job record was made with (`key: old -> new`), if at all."""
     if job["fingerprint"] == fingerprint(settings):
         return []
-    return sorted(_diff(job["settings"], settings, _default_settings()))
+    return sorted(_diff(job["settings"], settings))
 
 
 def layout(output: str) -> list[WorkUnit]:
@@ -126,22 +127,16 @@ def versioned(config: JobConfig) -> JobConfig:
         candidate = storage.join(config.output, f"v{n}")
 
 
-def _diff(old: dict, new: dict, defaults: dict, prefix: str = "") -> list[str]:
-    """The settings that differ; one the old output never had, now at its default, is no change
-    (a setting added in a later version must not lock older outputs out of resuming)."""
+def _diff(old: dict, new: dict, prefix: str = "") -> list[str]:
     keys = set(old) | set(new)
     out: list[str] = []
     for key in keys:
-        a, b, default = old.get(key), new.get(key), (defaults or {}).get(key)
+        a, b = old.get(key), new.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
-            out += _diff(a, b, default if isinstance(default, dict) else {}, f"{prefix}{key}.")
-        elif a != b and not (key not in old and b == default):
+            out += _diff(a, b, f"{prefix}{key}.")
+        elif a != b:
             out.append(f"{prefix}{key}: {a!r} -> {b!r}")
     return out
-
-
-def _default_settings() -> dict:
-    return output_settings(JobConfig.model_validate({"input": "-", "output": "-"}))
 
 
 class NotAnOutput(ValueError):
