@@ -10,7 +10,7 @@ Reading needs only voxmill's core install (`pip install voxmill`: pyarrow, fsspe
 soundfile, soxr, numpy, pydantic, pyyaml), plus the trainer's own torch for `SpeechShards` and
 `IndexedShards`, and `datasets` for `hf_dataset`. No audio goes through torchcodec/FFmpeg.
 
-Examples (`output` is an output folder or URL; `tests/test_readers.py` runs every example here):
+Examples (`output` is an output folder or URL; `tests/pipelines/test_readers.py` runs every example here):
 
 >>> data = SpeechShards(output, filters=["dnsmos_ovrl >= 3.2", "language in ('en', 'de')"], sample_rate=16000)
 >>> first = next(iter(data))  # {"key", "waveform" (float32 tensor), "sample_rate", "text", "meta"}

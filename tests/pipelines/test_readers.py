@@ -28,8 +28,7 @@ import pipelines.loader as loader
 from pipelines.loader import SpeechShards, assign_shards, hf_dataset, hf_features, read_audio, read_index
 from pipelines.sinks.card import META_EXCLUDED, card_text, features_yaml, sample_meta
 from schemas.tables import INDEX_SCHEMA
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.fakes import ROOT
 
 
 @pytest.fixture(scope="module")

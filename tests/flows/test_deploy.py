@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from schemas.config import JobConfig
+from tests.fakes import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
 YAML_FILES = sorted(DEPLOY.glob("*.yaml")) + sorted(DEPLOY.glob("*.yml"))
 
@@ -89,7 +89,7 @@ def test_pull_step_sets_working_directory(prefect_yaml):
     (name, args), = step.items()
     assert name == "prefect.deployments.steps.set_working_directory"
     # a placeholder, not a path baked into the file: resolved at deploy time if set there, else by the
-    # worker at run time (tests/test_prefect_server.py runs it the second way)
+    # worker at run time (tests/flows/test_prefect_server.py runs it the second way)
     assert re.fullmatch(r"\{\{\s*\$VOXMILL_HOME\s*\}\}", args["directory"]), args
 
 
@@ -119,7 +119,7 @@ def test_work_pool_names_agree(deployments):
     assert "prefect work-pool create voxmill-process --type process" in readme
     assert "prefect worker start --pool voxmill-process" in readme
     assert "prefect deploy --all --prefect-file deploy/prefect.yaml" in readme
-    # what tests/test_prefect_server.py also does: the worker's VOXMILL_HOME, an ad hoc run
+    # what tests/flows/test_prefect_server.py also does: the worker's VOXMILL_HOME, an ad hoc run
     assert 'export VOXMILL_HOME="$PWD"' in readme
     assert "prefect deployment run prepare-corpus/adhoc-corpus" in readme
 

@@ -6,9 +6,9 @@ import os
 import subprocess
 import sys
 import tarfile
+from pathlib import Path
 
 import pytest
-from pathlib import Path
 
 from tests.fakes import FAKE_ASR, FAKE_ASR_ENV
 

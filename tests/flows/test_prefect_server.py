@@ -26,8 +26,8 @@ import yaml
 
 from benchmarks.processes import Sessions
 from tests.conftest import NO_SPEECH, free_port, references
+from tests.fakes import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 PREFECT = str(Path(sys.executable).with_name("prefect"))
 POOL = "voxmill-process"
 RUN_TIMEOUT = 900  # s for the flow run itself; it took 45-110 s on 2 cores shared with other jobs

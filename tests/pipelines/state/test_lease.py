@@ -9,7 +9,6 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import s3fs
@@ -19,8 +18,7 @@ from typer.testing import CliRunner
 from flows.cli import app
 from pipelines.state.lease import LeaseHeld, OutputLease
 from tests.conftest import DEMO, S3_PORT
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.fakes import ROOT
 
 
 def test_a_second_holder_is_refused_until_the_first_releases(tmp_path):

@@ -102,7 +102,7 @@ def test_output_segment_is_the_source_audio_at_its_times(finished_job, clips):
 
 
 def test_huggingface_datasets_loads_the_shards(finished_job, tmp_path):
-    """By the output's dataset card, and decoded with soundfile (no torchcodec): tests/test_readers.py."""
+    """By the output's dataset card, and decoded with soundfile (no torchcodec): tests/pipelines/test_readers.py."""
     from datasets import load_dataset
 
     from pipelines.loader import hf_dataset

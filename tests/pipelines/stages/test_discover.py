@@ -14,6 +14,7 @@ import soundfile as sf
 from pipelines.stages.discover import Discover, InputError
 from schemas.config import DiscoverConfig
 from schemas.tables import MANIFEST_SCHEMA
+from tests.fakes import ROOT
 
 
 @pytest.fixture
@@ -161,7 +162,7 @@ def test_a_folder_that_cannot_be_entered_is_a_row(tmp_path, clips):
     prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"] if os.geteuid() == 0 else []
     try:
         out = subprocess.run([*prefix, sys.executable, "-c", script, str(root)], check=True,
-                             capture_output=True, text=True, cwd=Path(__file__).parent.parent).stdout
+                             capture_output=True, text=True, cwd=ROOT).stdout
     finally:
         (root / "locked").chmod(0o755)
     entries = {e["path"]: e for e in json.loads(out)}

@@ -13,13 +13,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Optional
 
 import pytest
 
 from benchmarks.processes import cmdline, descendants, kill, stat
 from tests.conftest import free_port
-from tests.fakes import DELAY_ENV, FAKE_ASR, FAKE_ASR_ENV
+from tests.fakes import DELAY_ENV, FAKE_ASR, FAKE_ASR_ENV, ROOT
 
 VOXMILL = Path(sys.executable).with_name("voxmill")
 DETAILS = re.compile(r"\(details: (\S+\.log)\)")
@@ -178,7 +177,7 @@ def tiny_disk(tmp_path):
     point = tmp_path / "disk"
     point.mkdir()
     options = f"size=400k,uid={os.getuid()},gid={os.getgid()},mode=0755"
-    if shutil.which("mount") is None or (mounted := _mount("-t", "tmpfs", "-o", options, "tmpfs", str(point))).returncode:
+    if shutil.which("mount") is None or _mount("-t", "tmpfs", "-o", options, "tmpfs", str(point)).returncode:
         pytest.skip("cannot mount a tmpfs to fill up (needs root or passwordless sudo)")
     yield point
     subprocess.run([*([] if os.geteuid() == 0 else ["sudo", "-n"]), "umount", "-l", str(point)], capture_output=True)
@@ -243,7 +242,7 @@ def test_the_flow_fails_a_missing_input_at_once(tmp_path):
            "PREFECT_SERVER_ALLOW_EPHEMERAL_MODE": "true"}
     started = time.monotonic()
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=170, env=env,
-                            cwd=Path(__file__).resolve().parent.parent)
+                            cwd=ROOT)
     took = time.monotonic() - started
     assert result.returncode == 1 and "InputError: input not found" in result.stderr, result.stderr[-3000:]
     assert "Retry 1/" not in result.stderr + result.stdout  # Prefect: "Retry 1/2 will start 10 second(s) from now"

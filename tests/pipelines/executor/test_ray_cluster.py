@@ -23,9 +23,8 @@ import pytest
 
 from benchmarks.processes import Sessions
 from tests.conftest import free_port
-from tests.fakes import FAKE_ASR, FAKE_ASR_ENV
+from tests.fakes import FAKE_ASR, FAKE_ASR_ENV, ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 RAY = str(Path(sys.executable).with_name("ray"))
 
 
