@@ -170,6 +170,9 @@ class EngineConfig(_Section):
     lease_wait_seconds: float = Field(
         0.0, ge=0, description="when another run holds the output: wait up to this long for it (CLI --wait), "
                                "then refuse; 0 = refuse at once")
+    progress_seconds: float = Field(
+        30.0, gt=0, description="a progress line (hours done/total, x realtime, ETA) every this many seconds, where "
+                                "no bar can be drawn: stderr no terminal (RayJob, kubectl logs, nohup), Prefect's run log")
 
 
 class PlanConfig(_Section):

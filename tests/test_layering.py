@@ -17,7 +17,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("pipelines.asr", "pipelines.stages", "pipelines.preflight"),
     ("pipelines.executor",),
     ("pipelines.plan",),
-    ("pipelines.job",),
+    ("pipelines.job", "pipelines.progress"),
     ("pipelines.loader", "pipelines.report", "pipelines.refilter", "pipelines.export"),
     ("flows",),
 ]
