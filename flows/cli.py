@@ -36,7 +36,8 @@ from pipelines.plan.planning import (
 from pipelines.preflight import check_model, check_store
 from pipelines.stages.discover import InputError
 from pipelines.state import jobstate
-from pipelines.state.lease import LeaseHeld, LeaseLost
+from pipelines.state.compaction import compact_output
+from pipelines.state.lease import LeaseHeld, LeaseLost, OutputLease
 from schemas.config import load_job_config
 
 
@@ -128,6 +129,25 @@ def run(
     if not summary["complete"]:
         _print_failures(summary)
         raise typer.Exit(1)
+
+
+@app.command()
+def compact(
+    output: str = typer.Argument(..., help="fsspec URL of a voxmill output"),
+    wait: float = typer.Option(0.0, "--wait", help="seconds to wait for a run that holds the output"),
+) -> None:
+    """Fold OUTPUT's per-unit ledger records, index and rejects parts into a few files (runs do it
+    themselves past engine.compact_min_units); readers keep working while it runs."""
+    try:
+        check_store(output, "output")
+        if jobstate.read(output) is None:
+            raise FileNotFoundError(f"{output} holds no voxmill job (no _ledger/job.json)")
+        with OutputLease(output, wait_seconds=wait):  # one writer per output, compaction included
+            folded = compact_output(output)
+    except (FileNotFoundError, StorageError, ValueError, LeaseHeld) as err:
+        _print_error(err)
+        raise typer.Exit(2)
+    Console().print(f"compacted {escape(storage.redact(output))}: " + ", ".join(f"{n} {k}" for k, n in folded.items()))
 
 
 @app.command()

@@ -17,6 +17,7 @@ from pipelines.records import Resources
 from pipelines.sinks.card import write_card
 from pipelines.stages.discover import Discover, manifest_hours
 from pipelines.state import jobstate, journal
+from pipelines.state.compaction import compact_if_due
 from pipelines.state.journal import journal_name
 from pipelines.state.lease import OutputLease
 from pipelines.state.ledger import Ledger
@@ -55,13 +56,18 @@ def _run_leased(config: JobConfig, executor: Executor, manifest: pa.Table, lease
     journal.sweep(config.output, {journal_name(u.index, u.digest) for u in todo})
     previous = [r for r in finished.values() if r]
     start_clock = time.perf_counter()
-    check_model(config.asr)  # a bad model fails here with one line, not as an ActorDiedError
-    resources = executor.start()
-    start_seconds = time.perf_counter() - start_clock
-    log.info("%d units (%d already done) on %s", len(units), len(previous), resources)
     total = sum(u.seconds for u in units)
-    result = run_units(executor, todo, progress, done_seconds=total - sum(u.seconds for u in todo),
-                       total_seconds=total, lease=lease)
+    if todo:
+        check_model(config.asr)  # a bad model fails here with one line, not as an ActorDiedError
+        resources = executor.start()
+        start_seconds = time.perf_counter() - start_clock
+        log.info("%d units (%d already done) on %s", len(units), len(previous), resources)
+        result = run_units(executor, todo, progress, done_seconds=total - sum(u.seconds for u in todo),
+                           total_seconds=total, lease=lease)
+    else:  # nothing left to do: neither Ray nor an ASR actor starts (a no-op rerun takes seconds)
+        resources, start_seconds, result = Resources(0, 0, 0, 0), 0.0, RunResult([], [], 0.0)
+        log.info("%d units, all done: nothing to run", len(units))
+    compact_after_run(config.output, config.engine.compact_min_units)
     summary = build_summary(config, manifest, units, previous, result, resources,
                             started_at, time.perf_counter() - clock, discover_seconds)
     summary["startup_seconds"] = start_seconds + result.startup_seconds
@@ -72,6 +78,15 @@ def _run_leased(config: JobConfig, executor: Executor, manifest: pa.Table, lease
     storage.write_json(storage.join(config.output, "summary.json"), summary)
     write_card(config.output, config.shards)  # OUTPUT/README.md: the shards' typed features, for HF datasets
     return summary
+
+
+def compact_after_run(output: str, min_units: int) -> None:
+    """Compact the output once enough units are loose; a failure only leaves it to the next run
+    or `voxmill compact` (every unit is committed already)."""
+    try:
+        compact_if_due(output, min_units)
+    except OSError as err:
+        log.warning("output not compacted (the next run or `voxmill compact` will): %s", err)
 
 
 def build_summary(config: JobConfig, manifest: pa.Table, units: list[WorkUnit], previous: list[dict],

@@ -28,7 +28,7 @@ import random
 import re
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Iterable, Iterator, Optional, Sequence, TypedDict
+from typing import Any, Container, Iterable, Iterator, Optional, Sequence, TypedDict
 
 import numpy as np
 import pyarrow as pa
@@ -206,22 +206,34 @@ def read_index(root: str, filters: str | Sequence[str] = (), columns: Sequence[s
     Every part counts (`tables.open_parts`): a column only newer parts have can be filtered on,
     and reads as null in the older parts' rows.
     """
+    return _read_index(root, filters, columns, storage_options)
+
+
+def _read_index(root: str, filters: str | Sequence[str], columns: Sequence[str] | None,
+                storage_options: dict | None, where: pc.Expression | None = None) -> pa.Table:
+    """`read_index`, and `where` (an expression of our own, e.g. on `shard`) with the filters."""
     parsed = [parse_filter(c) for c in ([filters] if isinstance(filters, str) else filters)]
-    dataset = tables.open_parts(root, "index", storage_options)
-    if not dataset.files:
-        raise FileNotFoundError(f"no index parts under {root.rstrip('/')}/index: not a voxmill output, "
-                                "or no unit has finished yet")
-    names = dataset.schema.names
-    unknown = sorted(set().union(*(columns for columns, _ in parsed)) - set(names))
-    if unknown:
-        raise ValueError(f"filter on unknown column {unknown}; the index has {names}")
-    missing = [c for c in columns or () if c not in names]
-    if missing:
-        raise ValueError(f"unknown column {missing}; the index has {names}")
-    expression = None
+    expression = where
     for _, term in parsed:
         expression = term if expression is None else expression & term
-    return dataset.to_table(columns=list(columns) if columns else None, filter=expression)
+
+    def read(dataset) -> pa.Table:
+        if not dataset.files:
+            return pa.table({})
+        names = dataset.schema.names
+        unknown = sorted(set().union(*(columns for columns, _ in parsed)) - set(names))
+        if unknown:
+            raise ValueError(f"filter on unknown column {unknown}; the index has {names}")
+        missing = [c for c in columns or () if c not in names]
+        if missing:
+            raise ValueError(f"unknown column {missing}; the index has {names}")
+        return dataset.to_table(columns=list(columns) if columns else None, filter=expression)
+
+    table = tables.read_retrying(root, "index", read, storage_options)
+    if not table.column_names:
+        raise FileNotFoundError(f"no index parts under {root.rstrip('/')}/index: not a voxmill output, "
+                                "or no unit has finished yet")
+    return table
 
 
 # ---- decoding ----
@@ -378,8 +390,18 @@ def _read_shards(assigned: Iterable[tuple[str, int, int]], root: str, storage_op
                 yield {**sample, "__url__": f"{base}/{shard}"}
 
 
-def _keep_keys(sample: dict, keys: frozenset[str]) -> bool:
+def _keep_keys(sample: dict, keys: "Container[str]") -> bool:
     return sample["__key__"] in keys
+
+
+class _Without:
+    """Every key but `dropped`, as a set to test membership in."""
+
+    def __init__(self, dropped: frozenset[str]):
+        self.dropped = dropped
+
+    def __contains__(self, key: str) -> bool:
+        return key not in self.dropped
 
 
 @dataclass
@@ -416,11 +438,25 @@ class SpeechShards(_IterableDataset):
         columns = ["key", "shard", "duration"] + (["audio_hash"] if self.drop_duplicates else [])
         table = read_index(self.root, self.filters, columns, self.storage_options)  # no hashes: a clear error
         if self.drop_duplicates:
-            table = table.filter(pc.invert(tables.later_copies(table)))
+            later = tables.later_copies(table)
+            dropped, table = table.filter(later), table.filter(pc.invert(later))
         self.num_samples = table.num_rows
         self.seconds = float(pc.sum(table["duration"]).as_py() or 0.0)
         self.shards = sorted(pc.unique(table["shard"]).to_pylist())  # names under root, as the index holds them
-        self.keys = frozenset(table["key"].to_pylist()) if self.filters or self.drop_duplicates else None
+        # No set of every key rides into each DataLoader worker (~1 GB at 20 M samples): a worker
+        # reads its own shards' keys (`_worker_keys`); only the dropped copies (few) are kept here.
+        self.copies = frozenset(dropped["key"].to_pylist()) if self.drop_duplicates else frozenset()
+
+    def _worker_keys(self, shards: list[str]) -> Container[str] | None:
+        """The keys to keep in `shards` (this worker's): those the filters match, less the dropped
+        copies; None when every sample is kept. Read from the index with a pushed-down shard filter."""
+        if not self.filters and not self.drop_duplicates:
+            return None
+        if not self.filters:
+            return _Without(self.copies)
+        where = pc.field("shard").isin(pa.array(shards, pa.string()))
+        table = _read_index(self.root, self.filters, ["key"], self.storage_options, where)
+        return frozenset(table["key"].to_pylist()) - self.copies
 
     def set_epoch(self, epoch: int) -> None:
         """A new shard order (and shuffle seed) per epoch; every node must be given the same epoch."""
@@ -439,8 +475,9 @@ class SpeechShards(_IterableDataset):
             partial(iter, assigned),  # (a bare list would be taken as a list of stages)
             partial(_read_shards, root=self.root, storage_options=self.storage_options),
         ]
-        if self.keys is not None:
-            stages.append(wds.select(partial(_keep_keys, keys=self.keys)))
+        keys = self._worker_keys([shard for shard, _, _ in assigned])
+        if keys is not None:
+            stages.append(wds.select(partial(_keep_keys, keys=keys)))
         stages.append(wds.decode(only=["json"]))  # audio stays encoded until its batch is formed
         if self.shuffle:
             stages.append(wds.shuffle(self.shuffle, initial=min(self.shuffle, 100), rng=rng))

@@ -163,6 +163,9 @@ class EngineConfig(_Section):
         "ray", pattern=r"^[A-Za-z_][\w.-]*(:[A-Za-z_]\w*)?$",
         description="what runs the work units: a name in pipelines/executor/base.py EXECUTORS (ray: a local Ray "
                     "or the cluster at ray_address), or 'package.module:Class' for one outside voxmill (see Executor)")
+    compact_min_units: int = Field(
+        256, ge=1, description="at the end of a run, compact the ledger, index and rejects (one file per 1024 "
+                               "units, not one per unit) once this many finished units are not compacted yet")
     ray_address: Optional[str] = Field(None, description="unset = RAY_ADDRESS or local ray.init()")
     lease_seconds: float = Field(
         120.0, ge=5, description="one run writes an output at a time: its lease lasts this long past the last "

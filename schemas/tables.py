@@ -88,3 +88,18 @@ SEGMENTED_SCHEMA = pa.schema(
         pa.field("asr_audio", pa.binary()),  # the 16 kHz float32 samples the ASR actor is given
     ]
 )
+
+LEDGER_SCHEMA = pa.schema(
+    [
+        # one row per finished unit: OUTPUT/_ledger/units.parquet, the compacted unit records
+        # (pipelines/state/ledger.py); `status` sums the typed totals, the rest reads `record`
+        pa.field("unit", pa.int64(), nullable=False),
+        pa.field("digest", pa.string()),
+        pa.field("input_seconds", pa.float64()),
+        pa.field("output_seconds", pa.float64()),
+        pa.field("samples", pa.int64()),
+        pa.field("rejects", pa.int64()),
+        pa.field("finished_at", pa.string()),
+        pa.field("record", pa.string(), nullable=False),  # the unit's record as JSON
+    ]
+)

@@ -16,6 +16,7 @@ from pipelines.sinks import card
 from pipelines.sinks.base import DEFAULT_FORMAT, FOLDERS, Sink, open_sink
 from pipelines.state.lease import PREFIX as LEASE_PREFIX
 from pipelines.state.ledger import Ledger
+from pipelines.state.ledger import totals as ledger_totals
 from pipelines.state.units import WorkUnit, extend_units, unit_from_json, unit_to_json
 from schemas.config import JobConfig, ShardConfig
 
@@ -145,7 +146,7 @@ class NotAnOutput(ValueError):
 
 # what voxmill writes in each table folder of an output (the sample folders: what its sink lists;
 # `_ledger/` is wholly voxmill's once job.json is there)
-WRITTEN = {"index": "part-*.parquet", "rejects": "part-*.parquet"}
+WRITTEN = {folder: ("part-*.parquet", "compact-*.parquet", "_parts.json") for folder in ("index", "rejects")}
 
 
 def check_restartable(output: str) -> None:
@@ -172,7 +173,8 @@ def clear(output: str) -> None:
     root = root.rstrip("/")
     samples = sink(output)
     stored = [f"{root}/{name}" for folder in FOLDERS for name in samples.files(folder)]
-    doomed = stored + [p for folder, pattern in WRITTEN.items() for p in fs.glob(f"{root}/{folder}/{pattern}")]
+    doomed = stored + [p for folder, patterns in WRITTEN.items() for pattern in patterns
+                       for p in fs.glob(f"{root}/{folder}/{pattern}")]
     doomed += [p for p in storage.list_paths(fs, f"{root}/_ledger") if not p.rsplit("/", 1)[-1].startswith(LEASE_PREFIX)]
     doomed += [f"{root}/summary.json"] if fs.exists(f"{root}/summary.json") else []
     doomed += [f"{root}/{card.CARD}"] if card.ours(fs, f"{root}/{card.CARD}") else []  # a README of yours stays
@@ -198,18 +200,18 @@ def status(output: str) -> dict:
     job = read(output)
     if job is None:
         raise FileNotFoundError(f"{output} holds no voxmill job (no _ledger/job.json)")
-    records = list(Ledger(output).done().values())
-    done_seconds = sum(r["input_seconds"] for r in records)
+    records = Ledger(output).table()  # typed totals: no record is parsed
+    done = ledger_totals(records)
     summary = storage.read_json(storage.join(output, "summary.json"), missing={})
     return {
         "units": job["units"],
-        "units_done": len(records),
-        "units_pending": job["units"] - len(records),
+        "units_done": records.num_rows,
+        "units_pending": job["units"] - records.num_rows,
         "units_failed": len(summary.get("failures", [])),
         "input_hours": job["input_seconds"] / 3600,
-        "done_hours": done_seconds / 3600,
-        "samples": sum(r["samples"] for r in records),
-        "output_hours": sum(r["output_seconds"] for r in records) / 3600,
-        "rejects": sum(r["rejects"] for r in records),
-        "complete": len(records) == job["units"],
+        "done_hours": done["input_seconds"] / 3600,
+        "samples": done["samples"],
+        "output_hours": done["output_seconds"] / 3600,
+        "rejects": done["rejects"],
+        "complete": records.num_rows == job["units"],
     }
