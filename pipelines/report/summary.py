@@ -12,7 +12,7 @@ walks the rows, only the groups they fall into and the few samples the page show
 from __future__ import annotations
 
 import math
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Iterable, Optional
 
 import numpy as np
@@ -211,22 +211,32 @@ def languages(index: pa.Table) -> list[LanguageShare]:
 def throughput(records: Iterable[dict], started_at: Optional[str]) -> list[ThroughputPoint]:
     """Cumulative input and kept hours at each unit's finish, from the ledger's `finished_at`.
 
-    A single run starts from zero at the summary's `started_at`; units of earlier runs (which
-    finished before it) keep their own times, so an incremental output shows each run's slope.
+    A single run starts from zero at the summary's `started_at` (see `_start`); units of earlier
+    runs (which finished before it) keep their own times, so an incremental output shows each run's slope.
     Units that finished at the same instant keep their ledger order (sorted by time alone: records
     do not compare). Above MAX_THROUGHPUT_POINTS units, evenly spaced ones stand for the rest.
     """
     timed = sorted(((datetime.fromisoformat(r["finished_at"]), r) for r in records if r.get("finished_at")),
                    key=lambda pair: pair[0])
     points: list[ThroughputPoint] = []
-    if timed and started_at and datetime.fromisoformat(started_at) <= timed[0][0]:
-        points.append(ThroughputPoint(at=datetime.fromisoformat(started_at), input_hours=0.0, output_hours=0.0))
+    start = _start(timed[0], started_at) if timed else None
+    if start is not None:
+        points.append(ThroughputPoint(at=start, input_hours=0.0, output_hours=0.0))
     done_in = np.cumsum([r.get("input_seconds", 0.0) for _, r in timed]) / 3600
     done_out = np.cumsum([r.get("output_seconds", 0.0) for _, r in timed]) / 3600
     shown = np.unique(np.linspace(0, len(timed) - 1, min(len(timed), MAX_THROUGHPUT_POINTS)).round().astype(int))
     points += [ThroughputPoint(at=timed[i][0], input_hours=float(done_in[i]), output_hours=float(done_out[i]))
                for i in shown]
     return points
+
+
+def _start(first: tuple[datetime, dict], started_at: Optional[str]) -> Optional[datetime]:
+    """When the plot starts from zero: the run's start, or (no summary, or one of a later run that
+    found everything done) the first unit's finish less the seconds its stages took."""
+    if started_at and datetime.fromisoformat(started_at) <= first[0]:
+        return datetime.fromisoformat(started_at)
+    worked = sum((first[1].get("stage_seconds") or {}).values())
+    return first[0] - timedelta(seconds=worked) if worked > 0 else None
 
 
 def pick_rows(table: pa.Table, count: int) -> list[int]:

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import html
+import io
 import json
 import shutil
+import tarfile
 import time
 from collections import Counter
 from datetime import datetime
@@ -20,12 +23,16 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from flows.cli import app
+from pipelines import refilter as refiltering
 from pipelines import report
+from pipelines.io import storage
 from pipelines.loader import IndexedShards
+from pipelines.state.ledger import Ledger
 
 CHROMIUM = "/usr/bin/chromium"
 QUALITY = ("dnsmos_sig", "dnsmos_bak", "dnsmos_ovrl", "snr_db", "clipping", "loudness_lufs", "chars_per_second")
 BAR_BLUE = (59, 110, 165)  # the histogram colour (#3b6ea5)
+INPUT_BLUE = (31, 119, 180)  # the throughput plot's input line (matplotlib's C0)
 
 
 def _copy(finished_job, tmp_path_factory, name: str) -> Path:
@@ -46,6 +53,18 @@ def _read(folder: Path) -> pa.Table:
 def written(finished_job, tmp_path_factory) -> tuple[Path, report.DatasetSummary, dict]:
     output = _copy(finished_job, tmp_path_factory, "report")
     return output, report.write_report(str(output)), finished_job[1]
+
+
+@pytest.fixture(scope="module")
+def refiltered(finished_job, tmp_path_factory) -> tuple[Path, report.DatasetSummary, float]:
+    """The session's job refiltered with min_snr_db at its median: about half the samples move to
+    rejects, their audio to rejected/ shards; the report shows 3 of them."""
+    source = _copy(finished_job, tmp_path_factory, "refilter-source")
+    snr = sorted(_read(source / "index")["snr_db"].to_pylist())
+    threshold = snr[len(snr) // 2]
+    target = source.parent / "refiltered"
+    refiltering.refilter(str(source), {"min_snr_db": threshold}, str(target))
+    return target, report.write_report(str(target), samples=4, rejected=3), threshold
 
 
 def _bar_pixels(png: Path) -> int:
@@ -108,11 +127,14 @@ def test_throughput_follows_the_ledger(written):
     assert points[-1].input_hours == pytest.approx(job["input_hours"])
     assert points[-1].output_hours == pytest.approx(job["output_hours"])
     # A single run starts from zero at its start; after a rerun that skipped every unit (other tests
-    # rerun the shared job), summary.json holds the rerun's start and the units keep their own times.
+    # rerun the shared job), summary.json holds the rerun's start and the units keep their own times,
+    # from zero at the first unit's start (its finish less its stage seconds).
     started = datetime.fromisoformat(json.loads((output / "summary.json").read_text())["started_at"])
-    from_zero = started <= min(datetime.fromisoformat(r["finished_at"]) for r in records)
-    assert len(points) == len(records) + from_zero
-    assert (points[0].at == started and points[0].input_hours == 0.0) == from_zero
+    first = min(records, key=lambda r: r["finished_at"])
+    from_run = started <= datetime.fromisoformat(first["finished_at"])
+    assert len(points) == len(records) + 1 and points[0].input_hours == points[0].output_hours == 0.0
+    assert points[0].at == started if from_run else (points[1].at - points[0].at).total_seconds() == pytest.approx(
+        sum(first["stage_seconds"].values()))
     assert all(a.input_hours <= b.input_hours for a, b in zip(points, points[1:]))
 
 
@@ -129,7 +151,7 @@ def test_plots_are_real_pngs(written):
 def test_report_files_are_whole_and_the_clips_are_the_stored_bytes(written):
     output, summary, _ = written
     folder = output / "report"
-    assert not [p for p in folder.rglob("*") if report.storage.SCRATCH_MARK in p.name]
+    assert not [p for p in folder.rglob("*") if storage.SCRATCH_MARK in p.name]
     assert json.loads((folder / "summary.json").read_text())["samples"] == summary.samples
     rows = summary.sample_rows
     assert 0 < len(rows) == min(20, summary.samples) and len({r.key for r in rows}) == len(rows)
@@ -152,9 +174,44 @@ def test_fewer_samples_rewrite_the_report_and_drop_stale_clips(finished_job, tmp
     assert (output / "report/index.html").read_text().count("<audio ") == 3
 
 
-def test_page_in_headless_chromium_shows_the_plots_and_plays_a_sample(written):
-    """The page as a user opens it from disk: every image decodes, every clip loads, and the
-    shortest one plays to its end (autoplay allowed, since no user clicks in a test)."""
+VIEWPORTS = ((420, 900), (1400, 900), (1920, 1080))  # a phone, the width the audio column was cut off at, a wide screen
+# The page's boxes that leave the window (left of 0 or right of its width), the page's scroll
+# width, and each player's width and whether it stays inside its cell.
+OVERFLOW = """() => {
+    const width = document.documentElement.clientWidth;
+    const outside = [...document.querySelectorAll('h1, h2, p, table, th, td, figure, img, audio')]
+        .map(e => [e, e.getBoundingClientRect()])
+        .filter(([, r]) => r.width > 0 && (r.left < -0.5 || r.right > width + 0.5))
+        .map(([e, r]) => `${e.tagName} ${Math.round(r.left)}..${Math.round(r.right)} ${e.textContent.slice(0, 40)}`);
+    const players = [...document.querySelectorAll('audio')].map(a => {
+        const r = a.getBoundingClientRect(), cell = a.closest('td').getBoundingClientRect();
+        return [Math.round(r.width), r.left >= cell.left - 0.5 && r.right <= cell.right + 0.5];
+    });
+    return {width, scroll: document.documentElement.scrollWidth, outside, players};
+}"""
+METADATA = """() => Promise.all([...document.querySelectorAll('audio')].map(a =>
+    new Promise(ok => {
+        const done = () => ok(a.error ? `error ${a.error.code}: ${a.getAttribute('src')}` : a.duration);
+        if (a.readyState >= 1 || a.error) return done();
+        a.addEventListener('loadedmetadata', done);
+        a.addEventListener('error', done);
+        setTimeout(done, 10000);
+    })))"""
+
+
+def _fits(page, viewports=VIEWPORTS) -> None:
+    for width, height in viewports:
+        page.set_viewport_size({"width": width, "height": height})
+        found = page.evaluate(OVERFLOW)
+        assert not found["outside"] and found["scroll"] <= found["width"], (width, found)
+        assert found["players"] and all(inside and shown >= 150 for shown, inside in found["players"]), (width, found)
+
+
+def test_page_in_headless_chromium_shows_the_plots_and_plays_a_sample(written, refiltered):
+    """The page as a user opens it from disk: every image decodes, every clip loads (kept and
+    rejected), the shortest one plays to its end (autoplay allowed, since no user clicks in a test),
+    and at a phone's width, at 1400 px and at 1920 px no cell leaves the window and every player
+    is whole inside its cell."""
     from playwright.sync_api import sync_playwright
 
     output, summary, _ = written
@@ -171,14 +228,8 @@ def test_page_in_headless_chromium_shows_the_plots_and_plays_a_sample(written):
             page.goto((output / "report/index.html").as_uri(), wait_until="load")
             assert "voxmill report" in page.title()
             images = page.evaluate("[...document.images].map(i => [i.getAttribute('src'), i.complete, i.naturalWidth])")
-            durations = page.evaluate("""() => Promise.all([...document.querySelectorAll('audio')].map(a =>
-                new Promise(ok => {
-                    const done = () => ok(a.error ? `error ${a.error.code}: ${a.getAttribute('src')}` : a.duration);
-                    if (a.readyState >= 1 || a.error) return done();
-                    a.addEventListener('loadedmetadata', done);
-                    a.addEventListener('error', done);
-                    setTimeout(done, 10000);
-                })))""")
+            durations = page.evaluate(METADATA)
+            _fits(page)
             played = page.evaluate("""async (src) => {
                 const a = [...document.querySelectorAll('audio')].find(e => e.getAttribute('src') === src);
                 const ended = new Promise(ok => a.addEventListener('ended', ok));
@@ -188,6 +239,9 @@ def test_page_in_headless_chromium_shows_the_plots_and_plays_a_sample(written):
                 return {ended: a.ended, currentTime: a.currentTime, first, error: a.error && a.error.code,
                         seconds: (performance.now() - clock) / 1000};
             }""", shortest.audio)
+            page.goto((refiltered[0] / "report/index.html").as_uri(), wait_until="load")
+            rejected = page.evaluate(METADATA)
+            _fits(page, VIEWPORTS[:2])
         finally:
             browser.close()
     seconds = time.perf_counter() - started
@@ -197,8 +251,105 @@ def test_page_in_headless_chromium_shows_the_plots_and_plays_a_sample(written):
     assert played["error"] is None and played["ended"] and played["currentTime"] > played["first"], played
     assert played["currentTime"] == pytest.approx(shortest.duration, abs=0.05)
     assert played["seconds"] > 0.8 * shortest.duration, played  # really played out, not cut short
+    shown = refiltered[1]
+    assert rejected == pytest.approx([r.duration for r in [*shown.sample_rows, *shown.rejected_rows]], abs=0.05)
     assert not errors
     print(f"chromium: loaded, {len(images)} images, played {shortest.duration:.2f} s in {seconds:.1f} s")
+
+
+def test_rejected_samples_are_listed_with_their_reason_and_stored_audio(refiltered):
+    output, summary, threshold = refiltered
+    heard = {r["key"]: r for r in _read(output / "rejects").to_pylist() if r["shard"]}
+    assert summary.rejected_audio == len(heard) >= 3 and summary.samples + len(heard) == 10
+    rows = summary.rejected_rows
+    assert len(rows) == 3 and len({r.key for r in rows}) == 3
+    page = (output / "report/index.html").read_text()
+    for row in rows:
+        assert row.reason == f"quality: snr_db < {threshold:g}" and heard[row.key]["snr_db"] < threshold
+        assert row.text == heard[row.key]["text"] and row.duration == heard[row.key]["duration"]
+        with tarfile.open(output / row.shard) as tar:  # the rejected/ shard, read without voxmill
+            assert (output / "report" / row.audio).read_bytes() == tar.extractfile(f"{row.key}.flac").read()
+        assert row.audio.startswith("rejected/") and f'src="{row.audio}"' in page
+        assert f"<td data-label=\"reason\">{html.escape(row.reason)}</td>" in page  # autoescaped: &lt;
+    assert page.count("<audio ") == len(summary.sample_rows) + 3
+    assert sorted(p.name for p in (output / "report/rejected").iterdir()) == sorted(Path(r.audio).name for r in rows)
+
+
+def test_page_escapes_what_the_data_holds(written):
+    hostile = written[1].model_copy(deep=True)
+    hostile.output = "/data/<b>out</b>"
+    hostile.sample_rows[0].text = '<script>alert("x")</script> & more'
+    shown = report.page(hostile)
+    assert "<script>" not in shown and "<b>" not in shown
+    assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt; &amp; more" in shown and "/data/&lt;b&gt;out" in shown
+
+
+def test_report_reads_each_table_once(written, monkeypatch):
+    from pipelines.report import summary as gathering
+
+    folders: list[str] = []
+    real = gathering.read_parts
+    monkeypatch.setattr(gathering, "read_parts", lambda output, folder, *args, **kwargs:
+                        folders.append(folder) or real(output, folder, *args, **kwargs))
+    found = report.gather(str(written[0]))
+    assert folders == ["index", "rejects"] and all(r.text for r in found.sample_rows)
+
+
+def test_drops_group_in_arrow_as_each_row_is_labelled():
+    rows = [("vad", "no speech found", 1.0, None, None, None), ("vad", "no speech found", None, None, None, None),
+            ("quality", "snr_db 3.1 < 20", 2.0, "snr_db", 3.1, 20.0),
+            ("quality", "snr_db 7.5 < 20", 3.0, "snr_db", 7.5, 20.0),
+            ("quality", "clipping 0.2 > 0.01", 1.5, "clipping", 0.2, 0.01),
+            ("quality", "near duplicate of a-1", 0.5, "near_duplicate_of", None, None),
+            ("asr", "empty transcript", 4.0, "", None, None)]
+    names = ("stage", "reason", "duration", "metric", "value", "threshold")
+    table = pa.Table.from_pylist([dict(zip(names, row)) for row in rows])
+    rows_of, seconds_of = Counter(), Counter()
+    for stage, reason, seconds, metric, value, threshold in rows:
+        label = report.drop_label(stage, reason, metric, value, threshold)
+        rows_of[label] += 1
+        seconds_of[label] += seconds or 0.0
+    found = report.drops(table)
+    assert {d.label: d.rows for d in found} == rows_of == {
+        "vad: no speech found": 2, "quality: snr_db < 20": 2, "quality: clipping > 0.01": 1,
+        "quality: near_duplicate_of": 1, "asr: empty transcript": 1}
+    assert {d.label: d.hours * 3600 for d in found} == pytest.approx(dict(seconds_of))
+    assert [d.hours for d in found] == sorted((d.hours for d in found), reverse=True)
+    older = report.drops(table.select(["stage", "reason", "duration"]))  # parts without the metric columns
+    assert sum(d.rows for d in older) == len(rows) and "quality: snr_db 3.1 < 20" in {d.label for d in older}
+
+
+def test_throughput_with_tied_finish_times(finished_job, tmp_path_factory):
+    """Two units that finished at the same instant (issue 21: sorting (datetime, dict) raised TypeError)."""
+    output = _copy(finished_job, tmp_path_factory, "tied")
+    ledger = Ledger(str(output))
+    records = ledger.done()
+    first, second, *_ = sorted(records)
+    tie = records[first]["finished_at"]
+    ledger.record(second, dict(records[second], finished_at=tie))
+    summary = report.write_report(str(output), samples=2)
+    tied = [p for p in summary.throughput if p.at == datetime.fromisoformat(tie)]
+    assert len(tied) == 2 and tied[0].input_hours < tied[1].input_hours
+    assert summary.throughput[-1].input_hours == pytest.approx(summary.input_hours)
+    assert [p.at for p in summary.throughput] == sorted(p.at for p in summary.throughput)
+
+
+def test_throughput_plot_of_one_short_unit_draws_a_slope():
+    """A one-unit run of 3 s: a line rising from zero across the plot, from the run's start, or
+    without it (no summary.json) from the unit's start by its stage seconds (before: a step at the
+    right edge, or one dot on an axis of years)."""
+    unit = {"finished_at": "2026-11-29T12:00:03+00:00", "input_seconds": 20.0, "output_seconds": 12.0,
+            "stage_seconds": {"decode": 0.5, "asr": 2.0}}
+    from_start = report.throughput([unit], "2026-11-29T12:00:00+00:00")
+    from_unit = report.throughput([unit], None)
+    assert [p.input_hours * 3600 for p in from_start] == [p.input_hours * 3600 for p in from_unit] == [0.0, 20.0]
+    assert (from_unit[1].at - from_unit[0].at).total_seconds() == 2.5
+    for shown in (from_start, from_unit):
+        pixels = np.asarray(Image.open(io.BytesIO(report.throughput_png(shown))).convert("RGB")).astype(int)
+        rows, columns = np.nonzero(np.abs(pixels - INPUT_BLUE).sum(axis=2) < 40)
+        assert np.ptp(columns) > 300 and np.ptp(rows) > 150, (np.ptp(columns), np.ptp(rows))
+        lowest = [rows[columns == c].max() for c in np.unique(columns)]  # per column, below the legend's sample
+        assert np.corrcoef(np.unique(columns), lowest)[0, 1] < -0.99  # rising left to right all the way: a slope
 
 
 def test_inspect_cli_prints_the_summary_and_json(written):
@@ -299,7 +450,7 @@ def test_mixed_parts_report_the_scores_of_the_scored_part(mixed):
     for row in summary.sample_rows:
         assert (row.scores["dnsmos_ovrl"] is not None) == (row.key in scored_keys)
     page = (output / "report/index.html").read_text()
-    assert f"<td>DNSMOS overall</td><td>{scored.num_rows}</td>" in page
+    assert f'<td>DNSMOS overall</td><td data-label="count">{scored.num_rows}</td>' in page
 
 
 def test_quality_rejects_group_by_metric_and_threshold(mixed):
