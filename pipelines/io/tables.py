@@ -195,10 +195,14 @@ def _sweep(fs, listed: list[str], manifest: dict) -> None:
         name = p.rsplit("/", 1)[-1]
         stale = name not in named if name.startswith(COMPACT_PREFIX) else _part_unit(p) in covered
         if stale:
-            try:
-                fs.rm(p)
-            except FileNotFoundError:
-                pass
+            _remove(fs, p)
+
+
+def _remove(fs, path: str) -> None:
+    try:
+        fs.rm(path)
+    except FileNotFoundError:
+        pass
 
 
 def read_parts(output: str, folder: str, columns: Iterable[str] = (), filter: Optional[pc.Expression] = None,

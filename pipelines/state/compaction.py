@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 
-from pipelines.io import tables
+from pipelines.io import storage, tables
 from pipelines.state.ledger import Ledger
 
 log = logging.getLogger("voxmill")
@@ -20,6 +20,7 @@ FOLDERS = ("index", "rejects")
 
 def compact_output(output: str) -> dict[str, int]:
     """Compact everything finished under `output` (the caller holds its lease); what was folded."""
+    storage.remove_leftovers(output, (*FOLDERS, "_ledger"))  # scratch files of a compaction killed mid-write
     ledger = Ledger(output)
     finished = ledger.table()["unit"].to_pylist()
     folded = {folder: tables.compact(output, folder, finished) for folder in FOLDERS}
