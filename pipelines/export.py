@@ -8,13 +8,15 @@ re-encode). Rejects are never exported: only index rows are, and they name `shar
   stored bytes, then KEY.json, the Recording manifest with a `shar` placeholder source, as lhotse's
   own `AudioTarWriter` writes it) and `cuts.NNNNNN.jsonl.gz` (a MonoCut per sample: one
   SupervisionSegment with text, language, start 0 and the sample's duration, speaker None; the
-  scores as the supervision's custom fields, the sample's origin as the cut's). Read it with
+  scores and the reference transcript as the supervision's custom fields, the word timestamps, when
+  stored, as its `alignment["word"]`; the sample's origin as the cut's custom fields). Read it with
   `CutSet.from_shar(in_dir=DEST)`: every `cut.load_audio()` works while the cuts stream, local or on
   object storage (`fields={"cuts": [...], "recording": [...]}` with URLs). Shar, not loose files:
   it streams shard by shard like the WebDataset output it comes from, keeps the file count small on
   object stores, and is what lhotse reads for large-scale training (`DynamicBucketingSampler`).
 - **nemo**: `manifest.json` (JSON lines, NeMo's convention: `audio_filepath`, `duration`, `text`,
-  then `lang` and the scores as extra keys) and the audio as files, `audio/shard-NNNNNN/KEY.flac`.
+  then `lang`, the scores, `reference` and `words` as extra keys) and the audio as files,
+  `audio/shard-NNNNNN/KEY.flac`.
   NeMo's plain `ASRAudioText` manifests read audio from a filesystem, and `audio_filepath` is
   relative to the manifest's folder, which NeMo resolves (`get_full_path`), so the folder can move.
   The source offset is named `source_start`, never `offset` (NeMo would seek into the clip by it).
@@ -88,6 +90,20 @@ def scores(row: dict) -> dict:
     return found
 
 
+def words(row: dict) -> Optional[list[dict]]:
+    """The sample's word timestamps (asr.word_timestamps), seconds in the sample at the millisecond
+    they were stored at (not the index's float32 noise); None when not stored."""
+    if not row.get("words"):
+        return None
+    return [{"word": w["word"], **{k: round(float(w[k]), 3) for k in ("start", "end", "probability")
+                                   if w.get(k) is not None}} for w in row["words"]]
+
+
+def transcripts(row: dict) -> dict:
+    """The reference transcript (null without one) and the word timestamps (null unless stored)."""
+    return {"reference": row.get("reference"), "words": words(row)}
+
+
 def origin(row: dict) -> dict:
     """Where the sample comes from: `source_start`/`source_end` in the source file, its voxmill shard."""
     names = {"start": "source_start", "end": "source_end", "shard": "voxmill_shard", "unit": "voxmill_unit"}
@@ -128,6 +144,7 @@ class LhotseShar(_Writer):
     def add_shard(self, shard: str, samples: list[tuple[dict, Audio]]) -> None:
         from lhotse import AudioSource, MonoCut, Recording, SupervisionSegment
         from lhotse.shar.writers import TarWriter
+        from lhotse.supervision import AlignmentItem
 
         number = self.shards
         self.shards += 1
@@ -146,9 +163,15 @@ class LhotseShar(_Writer):
                     tar.write(f"{audio.key}.json", io.BytesIO(json.dumps(recording.to_dict()).encode() + b"\n"),
                               count=False)
                     channel = channels[0] if len(channels) == 1 else channels
+                    timed = words(row)
+                    alignment = None if timed is None else {"word": [
+                        AlignmentItem(w["word"], w["start"], round(w["end"] - w["start"], 3), w.get("probability"))
+                        for w in timed]}
+                    custom = {**scores(row), "reference": row.get("reference")}
                     supervision = SupervisionSegment(
                         id=audio.key, recording_id=audio.key, start=0.0, duration=audio.duration, channel=channel,
-                        text=row.get("text"), language=row.get("language"), speaker=None, custom=scores(row))
+                        text=row.get("text"), language=row.get("language"), speaker=None, custom=custom,
+                        alignment=alignment)
                     cuts.append(MonoCut(id=audio.key, start=0.0, duration=audio.duration, channel=channel,
                                         recording=recording, supervisions=[supervision], custom=origin(row)))
         with storage.atomic_local_file(storage.join(self.dest, cuts_name), ".jsonl.gz") as scratch:
@@ -174,7 +197,8 @@ class NemoManifest(_Writer):
             storage.write_bytes(storage.join(self.dest, name), audio.data)
             self.written.add(name)
             line = {"audio_filepath": name, "duration": audio.duration, "text": row.get("text") or "",
-                    "lang": row.get("language"), "key": audio.key, **origin(row), **scores(row)}
+                    "lang": row.get("language"), "key": audio.key, **origin(row), **scores(row),
+                    **transcripts(row)}
             self._lines.write(json.dumps(line, ensure_ascii=False).encode() + b"\n")
 
     def finish(self) -> None:

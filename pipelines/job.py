@@ -16,6 +16,7 @@ from pipelines.preflight import check_model
 from pipelines.records import Resources
 from pipelines.sinks.card import write_card
 from pipelines.stages.discover import Discover, manifest_hours
+from pipelines.stages.references import read_manifest
 from pipelines.state import jobstate, journal
 from pipelines.state.compaction import compact_if_due
 from pipelines.state.journal import journal_name
@@ -35,6 +36,7 @@ def run_job(config: JobConfig, progress: Optional[ProgressFn] = None,
     voxmill wrote there first, only once the input listed and the output proved writable."""
     started_at, clock = datetime.now(timezone.utc), time.perf_counter()
     executor = open_executor(config)  # an unknown engine.executor fails here, before any work
+    read_manifest(config.discover)  # so does a reference manifest that cannot be read as configured
     if manifest is None:
         manifest = Discover(config.discover, exclude=config.output)(config.input)
     discover_seconds = time.perf_counter() - clock

@@ -52,6 +52,7 @@ class PreparedUnit:
     input_seconds: float = 0.0
     stage_seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     node: Optional[str] = None  # the Ray node that prepared it (summary "nodes")
+    references: dict[str, str] = field(default_factory=dict)  # source id -> its file's reference transcript
 
 
 @dataclass
@@ -70,14 +71,16 @@ class AsrResult:
     language: str
     language_prob: float
     extras: dict[str, Optional[float]] = field(default_factory=dict)
+    # asr.word_timestamps: {"word", "start", "end", "probability"} per word, seconds in the segment
+    words: Optional[list[dict]] = None
 
     @classmethod
     def from_json(cls, fields: dict) -> "AsrResult":
         """A result saved with `dataclasses.asdict`, also one saved before `extras` existed
         (Whisper's scores as fields of their own: an ASR journal a killed run left behind)."""
-        core = ("text", "language", "language_prob", "extras")
+        core = ("text", "language", "language_prob", "extras", "words")
         extras = {**{k: v for k, v in fields.items() if k not in core}, **(fields.get("extras") or {})}
-        return cls(fields["text"], fields["language"], fields["language_prob"], extras)
+        return cls(fields["text"], fields["language"], fields["language_prob"], extras, fields.get("words"))
 
 
 @dataclass

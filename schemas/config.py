@@ -22,6 +22,16 @@ class _Section(BaseModel):
 
 class DiscoverConfig(_Section):
     extensions: tuple[str, ...] = AUDIO_EXTENSIONS
+    reference_extensions: tuple[str, ...] = Field(
+        ("normalized.txt", "txt", "lab"),
+        description="a file of the audio's stem with one of these extensions beside it (the first found: LibriTTS "
+                    "`.normalized.txt`, LibriSpeech-style `.txt`, MFA `.lab`) is its reference transcript; [] = none")
+    reference_manifest: Optional[str] = Field(
+        None, description="a table of the user's (JSON lines, CSV or Parquet; any fsspec URL) holding reference "
+                          "transcripts: reference_path_column names the audio (relative to the manifest's folder, "
+                          "or absolute), reference_text_column its text; wins over a file beside the audio")
+    reference_path_column: str = "audio_filepath"
+    reference_text_column: str = "text"
 
 
 class AudioConfig(_Section):
@@ -68,6 +78,10 @@ class AsrConfig(_Section):
     pack_slack_seconds: float = Field(
         0.2, ge=0, description="a word aligned further than this from every segment is not guessed at"
     )
+    word_timestamps: bool = Field(
+        False, description="store each sample's words with start/end (seconds in the sample) and probability in "
+                           "the index `words` column, KEY.json and the exports; costs one alignment pass per "
+                           "segment decoded on its own")
 
 
 class ShardConfig(_Section):

@@ -180,9 +180,21 @@ METRICS = Registry(
         Metric("audio_hash", pa.string(), "prep", "blake2b-128 hex of the stored KEY.flac/KEY.wav bytes"),
         # set by commit.decide from the unit's earlier kept samples: a flag, never a drop
         Metric("near_duplicate_of", pa.string(), "commit", "key of an earlier sample with the same text and length"),
+        # against the segment's reference transcript (OUTPUT index column `reference`): null without one.
+        # Declared after the columns older outputs hold, so those keep their places.
+        Metric("wer", FLOAT, "commit", "word error rate of the transcript against the reference, normalised text",
+               maximum=Threshold(None, "word error rate of the ASR against the segment's reference transcript "
+                                       "(normalised text: lower case, no punctuation); how NeMo's speech data "
+                                       "processor validates a corpus's transcripts. Segments without a reference "
+                                       "pass", ge=0),
+               label="WER vs reference", digits=3),
+        Metric("cer", FLOAT, "commit", "character error rate of the transcript against the reference",
+               maximum=Threshold(None, "character error rate of the ASR against the reference (normalised text); "
+                                       "segments without a reference pass", ge=0),
+               label="CER vs reference", digits=3),
     ),
     check_order=("dnsmos_ovrl", "dnsmos_sig", "dnsmos_bak", "snr_db", "clipping", "loudness_lufs",
-                 "chars_per_second", "no_speech_prob", "avg_logprob", "language_prob"),
+                 "chars_per_second", "no_speech_prob", "avg_logprob", "language_prob", "wer", "cer"),
     display_order=("dnsmos_ovrl", "dnsmos_sig", "dnsmos_bak", "snr_db", "clipping", "loudness_lufs",
-                   "chars_per_second", "avg_logprob", "no_speech_prob", "language_prob"),
+                   "chars_per_second", "avg_logprob", "no_speech_prob", "language_prob", "wer", "cer"),
 )

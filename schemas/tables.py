@@ -31,6 +31,18 @@ SEGMENT_FIELDS = (
     pa.field("text", pa.string()),
 )
 
+# Word timestamps (asr.word_timestamps): seconds from the start of the stored sample, Whisper's probability
+WORD_TYPE = pa.struct([pa.field("word", pa.string()), pa.field("start", pa.float32()),
+                       pa.field("end", pa.float32()), pa.field("probability", pa.float32())])
+
+# Columns added after outputs were made: after the metrics, so older outputs' columns keep their places.
+# `reference`: the corpus's own transcript of the segment (a .txt/.lab beside the audio, or the user's
+# manifest; see pipelines/stages/references.py), null without one. `words`: null unless asked for.
+LATER_FIELDS = (
+    pa.field("reference", pa.string()),
+    pa.field("words", pa.list_(WORD_TYPE)),
+)
+
 _REJECT_FIELDS = (
     [
         pa.field("source_id", pa.string()),
@@ -52,8 +64,8 @@ _REJECT_FIELDS = (
 
 def index_schema(registry: Registry = METRICS) -> pa.Schema:
     """One row per kept sample: the segment's columns, then one column per declared metric (in
-    declaration order; null when quality.enabled is false or not measurable)."""
-    return pa.schema([*SEGMENT_FIELDS, *(m.field for m in registry)])
+    declaration order; null when quality.enabled is false or not measurable), then `LATER_FIELDS`."""
+    return pa.schema([*SEGMENT_FIELDS, *(m.field for m in registry), *LATER_FIELDS])
 
 
 def rejects_schema(index: pa.Schema) -> pa.Schema:

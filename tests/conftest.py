@@ -61,6 +61,18 @@ def clips(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def referenced_clips(tmp_path_factory) -> Path:
+    """Another copy of the real clips, with each reference transcript beside its audio as LibriSpeech
+    ships it (`<stem>.txt`), for the jobs that score the ASR against references."""
+    target = tmp_path_factory.mktemp("referenced") / "real-speech"
+    shutil.copytree(DEMO, target)
+    for name, row in references().items():
+        if row["text"]:
+            (target / name).with_suffix(".txt").write_text(row["text"] + "\n")
+    return target
+
+
+@pytest.fixture(scope="session")
 def local_ray():
     ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True)
     yield

@@ -166,6 +166,7 @@ class Transcriber:
             unresolved += sorted(split.unresolved)
             self.counts.update({f"unresolved_{k}": v for k, v in split.reasons.items()})
             self.counts.update(packed=len(window.placed) - len(split.unresolved))
+            placed = {p.index: p for p in window.placed}
             for index, got in split.words.items():
                 if index not in split.unresolved:
                     # no no_speech_prob: out.no_speech_prob is the whole window's (all of its
@@ -174,12 +175,37 @@ class Transcriber:
                     # The segment's own evidence is its words (avg_logprob), which the no-speech
                     # filter reads as well.
                     resolved[index] = AsrResult(words_text(got), lang[0], lang[1],
-                                                {"avg_logprob": words_logprob(got), "no_speech_prob": None})
+                                                {"avg_logprob": words_logprob(got), "no_speech_prob": None},
+                                                self._words(got, placed[index].start, placed[index].end))
         return resolved, unresolved
 
     def _batch(self, audios: list[np.ndarray]) -> list[AsrResult]:
-        _, outputs, tokenizer, languages = self._generate(audios)
-        return [self._result(tokenizer, out, lang) for out, lang in zip(outputs, languages)]
+        encoded, outputs, tokenizer, languages = self._generate(audios)
+        results = [self._result(tokenizer, out, lang) for out, lang in zip(outputs, languages)]
+        if self.config.word_timestamps:  # one alignment pass over the batch (packed windows have theirs)
+            tokens = [self._text_tokens(tokenizer, out) or [tokenizer.eot - 1] for out in outputs]
+            frames = [min(N_FRAMES, len(a) // HOP) for a in audios]
+            aligned = self.model.find_alignment(tokenizer, tokens, encoded, frames)
+            for result, words, audio in zip(results, aligned, audios):
+                result.words = self._words(words if result.text else [], 0.0, len(audio) / ASR_RATE)
+        return results
+
+    def _words(self, aligned: Sequence[dict], start: float, end: float) -> Optional[list[dict]]:
+        """`asr.word_timestamps`: the aligned words in seconds from the segment's start (`start`/`end`:
+        its place in the decoded window), punctuation joined to the word before; else None."""
+        if not self.config.word_timestamps:
+            return None
+        words: list[dict] = []
+        for w in aligned:
+            text = w["word"].strip()
+            if words and not any(ch.isalnum() for ch in text):
+                words[-1]["word"] += text
+                continue
+            words.append({"word": text,
+                          "start": round(float(min(max(w["start"] - start, 0.0), end - start)), 3),
+                          "end": round(float(min(max(w["end"] - start, 0.0), end - start)), 3),
+                          "probability": round(float(w["probability"]), 3)})
+        return words
 
     def _generate(self, audios: list[np.ndarray]):
         """One encoder pass and one batched greedy/beam decode (no timestamps) for <=30 s clips."""

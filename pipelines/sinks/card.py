@@ -48,9 +48,28 @@ def sample_meta(row: dict, schema: pa.Schema = INDEX_SCHEMA) -> dict:
                 value = int(value)
             elif pa.types.is_string(f.type):
                 value = str(value)
+            elif pa.types.is_list(f.type) and pa.types.is_struct(f.type.value_type):
+                value = [_struct(item, f.type.value_type) for item in value]
         meta[f.name] = value
     meta.update((k, v) for k, v in row.items() if k not in meta and k not in META_EXCLUDED)
     return meta
+
+
+def _struct(item: dict, struct: pa.StructType) -> dict:
+    """A struct's fields in order, floats at float32's 7 significant digits (the index's float32 as
+    written, not its float64 noise: a refilter writes the same KEY.json as the run)."""
+    out = {}
+    for f in struct:
+        value = item.get(f.name)
+        out[f.name] = float(f"{value:.7g}") if value is not None and pa.types.is_floating(f.type) else value
+    return out
+
+
+def _feature(f: pa.Field) -> dict:
+    """One field as the card's YAML declares it: a value, or a list of structs (word timestamps)."""
+    if pa.types.is_list(f.type) and pa.types.is_struct(f.type.value_type):
+        return {"name": f.name, "list": [_feature(g) for g in f.type.value_type]}
+    return {"name": f.name, "dtype": _DTYPES[f.type]}
 
 
 def features_yaml(audio_format: str = "flac", schema: pa.Schema = INDEX_SCHEMA) -> list[dict]:
@@ -62,7 +81,7 @@ def features_yaml(audio_format: str = "flac", schema: pa.Schema = INDEX_SCHEMA) 
     text fail where torchcodec or its FFmpeg/NPP libraries are missing. Decode the bytes with
     soundfile (`pipelines.loader.hf_dataset` does), or `cast_column(ext, datasets.Audio())` where
     torchcodec works."""
-    struct = [{"name": f.name, "dtype": _DTYPES[f.type]} for f in meta_fields(schema)]
+    struct = [_feature(f) for f in meta_fields(schema)]
     return [{"name": "__key__", "dtype": "string"}, {"name": "__url__", "dtype": "string"},
             {"name": audio_format, "dtype": "binary"}, {"name": "json", "struct": struct}]
 

@@ -23,6 +23,7 @@ from pipelines.records import AsrResult, PreparedSegment, PreparedUnit, SourceFi
 from pipelines.sinks.base import REJECTED, TRAINING, Sample, open_sink
 from pipelines.sinks.card import sample_meta
 from pipelines.stages.prepare import reject_row
+from pipelines.stages.references import segment_references
 from pipelines.state.ledger import Ledger
 from schemas.config import JobConfig, QualityConfig
 from schemas.tables import INDEX_SCHEMA, REJECTS_SCHEMA
@@ -41,7 +42,7 @@ class UnitCommitter:
 
     def __call__(self, prepared: PreparedUnit, results: list[AsrResult], digest: str) -> dict:
         started = time.perf_counter()
-        rows = [self._index_row(prepared.unit, seg, res) for seg, res in zip(prepared.segments, results, strict=True)]
+        rows = self._index_rows(prepared, results)
         audio = {seg.key: (seg.audio, "") for seg in prepared.segments}
         return self.commit(prepared.unit, digest, decide(self.quality, rows), audio, list(prepared.rejects),
                            prepared.input_seconds, prepared.stage_seconds, started)
@@ -89,15 +90,22 @@ class UnitCommitter:
     def _rows(self, prepared: PreparedUnit, results: list[AsrResult]) -> tuple[list, list[dict]]:
         """(index row, segment) of the samples kept, and the rejects rows (the unit's prep rejects,
         then the dropped segments), as `__call__` would write them (without their shards)."""
-        decided = decide(self.quality, [self._index_row(prepared.unit, seg, res)
-                                        for seg, res in zip(prepared.segments, results, strict=True)])
+        decided = decide(self.quality, self._index_rows(prepared, results))
         kept = [(row, seg) for (row, dropped), seg in zip(decided, prepared.segments) if dropped is None]
         return kept, list(prepared.rejects) + [reject_fields(row, dropped) for row, dropped in decided if dropped]
 
     def _drop(self, row: dict, kept_hashes: dict[str, str]) -> Optional[dict]:
         return _drop(self.quality, row, kept_hashes)
 
-    def _index_row(self, unit: int, seg: PreparedSegment, res: AsrResult) -> dict:
+    def _index_rows(self, prepared: PreparedUnit, results: list[AsrResult]) -> list[dict]:
+        """The unit's index rows, each with its share of its file's reference transcript
+        (`stages.references.segment_references`)."""
+        references = segment_references(prepared.references, [(seg.source_id, res.text)
+                                                              for seg, res in zip(prepared.segments, results)])
+        return [self._index_row(prepared.unit, seg, res, ref)
+                for seg, res, ref in zip(prepared.segments, results, references, strict=True)]
+
+    def _index_row(self, unit: int, seg: PreparedSegment, res: AsrResult, reference: Optional[str] = None) -> dict:
         return {
             "key": seg.key,
             "unit": unit,
@@ -112,10 +120,12 @@ class UnitCommitter:
             "language_prob": res.language_prob,
             "avg_logprob": res.extras.get("avg_logprob"),  # the backend's own scores; null without
             "no_speech_prob": res.extras.get("no_speech_prob"),
-            **self._scores(seg, res),
+            **self._scores(seg, res, reference),
+            "reference": reference,
+            "words": res.words,
         }
 
-    def _scores(self, seg: PreparedSegment, res: AsrResult) -> dict:
+    def _scores(self, seg: PreparedSegment, res: AsrResult, reference: Optional[str] = None) -> dict:
         """The quality columns (each prep and commit metric the config was made from, in declaration
         order): the prep task's scores, and the commit metrics computed from the transcript
         (`metrics.text.TEXT`), as the float32 the index stores (so KEY.json and the index hold the
@@ -127,7 +137,8 @@ class UnitCommitter:
                 value = seg.scores.get(metric.name)
             else:
                 compute = TEXT.get(metric.name)
-                value = round_score(compute(res.text, seconds), metric.digits) if compute and seg.scores else None
+                value = (round_score(compute(res.text, seconds, reference), metric.digits)
+                         if compute and seg.scores else None)
             if value is not None and metric.type == pa.float32():
                 value = float(np.float32(value))
             scores[metric.name] = value

@@ -16,6 +16,7 @@ from pipelines.metrics.scorer import QualityScorer
 from pipelines.metrics.signal import audio_hash, clipping_ratio
 from pipelines.records import PreparedSegment, PreparedUnit, SourceFile
 from pipelines.stages.audio import ASR_RATE, DecodeError, Resampler, Waveform, decode, encode, peak_normalize
+from pipelines.stages.references import References
 from pipelines.stages.vad import Segmenter, Span
 from pipelines.state.journal import SEGMENTED, PrepJournal, scores_name
 from schemas.config import JobConfig
@@ -33,6 +34,7 @@ class Preparer:
         self.resample = Resampler(config.audio)
         self.segment = Segmenter(config.vad)
         self.quality = QualityScorer(config.quality) if config.quality.enabled else None
+        self.references = References(config.discover)
 
     def setup(self) -> None:
         self.segment.setup()
@@ -60,6 +62,9 @@ class Preparer:
         if self.quality and asr_audio:
             with _Clock(prepared.stage_seconds)("quality"):
                 asr_audio = self._score(asr_audio, prepared, journal)
+        with _Clock(prepared.stage_seconds)("decode"):  # input reads; not journaled: a listing per folder
+            cut = {seg.source_id for seg in prepared.segments}
+            prepared.references = self.references([f for f in files if f.id in cut])
         return asr_audio, prepared
 
     def _segment_unit(self, unit: int, files: list[SourceFile]) -> tuple[list[np.ndarray], PreparedUnit]:
@@ -179,13 +184,21 @@ class Preparer:
             out.rejects.append(reject_row(source, out.unit, "vad", "no speech found", part, duration=owned))
         with clock("encode"):
             encoded = [self._encode(source, target, span, base) for span in spans]
+        gains = [self._gain(_cut(target, span)) for span in spans]
         if self.quality:
             with clock("quality"):
                 for seg, span in zip(encoded, spans):
                     seg.scores = {"clipping": round(clipping_ratio(_cut(wave, span)), 6),
                                   "audio_hash": audio_hash(seg.audio)}
         out.segments.extend(encoded)
-        return [_cut(speech, span) for span in spans]
+        # scaled as the stored audio was (peak_normalize): the scores and the transcript describe what
+        # the shard holds, not the level it came in at
+        return [_scaled(_cut(speech, span), gain) for span, gain in zip(spans, gains)]
+
+    def _gain(self, samples: np.ndarray) -> float:
+        """The factor `peak_normalize` scales this segment's stored audio by (1.0 when off or silent)."""
+        top = float(np.abs(samples).max(initial=0.0))
+        return self.audio.peak_normalize / top if self.audio.peak_normalize and top else 1.0
 
     def _decode(self, source: SourceFile) -> Waveform:
         fs, path = storage.filesystem(source.uri)
@@ -225,6 +238,10 @@ def score_chunks(audios: list[np.ndarray]) -> list[tuple[int, int]]:
     if first < len(audios):
         chunks.append((first, len(audios)))
     return chunks
+
+
+def _scaled(samples: np.ndarray, gain: float) -> np.ndarray:
+    return samples if gain == 1.0 else (samples * gain).astype(np.float32)
 
 
 def _cut(wave: Waveform, span: Span) -> np.ndarray:

@@ -25,7 +25,11 @@ OUTPUT_FOLDERS = (*FOLDERS, "index", "rejects", "_ledger")
 # out of the settings (and so of the fingerprint) while at it, so those outputs keep their
 # fingerprint (a rerun, `--new-version` and refilter's "nothing changed" compare fingerprints).
 LATER_DEFAULTS = {("shards", "format"): DEFAULT_FORMAT, ("asr", "backend"): "faster-whisper",
-                  ("shards", "keep_rejected_audio"): True}
+                  ("shards", "keep_rejected_audio"): True, ("asr", "word_timestamps"): False,
+                  ("discover", "reference_extensions"): ["normalized.txt", "txt", "lab"],
+                  ("discover", "reference_manifest"): None, ("discover", "reference_path_column"): "audio_filepath",
+                  ("discover", "reference_text_column"): "text", ("quality", "max_wer"): None,
+                  ("quality", "max_cer"): None}
 
 
 class ConfigChanged(ValueError):

@@ -25,10 +25,12 @@ FILTER = "dnsmos_ovrl >= 3.3"
 
 
 @pytest.fixture(scope="module")
-def out(clips, local_ray, tmp_path_factory) -> str:
-    """The clips in units of ~15 s, with a DNSMOS floor that drops some segments into rejected/."""
+def out(referenced_clips, local_ray, tmp_path_factory) -> str:
+    """The clips (references beside them) in units of ~15 s, word timestamps stored, with a DNSMOS floor
+    that drops some segments into rejected/."""
     output = str(tmp_path_factory.mktemp("export") / "out")
-    summary = run_job(small_units_config(str(clips), output, **{"quality.min_dnsmos_ovrl": 3.0}))
+    summary = run_job(small_units_config(str(referenced_clips), output, **{"quality.min_dnsmos_ovrl": 3.0,
+                                                                          "asr.word_timestamps": True}))
     assert summary["complete"] and summary["counts"]["shards"] >= 3
     return output
 
@@ -75,6 +77,8 @@ def test_lhotse_shar_reads_back_with_lhotse(out, index, rejected):
         assert sup.duration == cut.duration and sup.recording_id == cut.recording.id == cut.id
         assert sup.dnsmos_ovrl == pytest.approx(row["dnsmos_ovrl"], abs=1e-3) and sup.audio_hash == row["audio_hash"]
         assert "near_duplicate_of" in sup.custom and "language" not in sup.custom
+        assert sup.reference == row["reference"] and "wer" in sup.custom
+        assert [(w.symbol, w.start, round(w.end, 3)) for w in sup.alignment["word"]] == _words(row)
         assert (cut.source_uri, cut.source_start, cut.voxmill_shard) == (row["source_uri"], row["start"], row["shard"])
     # the classic manifests: RecordingSet / SupervisionSet, from the same cuts
     from lhotse import CutSet, RecordingSet, SupervisionSet
@@ -134,6 +138,18 @@ def test_nemo_manifest_meets_nemos_reader_contract(out, index, rejected, tmp_pat
         assert (line["text"], line["lang"], line["source_uri"]) == (row["text"], row["language"], row["source_uri"])
         assert line["dnsmos_ovrl"] == pytest.approx(row["dnsmos_ovrl"], abs=1e-3)
         assert Path(path).read_bytes() == stored.raw(line["key"])["flac"]  # the stored bytes, not re-encoded
+        assert line["reference"] == row["reference"]
+        assert line["wer"] == (None if row["wer"] is None else pytest.approx(row["wer"], abs=1e-3))
+        assert [(w["word"], w["start"], w["end"]) for w in line["words"]] == _words(row)
+    assert any(line["reference"] for line in lines) and not all(line["reference"] for line in lines)
+
+
+def _words(row: dict) -> list[tuple]:
+    """The index row's words as (word, start, end) at the stored millisecond; every sample has some."""
+    words = [(w["word"], round(w["start"], 3), round(w["end"], 3)) for w in row["words"]]
+    assert words and " ".join(w for w, _, _ in words) == row["text"]
+    assert all(0 <= start <= end <= row["duration"] + 1e-3 for _, start, end in words)
+    return words
 
 
 def test_nemo_filtered_export_removes_the_audio_it_no_longer_lists(out, index, tmp_path):

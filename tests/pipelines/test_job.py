@@ -34,9 +34,11 @@ def _shard_samples(output: str) -> dict[str, dict]:
 
 
 @pytest.fixture(scope="module")
-def real_job(clips, local_ray, tmp_path_factory):
-    """The clips through the whole job with the real model (faster-whisper tiny.en)."""
-    config = small_units_config(str(clips), str(tmp_path_factory.mktemp("real") / "out"), backend=REAL_ASR)
+def real_job(referenced_clips, local_ray, tmp_path_factory):
+    """The clips (their references beside them as .txt) through the whole job with the real model
+    (faster-whisper tiny.en), word timestamps stored."""
+    config = small_units_config(str(referenced_clips), str(tmp_path_factory.mktemp("real") / "out"),
+                                backend=REAL_ASR, **{"asr.word_timestamps": True})
     return config, run_job(config)
 
 

@@ -24,7 +24,7 @@ from pipelines.records import AsrResult, PreparedSegment, PreparedUnit
 from pipelines.stages import commit
 from schemas.config import QualityConfig, load_job_config, quality_config_model
 from schemas.metrics import METRICS, Metric, Registry, Threshold
-from schemas.tables import INDEX_SCHEMA, REJECTS_SCHEMA, index_schema, rejects_schema
+from schemas.tables import INDEX_SCHEMA, REJECTS_SCHEMA, WORD_TYPE, index_schema, rejects_schema
 
 F32, F64, I32, STR = pa.float32(), pa.float64(), pa.int32(), pa.string()
 # INDEX_SCHEMA as written by hand before the registry: outputs must keep these columns, in this order
@@ -37,21 +37,25 @@ INDEX_BEFORE = [
     ("loudness_lufs", F32, True), ("chars_per_second", F32, True), ("audio_hash", STR, True),
     ("near_duplicate_of", STR, True),
 ]
+# added later (issue 17), after those: error rates against a reference transcript, the reference, the words
+INDEX_ADDED = [("wer", F32, True), ("cer", F32, True), ("reference", STR, True),
+               ("words", pa.list_(WORD_TYPE), True)]
 # (config field, default, ge, le) in the order QualityConfig declared them
 THRESHOLDS_BEFORE = [
     ("min_dnsmos_ovrl", 2.0, 1, 5), ("min_dnsmos_sig", None, 1, 5), ("min_dnsmos_bak", None, 1, 5),
     ("min_snr_db", 15.0, None, None), ("max_clipping", 0.001, 0, 1), ("min_loudness_lufs", -45.0, None, None),
     ("max_loudness_lufs", -5.0, None, None), ("min_chars_per_second", 2.0, 0, None),
     ("max_chars_per_second", 30.0, 0, None), ("min_avg_logprob", -1.0, None, 0),
-    ("max_no_speech_prob", 0.6, 0, 1), ("min_language_prob", None, 0, 1),
+    ("max_no_speech_prob", 0.6, 0, 1), ("min_language_prob", None, 0, 1), ("max_wer", None, 0, None),
+    ("max_cer", None, 0, None),
 ]
 CHECKS_BEFORE = ["dnsmos_ovrl", "dnsmos_sig", "dnsmos_bak", "snr_db", "clipping", "loudness_lufs",
-                 "chars_per_second", "no_speech_prob", "avg_logprob", "language_prob"]
+                 "chars_per_second", "no_speech_prob", "avg_logprob", "language_prob", "wer", "cer"]
 LABELS_BEFORE = {
     "dnsmos_ovrl": "DNSMOS overall", "dnsmos_sig": "DNSMOS signal", "dnsmos_bak": "DNSMOS background",
     "snr_db": "SNR (dB)", "clipping": "clipping (fraction)", "loudness_lufs": "loudness (LUFS)",
     "chars_per_second": "characters per second", "avg_logprob": "ASR avg log-prob",
-    "no_speech_prob": "ASR no-speech prob",
+    "no_speech_prob": "ASR no-speech prob", "wer": "WER vs reference", "cer": "CER vs reference",
 }
 
 
@@ -63,12 +67,12 @@ def _bounds(model: type, field: str) -> tuple:
 # ---- the real registry reproduces what was written by hand ----
 
 def test_the_registry_reproduces_the_index_schema():
-    assert [(f.name, f.type, f.nullable) for f in INDEX_SCHEMA] == INDEX_BEFORE
+    assert [(f.name, f.type, f.nullable) for f in INDEX_SCHEMA] == INDEX_BEFORE + INDEX_ADDED
     assert index_schema(METRICS).equals(INDEX_SCHEMA, check_metadata=True)
     scores = [f for f in REJECTS_SCHEMA if f.name in METRICS]
     assert [(f.name, f.type) for f in scores] == [(m.name, m.type) for m in METRICS]
     assert all(f.nullable for f in scores)
-    tail = [n for n, _, _ in INDEX_BEFORE][8:]  # sample_rate on: the rejects row's own columns come first
+    tail = [n for n, _, _ in INDEX_BEFORE + INDEX_ADDED][8:]  # sample_rate on: the rejects row's own columns first
     assert REJECTS_SCHEMA.names[-len(tail):] == tail and REJECTS_SCHEMA.names[-len(tail) - 1] == "shard"
 
 
@@ -131,7 +135,8 @@ ToyConfig = quality_config_model(TOY_REGISTRY)
 
 def test_a_new_metric_is_an_index_and_rejects_column():
     schema = index_schema(TOY_REGISTRY)
-    assert schema.names == INDEX_SCHEMA.names[:-2] + ["toy_level", "audio_hash", "near_duplicate_of"]
+    at = INDEX_SCHEMA.names.index("audio_hash")
+    assert schema.names == INDEX_SCHEMA.names[:at] + ["toy_level"] + INDEX_SCHEMA.names[at:]
     assert schema.field("toy_level").type == F32
     assert rejects_schema(schema).field("toy_level").nullable
 
@@ -185,7 +190,9 @@ def test_a_new_metric_reaches_the_index_the_samples_json_and_the_report(tmp_path
         ("src_001", "toy_level", "toy_level 0.01 < 0.05")]
     with tarfile.open(next((tmp_path / "out" / "shards").glob("*.tar"))) as tar:
         meta = json.loads(tar.extractfile("src_000.json").read())
-    assert list(meta)[-4:] == ["chars_per_second", "toy_level", "audio_hash", "near_duplicate_of"]
+    names = list(meta)
+    assert names[names.index("chars_per_second"):][:4] == ["chars_per_second", "toy_level", "audio_hash",
+                                                           "near_duplicate_of"]
 
     summary = report.gather(str(tmp_path / "out"), samples=0, registry=TOY_REGISTRY)
     assert summary.scores["toy_level"].count == 2
