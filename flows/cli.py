@@ -361,7 +361,8 @@ def plan(
 ) -> None:
     """Estimate wall time, resources and cost of a job before it starts."""
     _setup_logging()
-    job = _job_config(input or (str(manifest) if manifest else None), "plan-only", config,
+    source = input or (str(manifest) if manifest else None) or ("history-only" if history_view else None)
+    job = _job_config(source, "plan-only", config,  # --history needs no input, only plan.history_path
                       {"plan.profile": profile})
     if history_view:
         _print_history(history.read(job.plan.history_path))

@@ -12,6 +12,7 @@ import pyarrow as pa
 from pipelines.executor.base import Executor, ProgressFn, RunResult, open_executor, run_units
 from pipelines.io import storage
 from pipelines.plan import history
+from pipelines.plan.learn import learn_from_run
 from pipelines.preflight import check_model
 from pipelines.records import Resources
 from pipelines.sinks.card import write_card
@@ -75,8 +76,10 @@ def _run_leased(config: JobConfig, executor: Executor, manifest: pa.Table, lease
     summary["startup_seconds"] = start_seconds + result.startup_seconds
     if plan is not None:
         summary["plan"] = plan
-        summary["history"] = history.record(plan, summary)
-        history.append(config.plan.history_path, summary["history"])
+        if history.worth_recording(summary):  # a rerun that processed nothing measured nothing
+            summary["history"] = history.record(plan, summary)
+            history.append(config.plan.history_path, summary["history"])
+            learn_from_run(config, plan, summary)  # the profile's costs move toward what this run measured
     storage.write_json(storage.join(config.output, "summary.json"), summary)
     write_card(config.output, config.shards)  # OUTPUT/README.md: the shards' typed features, for HF datasets
     return summary
@@ -123,6 +126,10 @@ def build_summary(config: JobConfig, manifest: pa.Table, units: list[WorkUnit], 
         "output_hours": sum(r["output_seconds"] for r in everything) / 3600,
         "this_run": {
             "input_hours": processed / 3600,
+            "input_seconds": processed,
+            "speech_seconds": sum(r.get("speech_seconds", 0.0) for r in reports),
+            "segments": sum(r.get("segments", 0) for r in reports),
+            "units": len(reports),
             "audio_seconds_per_second": processed / wall_seconds if wall_seconds else 0.0,
         },
         "stage_seconds": dict(stage_seconds),

@@ -195,6 +195,9 @@ class EngineConfig(_Section):
 class PlanConfig(_Section):
     calibration_seconds: float = Field(180.0, gt=0, description="audio the calibration run reads at most")
     calibration_fraction: float = Field(0.02, gt=0, le=1, description="...and at most this share of the input")
+    calibrate_above_seconds: float = Field(
+        900.0, ge=0, description="a smaller input is not worth a calibration (Ray start, model load, probe: about "
+                                 "a minute on a CPU): its plan uses this machine's saved profile or a quick bound")
     excerpt_seconds: float = Field(60.0, gt=1, description="longest piece taken from one file")
     header_sample_above: int = Field(50_000, ge=100, description="more files than this: sample headers")
     header_sample_size: int = Field(2_000, ge=100)

@@ -18,6 +18,14 @@ class InputSize(BaseModel):
     breakdown: dict[str, dict[str, dict[str, float]]] = Field(default_factory=dict)
 
 
+class LoadReading(BaseModel):
+    """How busy the machine was: the share of its CPUs a job got beside everything else running."""
+
+    load: float  # 1-minute load average
+    cores: float  # CPUs this process may use (affinity, cgroup quota)
+    cpu_share: float  # cores / (cores + other runnable threads): 1 on a quiet machine
+
+
 class HardwareProfile(BaseModel):
     """Per-worker stage costs measured on one kind of machine, reusable for plans elsewhere."""
 
@@ -42,6 +50,9 @@ class HardwareProfile(BaseModel):
     measured_on_seconds: float
     measured_at: str
     source: str = "calibration"
+    load: Optional[LoadReading] = None  # the machine's load while calibrating (None: not read)
+    learned_runs: int = 0  # runs whose measured stage seconds refined these costs
+    learned_seconds: float = 0.0  # input audio those runs processed
 
 
 class DataProfile(BaseModel):
@@ -90,4 +101,7 @@ class JobPlan(BaseModel):
     shards: int
     correction: float = 1.0  # actual/predicted from history, applied to wall time
     history_runs: int = 0
+    load: Optional[LoadReading] = None  # the machine's load when planned
+    pending_files: Optional[int] = None  # files the run will process (None: all; a rerun skips done units)
+    notes: list[str] = Field(default_factory=list)  # what the estimate rests on that a user must know
     deadline_seconds: Optional[float] = None

@@ -25,14 +25,15 @@ import pyarrow as pa
 from pipelines.asr.base import build_backend
 from pipelines.executor.base import open_executor, run_units
 from pipelines.metrics.cost import DNSMOS_COST, priced
-from pipelines.plan.estimator import _duration_bucket
+from pipelines.plan.estimator import QUICK_BOUND, _duration_bucket
+from pipelines.plan.load import read_load
 from pipelines.records import SourceFile
 from pipelines.sinks.base import TRAINING, open_sink
 from pipelines.stages.audio import ASR_RATE
 from pipelines.stages.prepare import Preparer
 from pipelines.state.units import EXCERPT_CONTEXT, WorkUnit
 from schemas.config import AsrConfig, JobConfig
-from schemas.plan import Calibration, DataProfile, HardwareProfile
+from schemas.plan import Calibration, DataProfile, HardwareProfile, LoadReading
 
 PRESAMPLE_ROWS = 5000
 MIN_PIECE = 20.0  # seconds: shorter excerpts would cut most utterances short
@@ -96,6 +97,7 @@ def calibrate(config: JobConfig, sample: list[SourceFile]) -> Calibration:
     """Run the real engine (`engine.executor`, its workers, shard writes to a scratch folder) on `sample`."""
     with tempfile.TemporaryDirectory(prefix="voxmill-calibrate-") as scratch:
         job = config.model_copy(update={"output": scratch})
+        load = read_load()  # before this calibration's own work adds to it
         executor = open_executor(job)
         start_clock = time.perf_counter()
         already_running = executor.running() is not None
@@ -126,7 +128,7 @@ def calibrate(config: JobConfig, sample: list[SourceFile]) -> Calibration:
         asr_seconds_per_speech_second=asr_rate, asr_probe_segments=probed,
         write_seconds_per_unit=stage("write") / max(len(reports), 1),
         ray_start_seconds=ray_start, model_load_seconds=result.startup_seconds,
-        measured_on_seconds=input_s, measured_at=datetime.now(timezone.utc).isoformat(),
+        measured_on_seconds=input_s, measured_at=datetime.now(timezone.utc).isoformat(), load=load,
     )
     data = DataProfile(
         speech_fraction=total("speech_seconds") / max(input_s, 1e-9),
@@ -253,3 +255,47 @@ def gpu_name() -> Optional[str]:
 
 def _cpu_count() -> int:
     return os.cpu_count() or 1
+
+
+# Costs of the bundled tiny.en (int8, batch 16) on one core of a 2-core x86 server, per stage, from
+# this repository's accuracy runs (benchmarks/RESULTS.md); with a GPU, ASR at about 20x that.
+# Only a bound: the interval of a plan on it is wide (estimator.QUICK_SPREAD).
+QUICK_COSTS = dict(prep_seconds_per_input_second=0.07, quality_seconds_per_input_second=0.06,
+                   asr_seconds_per_speech_second=0.045, write_seconds_per_unit=1.0,
+                   ray_start_seconds=6.0, model_load_seconds=4.0)
+QUIET = LoadReading(load=0.0, cores=2.0, cpu_share=1.0)  # the machine QUICK_COSTS were measured on
+
+
+def quick_bound(config: JobConfig, gpus: int) -> HardwareProfile:
+    """A profile of this machine without measuring it: for a job too small to calibrate for. The
+    run it plans measures the real costs and saves them (`learn.py`). Its costs are a quiet
+    machine's, so the plan scales them to the load it reads."""
+    costs = dict(QUICK_COSTS)
+    if gpus:
+        costs["asr_seconds_per_speech_second"] /= 20
+    return HardwareProfile(
+        name=machine_key(config, gpus), cpu_model=cpu_model(), cpus=_cpu_count(), gpus=gpus,
+        gpu_name=gpu_name() if gpus else None, asr_model=config.asr.model or "bundled tiny.en",
+        compute_type=config.asr.compute_type, device="cuda" if gpus else "cpu", batch_size=config.asr.batch_size,
+        asr_seconds_per_segment=0.5, measured_on_seconds=0.0, measured_at=datetime.now(timezone.utc).isoformat(),
+        source=QUICK_BOUND, load=QUIET, **costs)
+
+
+WEIGHTED = ("prep_seconds_per_input_second", "quality_seconds_per_input_second", "dnsmos_seconds_per_window",
+            "asr_seconds_per_segment", "asr_seconds_per_speech_second", "write_seconds_per_unit",
+            "ray_start_seconds", "model_load_seconds")
+
+
+def top_up(saved: HardwareProfile, fresh: HardwareProfile) -> HardwareProfile:
+    """A profile measured on too little audio, topped up by a fresh calibration: costs weighted by
+    the audio each measured (the saved one's runs included); the load is the fresh one's."""
+    old = saved.measured_on_seconds + saved.learned_seconds
+    weight = fresh.measured_on_seconds / max(old + fresh.measured_on_seconds, 1e-9)
+    update = {}
+    for name in WEIGHTED:
+        mine, theirs = getattr(saved, name), getattr(fresh, name)
+        update[name] = theirs if mine is None or theirs is None else mine + weight * (theirs - mine)
+    return fresh.model_copy(update={
+        **update, "measured_on_seconds": saved.measured_on_seconds + fresh.measured_on_seconds,
+        "learned_runs": saved.learned_runs, "learned_seconds": saved.learned_seconds,
+        "asr_probe_segments": (saved.asr_probe_segments or 0) + (fresh.asr_probe_segments or 0) or None})

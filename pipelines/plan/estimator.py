@@ -15,12 +15,18 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipelines.executor.base import resources_for
+from pipelines.plan.load import differs
 from pipelines.records import Resources
 from pipelines.stages.resources import ASR, PREP
 from pipelines.state.units import FALLBACK_BYTES_PER_SECOND
 from schemas.config import JobConfig
-from schemas.plan import DataProfile, HardwareProfile, InputSize, JobPlan, StagePlan
+from schemas.plan import DataProfile, HardwareProfile, InputSize, JobPlan, LoadReading, StagePlan
 
+QUICK_BOUND = "quick bound"  # a profile's source when no measurement of this machine exists
+TRUSTED_SECONDS = 120.0  # audio a profile must be measured on (calibration + runs) to be trusted
+UNTRUSTED_SPREAD = 0.5  # extra log-sd of an untrusted profile
+QUICK_SPREAD = 0.8  # extra log-sd of a quick bound (costs of another machine)
+MAX_SLOWDOWN = 3.0  # the load rescaling is bounded to this factor either way
 MODEL_ERROR = 0.07  # relative sd of the pipeline model itself, before history narrows it
 # Relative sd of the probe's ASR rate is PROBE_SPREAD / sqrt(segments probed): how often packed
 # windows must be decoded again depends on a few hard segments, so a small sample is noisy.
@@ -117,10 +123,13 @@ def size_from_sample(sizes: np.ndarray, extensions: np.ndarray, sample: pa.Table
 
 def predict(config: JobConfig, size: InputSize, hardware: HardwareProfile, data: DataProfile,
             resources: Resources, ray_running: bool = False, discover_seconds: float = 0.0,
-            correction: float = 1.0, history_error: Optional[float] = None, history_runs: int = 0) -> JobPlan:
-    """The pipeline model. `correction` (actual/predicted of past runs) scales the wall time."""
+            correction: float = 1.0, history_error: Optional[float] = None, history_runs: int = 0,
+            load: Optional[LoadReading] = None) -> JobPlan:
+    """The pipeline model. `correction` (actual/predicted of past runs) scales the wall time; `load`
+    (the machine now) rescales costs measured at another share of the CPUs."""
     units = _unit_count(config, size)
-    hardware = _priced_for(config, hardware, data)
+    slowdown = load_slowdown(hardware.load, load)
+    hardware = _priced_for(config, _at_share(hardware, slowdown), data)
     work = _stage_work(size.audio_seconds, units, hardware, data)
     one_unit = _stage_work(size.audio_seconds / units, 1, hardware, data)
     # while prep runs, ASR has all but the last unit to do (that one is the tail), and the reverse
@@ -135,7 +144,8 @@ def predict(config: JobConfig, size: InputSize, hardware: HardwareProfile, data:
     startup = (0.0 if ray_running else hardware.ray_start_seconds) + hardware.model_load_seconds
     raw = startup + discover_seconds + seconds[bottleneck] + _fill_and_tail(bottleneck, one_unit)
     wall = raw * correction
-    relative = _relative_error(size, history_error, _probe_error(hardware, seconds, bottleneck))
+    sigma = _log_spread(size, history_error, _probe_error(hardware, seconds, bottleneck),
+                        _unknowns(hardware, slowdown))
     output_seconds = size.audio_seconds * data.speech_fraction * data.kept_fraction
     output_bytes = output_seconds * data.output_bytes_per_output_second
     gpu_hours, cpu_hours = wall * resources.gpus / 3600, wall * resources.cpus / 3600
@@ -144,12 +154,13 @@ def predict(config: JobConfig, size: InputSize, hardware: HardwareProfile, data:
         input=size, hardware=hardware, data=data, resources=vars(resources),
         stages=[_stage(name, resources, seconds, size.audio_seconds, seconds[bottleneck]) for name in seconds],
         bottleneck=bottleneck,
-        wall_seconds=wall, wall_seconds_low=wall * (1 - 1.96 * relative), wall_seconds_high=wall * (1 + 1.96 * relative),
+        wall_seconds=wall, wall_seconds_low=wall * math.exp(-1.96 * sigma),
+        wall_seconds_high=wall * math.exp(1.96 * sigma),
         gpu_hours=gpu_hours, cpu_hours=cpu_hours,
         cost=gpu_hours * prices["gpu_hour"] + cpu_hours * prices["cpu_hour"], prices=prices,
         output_bytes=output_bytes,
         shards=max(units, math.ceil(output_bytes / config.shards.max_bytes)),
-        correction=correction, history_runs=history_runs,
+        correction=correction, history_runs=history_runs, load=load, notes=_notes(hardware, slowdown, load),
     )
 
 
@@ -213,14 +224,63 @@ def _unit_count(config: JobConfig, size: InputSize) -> int:
     return max(1, by_audio, math.ceil(size.files / config.engine.unit_max_files))
 
 
-def _relative_error(size: InputSize, history_error: Optional[float], probe_error: float = 0.0) -> float:
-    """Input size, model and probe errors combined; past runs on this profile replace the last
-    two with what they actually measured."""
+def _log_spread(size: InputSize, history_error: Optional[float], probe_error: float = 0.0,
+                unknown: float = 0.0) -> float:
+    """The sd of log(actual / predicted): input size, model and probe errors, and what the profile
+    does not know (too little audio measured, a machine busier or quieter than at calibration);
+    past runs on this profile replace the model and probe errors with what they measured. The
+    interval is log-normal: it widens with what is unknown and never reaches zero."""
     size_error = 0.0
     if size.audio_seconds:
-        size_error = (size.audio_seconds_high - size.audio_seconds) / 1.96 / size.audio_seconds
+        size_error = math.log1p((size.audio_seconds_high - size.audio_seconds) / size.audio_seconds) / 1.96
     model_error = history_error if history_error is not None else math.hypot(MODEL_ERROR, probe_error)
-    return math.sqrt(size_error**2 + model_error**2)
+    return math.sqrt(size_error**2 + model_error**2 + unknown**2)
+
+
+def trusted(hardware: HardwareProfile) -> bool:
+    """A profile is trusted once calibration and the runs it learned from measured enough audio."""
+    return hardware.source != QUICK_BOUND and hardware.measured_on_seconds + hardware.learned_seconds >= TRUSTED_SECONDS
+
+
+def _unknowns(hardware: HardwareProfile, slowdown: float) -> float:
+    """Extra log-sd for an untrusted profile or a quick bound, and for a changed load (its rescaling
+    is itself a guess: half the change is counted as unknown)."""
+    unknown = QUICK_SPREAD if hardware.source == QUICK_BOUND else 0.0 if trusted(hardware) else UNTRUSTED_SPREAD
+    return math.hypot(unknown, 0.5 * math.log(slowdown))
+
+
+def load_slowdown(measured: Optional[LoadReading], now: Optional[LoadReading]) -> float:
+    """How much slower CPU work runs now than when the costs were measured: the ratio of the CPU
+    shares (bounded: a load average lags and a burst passes)."""
+    if measured is None or now is None:
+        return 1.0
+    return min(max(measured.cpu_share / now.cpu_share, 1 / MAX_SLOWDOWN), MAX_SLOWDOWN)
+
+
+def _at_share(hardware: HardwareProfile, slowdown: float) -> HardwareProfile:
+    """CPU costs (prep, scoring, CPU ASR) at the share of the machine the run will get."""
+    if slowdown == 1.0:
+        return hardware
+    cpu = ["prep_seconds_per_input_second", "quality_seconds_per_input_second", "dnsmos_seconds_per_window"]
+    if not hardware.gpus:
+        cpu += ["asr_seconds_per_segment", "asr_seconds_per_speech_second"]
+    return hardware.model_copy(update={k: getattr(hardware, k) * slowdown for k in cpu
+                                       if getattr(hardware, k) is not None})
+
+
+def _notes(hardware: HardwareProfile, slowdown: float, load: Optional[LoadReading]) -> list[str]:
+    notes = []
+    if hardware.source == QUICK_BOUND:
+        notes.append("quick bound: the job is too small to calibrate for; no profile of this machine yet "
+                     "(the run will measure one)")
+    elif not trusted(hardware):
+        notes.append(f"untrusted profile: measured on {hardware.measured_on_seconds + hardware.learned_seconds:.0f} s "
+                     f"of audio (under {TRUSTED_SECONDS:.0f} s); the interval is wide until runs refine it")
+    if differs(hardware.load, load) is not None:
+        notes.append(f"machine load differs from calibration: CPU share "
+                     f"{hardware.load.cpu_share:.0%} then, {load.cpu_share:.0%} now; "
+                     f"CPU costs scaled x{slowdown:.2f}")
+    return notes
 
 
 def _probe_error(hardware: HardwareProfile, seconds: dict[str, float], bottleneck: str) -> float:

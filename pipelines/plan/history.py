@@ -13,6 +13,7 @@ import statistics
 from typing import Optional
 
 from pipelines.io import storage
+from schemas.plan import HardwareProfile
 
 RECENT_RUNS = 10
 log = logging.getLogger("voxmill.history")
@@ -61,27 +62,49 @@ def append(path: str, record: dict) -> None:
 
 
 def record(plan: dict, summary: dict) -> dict:
+    """What the next plans learn from: this run's estimate beside what it measured, and the load
+    the machine had at calibration and at the run (`load.py`)."""
+    hardware = plan["hardware"]
     return {
         "at": summary["finished_at"],
         "output": summary["config"]["output"],
-        "profile": plan["hardware"]["name"],
-        "input_hours": summary["input_hours"],
+        "profile": hardware["name"],
+        "profile_learned_runs": hardware.get("learned_runs", 0),
+        "input_hours": summary.get("this_run", {}).get("input_hours", summary["input_hours"]),
         "predicted_wall_seconds": plan["wall_seconds"],
+        "predicted_low": plan.get("wall_seconds_low"),
+        "predicted_high": plan.get("wall_seconds_high"),
         "raw_predicted_wall_seconds": plan["wall_seconds"] / plan.get("correction", 1.0),
         "actual_wall_seconds": summary["wall_seconds"],
         "predicted_stage_seconds": {s["name"]: s["seconds"] for s in plan["stages"]},
         "actual_stage_seconds": summary["stage_seconds"],
+        "calibration_load": hardware.get("load"),
+        "run_load": plan.get("load"),
     }
 
 
-def correction(records: list[dict], profile: str) -> tuple[float, Optional[float], int]:
-    """(factor, relative error or None, runs used) for plans on `profile`."""
+def worth_recording(summary: dict) -> bool:
+    """A run that processed nothing (a rerun of a finished output) measured no estimate."""
+    return summary["counts"].get("units_processed", 0) > 0
+
+
+def correction(records: list[dict], profile: HardwareProfile | str) -> tuple[float, Optional[float], int]:
+    """(factor, log-sd or None, runs used) for plans on `profile`.
+
+    Plans on a profile that learned from runs already carry those runs' costs, so only the
+    residuals of such plans correct them (ratios of plans on the bare calibration would count the
+    same error twice); a plan on a bare calibration is corrected by plans like it. The factor is
+    shrunk toward 1 while few runs back it: one run's ratio is mostly noise."""
+    name = profile if isinstance(profile, str) else profile.name
+    learned = not isinstance(profile, str) and profile.learned_runs > 0
     ratios = [r["actual_wall_seconds"] / r["raw_predicted_wall_seconds"] for r in records
-              if r.get("profile") == profile and r.get("raw_predicted_wall_seconds")][-RECENT_RUNS:]
+              if r.get("profile") == name and r.get("raw_predicted_wall_seconds")
+              and (r.get("profile_learned_runs", 0) > 0) == learned][-RECENT_RUNS:]
     if not ratios:
         return 1.0, None, 0
-    factor = statistics.median(ratios)
+    logs = [math.log(r) for r in ratios]
+    factor = math.exp(statistics.median(logs) * len(ratios) / (len(ratios) + 1))
     if len(ratios) < 3:
         return factor, None, len(ratios)
-    spread = statistics.stdev(math.log(r / factor) for r in ratios)
+    spread = statistics.stdev(logs)
     return factor, max(spread, 0.02), len(ratios)

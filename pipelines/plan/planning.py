@@ -13,23 +13,38 @@ from typing import Iterable, Iterator, Optional
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipelines.executor.base import open_executor
 from pipelines.io import storage
 from pipelines.plan import history
-from pipelines.plan.calibrate import calibrate, machine_key, measure_data, sample_budget, stratified_sample
+from pipelines.plan.calibrate import (
+    calibrate,
+    machine_key,
+    measure_data,
+    quick_bound,
+    sample_budget,
+    stratified_sample,
+    top_up,
+)
 from pipelines.plan.estimator import (
     fit_deadline,
     predict,
     resources_for_profile,
     size_from_manifest,
     size_from_sample,
+    trusted,
 )
+from pipelines.plan.load import read_load
 from pipelines.preflight import check_store
+from pipelines.records import SourceFile
 from pipelines.stages.discover import Discover, InputError
+from pipelines.state import jobstate
+from pipelines.state.ledger import Ledger
 from schemas.config import JobConfig
-from schemas.plan import Calibration, InputSize, JobPlan
+from schemas.plan import Calibration, DataProfile, InputSize, JobPlan
+from schemas.tables import MANIFEST_SCHEMA
 
 log = logging.getLogger("voxmill.plan")
 
@@ -99,12 +114,17 @@ def save_profile(config: JobConfig, calibration: Calibration) -> Path:
     return path
 
 
-def costs(config: JobConfig, sample_source: pa.Table, input_seconds: float,
-          recalibrate: bool = False) -> Calibration:
-    """Stage costs: the named profile, else this machine's saved one, else a fresh calibration."""
+def costs(config: JobConfig, sample_source: pa.Table, input_seconds: float, recalibrate: bool = False,
+          notes: Optional[list[str]] = None) -> Calibration:
+    """Stage costs: the named profile, else this machine's saved one (topped up by a calibration
+    when it was measured on too little audio and the input is worth one), else a fresh
+    calibration; an input under `plan.calibrate_above_seconds` is never calibrated for: it gets
+    the saved profile or a quick bound. What the choice rests on goes into `notes`."""
+    notes = [] if notes is None else notes
     sample = stratified_sample(sample_source, sample_budget(config, input_seconds), config.plan.excerpt_seconds)
     if not sample:
         raise InputError("no readable audio to calibrate on")
+    worth = recalibrate or input_seconds >= config.plan.calibrate_above_seconds
     name = config.plan.profile
     saved = None
     if name is None and not recalibrate:
@@ -114,12 +134,52 @@ def costs(config: JobConfig, sample_source: pa.Table, input_seconds: float,
         except ProfileError as err:  # this machine's own profile, torn: measure again and replace it
             log.warning("%s; calibrating this machine again", err)
     if name is None and saved is None:
+        if not worth:
+            notes.append(f"small job ({input_seconds:.0f} s of audio, under plan.calibrate_above_seconds "
+                         f"{config.plan.calibrate_above_seconds:.0f} s): not calibrated, planned on a quick bound")
+            return Calibration(hardware=quick_bound(config, _gpus_here(config)),
+                               data=measure_data(config, sample, 1.0))
         calibration = calibrate(config, sample)
         save_profile(config, calibration)
         return calibration
     saved = saved or load_profile(config, name)
+    if name is None and not trusted(saved.hardware):
+        if worth:
+            fresh = calibrate(config, sample)
+            topped = top_up(saved.hardware, fresh.hardware)
+            save_profile(config, Calibration(hardware=topped, data=fresh.data))
+            notes.append(f"profile {topped.name} was measured on too little audio: topped up by a calibration "
+                         f"here (now {topped.measured_on_seconds + topped.learned_seconds:.0f} s)")
+            return Calibration(hardware=topped, data=fresh.data)
+        notes.append(f"small job ({input_seconds:.0f} s of audio): the untrusted profile is used as it is")
     data = measure_data(config, sample, saved.data.kept_fraction, saved.data.fallback_fraction)
     return Calibration(hardware=saved.hardware, data=data)
+
+
+def pending(config: JobConfig, manifest: pa.Table) -> tuple[pa.Table, Optional[str]]:
+    """What a run on `config.output` will process, as a manifest: the files no unit holds yet, and
+    the files of units its ledger does not hold as done (a crashed or stopped run's); with a note
+    saying so when the output holds units. Read-only: the run claims the units itself."""
+    if not isinstance(manifest, pa.Table) or jobstate.read(config.output) is None:
+        return manifest, None  # a new output (or `voxmill plan` with none): everything is pending
+    units = jobstate.layout(config.output)
+    ledger = Ledger(config.output)
+    records = ledger.done()
+    unfinished = [u for u in units if not ledger.lookup(records, u.index, u.digest)]
+    held = {f.id for u in units for f in u.files}
+    new = manifest.filter(pc.invert(pc.is_in(manifest.column("id"), pa.array(sorted(held), pa.string()))))
+    rows = [_manifest_row(f) for u in unfinished for f in u.files]
+    todo = pa.concat_tables([new, pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)]) if rows else new
+    note = (f"{len(units) - len(unfinished)} of {len(units)} units done in {config.output}: only pending work "
+            f"is priced ({new.num_rows} new files, {len(unfinished)} unfinished units)")
+    return todo, note
+
+
+def _manifest_row(piece: SourceFile) -> dict:
+    """A unit's file (or excerpt of one) as a manifest row: enough to size and sample it."""
+    return {"id": piece.id, "uri": piece.uri, "bytes": 0, "container": piece.uri.rsplit(".", 1)[-1].lower(),
+            "codec": None, "sample_rate": None, "channels": None,
+            "duration": piece.limit if piece.limit is not None else piece.duration, "error": None}
 
 
 def _gpus_here(config: JobConfig) -> int:
@@ -141,17 +201,25 @@ def plan_job(config: JobConfig, manifest: Optional[pa.Table | Iterable[pa.Record
              calibration: Optional[Calibration] = None,
              recalibrate: bool = False) -> tuple[JobPlan, Optional[pa.Table]]:
     """The plan, and the full manifest when every header was read (None when sizing sampled them)."""
+    load = read_load()  # the machine before this plan's own work: the run's share of it
     if manifest is None:
         size, manifest, discover_seconds = discover_for_plan(config)
     else:
         size, discover_seconds = size_from_manifest(manifest), 0.0
+    notes: list[str] = []
+    everything, (todo, note) = manifest, pending(config, manifest)
+    if note is not None:
+        notes.append(note)
+        if todo.num_rows == 0:  # every file listed is in a unit, and every unit is done
+            return _nothing_to_do(config, size, load, notes, calibration), everything
+        size, manifest = size_from_manifest(todo), todo
     if size.audio_seconds <= 0:
         raise InputError(f"no readable audio in {config.input}")
-    calibration = calibration or costs(config, manifest, size.audio_seconds, recalibrate)
+    calibration = calibration or costs(config, manifest, size.audio_seconds, recalibrate, notes)
     records = history.read(config.plan.history_path)
-    factor, error, runs = history.correction(records, calibration.hardware.name)
+    factor, error, runs = history.correction(records, calibration.hardware)
     common = dict(ray_running=open_executor(config).running() is not None, discover_seconds=discover_seconds,
-                  correction=factor, history_error=error, history_runs=runs)
+                  correction=factor, history_error=error, history_runs=runs, load=load)
     if deadline_seconds:
         plan = fit_deadline(config, size, calibration.hardware, calibration.data, deadline_seconds, **common)
         if plan is None:
@@ -159,7 +227,27 @@ def plan_job(config: JobConfig, manifest: Optional[pa.Table | Iterable[pa.Record
     else:
         resources = resources_for_profile(config, calibration.hardware, cpus, gpus)
         plan = predict(config, size, calibration.hardware, calibration.data, resources, **common)
-    return plan, manifest if size.method == "headers" and isinstance(manifest, pa.Table) else None
+    plan = plan.model_copy(update={"notes": notes + plan.notes,
+                                   "pending_files": manifest.num_rows if note is not None else None})
+    for note in plan.notes:
+        log.warning("plan: %s", note)
+    return plan, everything if size.method == "headers" and isinstance(everything, pa.Table) else None
+
+
+def _nothing_to_do(config: JobConfig, size: InputSize, load, notes: list[str],
+                   calibration: Optional[Calibration]) -> JobPlan:
+    """A rerun of a finished output: no unit to process, nothing to calibrate or price."""
+    hardware = (calibration.hardware if calibration else quick_bound(config, 0))
+    data = calibration.data if calibration else DataProfile(
+        speech_fraction=0.0, segments_per_speech_second=0.0, kept_fraction=1.0,
+        output_bytes_per_output_second=0.0, sample_seconds=0.0, sample_files=0)
+    empty = size.model_copy(update={"files": 0, "bytes": 0, "audio_seconds": 0.0, "audio_seconds_low": 0.0,
+                                    "audio_seconds_high": 0.0, "breakdown": {}})
+    resources = vars(resources_for_profile(config, hardware, None, None))
+    return JobPlan(input=empty, hardware=hardware, data=data, resources=resources, stages=[], bottleneck="none",
+                   wall_seconds=0.0, wall_seconds_low=0.0, wall_seconds_high=0.0, gpu_hours=0.0, cpu_hours=0.0,
+                   cost=0.0, prices={}, output_bytes=0.0, shards=0, load=load, pending_files=0,
+                   notes=notes + ["nothing to do: every unit is done"])
 
 
 def check_limits(config: JobConfig, plan: JobPlan) -> None:

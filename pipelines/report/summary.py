@@ -11,9 +11,10 @@ walks the rows, only the groups they fall into and the few samples the page show
 """
 from __future__ import annotations
 
+import json
 import math
 from datetime import datetime, timedelta
-from typing import Any, Iterable, Optional
+from typing import Any, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -208,35 +209,37 @@ def languages(index: pa.Table) -> list[LanguageShare]:
     return sorted(shares, key=lambda s: (-s.hours, s.language))
 
 
-def throughput(records: Iterable[dict], started_at: Optional[str]) -> list[ThroughputPoint]:
-    """Cumulative input and kept hours at each unit's finish, from the ledger's `finished_at`.
+def throughput(ledger: pa.Table, started_at: Optional[str]) -> list[ThroughputPoint]:
+    """Cumulative input and kept hours at each unit's finish, from the ledger table's `finished_at`
+    (`Ledger.table()`: columns, not 100k records parsed).
 
     A single run starts from zero at the summary's `started_at` (see `_start`); units of earlier
-    runs (which finished before it) keep their own times, so an incremental output shows each run's slope.
-    Units that finished at the same instant keep their ledger order (sorted by time alone: records
-    do not compare). Above MAX_THROUGHPUT_POINTS units, evenly spaced ones stand for the rest.
+    runs (which finished before it) keep their own times, so an incremental output shows each run's
+    slope. Units that finished at the same instant keep their ledger order (a stable sort on the
+    time alone). Above MAX_THROUGHPUT_POINTS units, evenly spaced ones stand for the rest.
     """
-    timed = sorted(((datetime.fromisoformat(r["finished_at"]), r) for r in records if r.get("finished_at")),
-                   key=lambda pair: pair[0])
-    points: list[ThroughputPoint] = []
-    start = _start(timed[0], started_at) if timed else None
-    if start is not None:
-        points.append(ThroughputPoint(at=start, input_hours=0.0, output_hours=0.0))
-    done_in = np.cumsum([r.get("input_seconds", 0.0) for _, r in timed]) / 3600
-    done_out = np.cumsum([r.get("output_seconds", 0.0) for _, r in timed]) / 3600
-    shown = np.unique(np.linspace(0, len(timed) - 1, min(len(timed), MAX_THROUGHPUT_POINTS)).round().astype(int))
-    points += [ThroughputPoint(at=timed[i][0], input_hours=float(done_in[i]), output_hours=float(done_out[i]))
-               for i in shown]
-    return points
+    timed = ledger.filter(pc.is_valid(ledger["finished_at"])) if ledger.num_rows else ledger
+    if timed.num_rows == 0:
+        return []
+    at = [datetime.fromisoformat(t) for t in timed["finished_at"].to_pylist()]
+    order = np.argsort([t.timestamp() for t in at], kind="stable")
+    done_in, done_out = (np.cumsum(pc.fill_null(timed[c], 0.0).to_numpy()[order]) / 3600
+                         for c in ("input_seconds", "output_seconds"))
+    start = _start(at[order[0]], timed.slice(int(order[0]), 1), started_at)
+    points = [ThroughputPoint(at=start, input_hours=0.0, output_hours=0.0)] if start else []
+    shown = np.unique(np.linspace(0, len(order) - 1, min(len(order), MAX_THROUGHPUT_POINTS)).round().astype(int))
+    return points + [ThroughputPoint(at=at[order[i]], input_hours=float(done_in[i]), output_hours=float(done_out[i]))
+                     for i in shown]
 
 
-def _start(first: tuple[datetime, dict], started_at: Optional[str]) -> Optional[datetime]:
+def _start(first: datetime, row: pa.Table, started_at: Optional[str]) -> Optional[datetime]:
     """When the plot starts from zero: the run's start, or (no summary, or one of a later run that
     found everything done) the first unit's finish less the seconds its stages took."""
-    if started_at and datetime.fromisoformat(started_at) <= first[0]:
+    if started_at and datetime.fromisoformat(started_at) <= first:
         return datetime.fromisoformat(started_at)
-    worked = sum((first[1].get("stage_seconds") or {}).values())
-    return first[0] - timedelta(seconds=worked) if worked > 0 else None
+    record = json.loads(row["record"][0].as_py()) if "record" in row.column_names else {}
+    worked = sum((record.get("stage_seconds") or {}).values())
+    return first - timedelta(seconds=worked) if worked > 0 else None
 
 
 def pick_rows(table: pa.Table, count: int) -> list[int]:
@@ -292,10 +295,10 @@ def gather_with_index(output: str, samples: int = 20, registry: Registry = METRI
     """The statistics and the index columns they came from (the plots draw the same values); a
     distribution per labelled metric of `registry`, `samples` kept and `rejected` rejected rows."""
     index, rejects = read_tables(output, registry)
-    records = list(Ledger(output).done().values())
+    ledger = Ledger(output).table()
     summary = storage.read_json(storage.join(output, "summary.json"), missing={})
     kept, dropped = _hours(index), _hours(rejects)
-    input_hours = sum(r.get("input_seconds", 0.0) for r in records) / 3600 if records else None
+    input_hours = (pc.sum(ledger["input_seconds"]).as_py() or 0.0) / 3600 if ledger.num_rows else None
     duplicates = (index.num_rows - index["near_duplicate_of"].null_count
                   if "near_duplicate_of" in index.column_names else None)
     heard = heard_rejects(rejects)
@@ -304,7 +307,7 @@ def gather_with_index(output: str, samples: int = 20, registry: Registry = METRI
         samples=index.num_rows,
         shards=pc.count_distinct(index["shard"]).as_py(),
         sources=pc.count_distinct(index["source_id"]).as_py() if "source_id" in index.column_names else 0,
-        units=len(records),
+        units=ledger.num_rows,
         kept_hours=kept,
         rejects=rejects.num_rows,
         dropped_hours=dropped,
@@ -316,7 +319,7 @@ def gather_with_index(output: str, samples: int = 20, registry: Registry = METRI
         scores={c: distribution(values(index, c)) for c in registry.labels()},
         near_duplicates=duplicates,
         exact_duplicates=int(pc.sum(later_copies(index)).as_py() or 0) if "audio_hash" in index.column_names else None,
-        throughput=throughput(records, summary.get("started_at")),
+        throughput=throughput(ledger, summary.get("started_at")),
         wall_seconds=summary.get("wall_seconds"),
         complete=summary.get("complete"),
         sample_rows=sample_rows(index, samples),

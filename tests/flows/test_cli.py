@@ -60,7 +60,7 @@ def test_plan_json_what_if_and_history(clips, tmp_path):
     job = tmp_path / "job.yaml"
     job.write_text(f"input: {clips}\noutput: {tmp_path / 'out'}\n"
                    f"plan: {{profiles_dir: {tmp_path / 'profiles'}, history_path: {tmp_path / 'history.jsonl'}}}\n{FAKE}")
-    done = _run("plan", "--config", str(job), "--json")
+    done = _run("plan", "--config", str(job), "--recalibrate", "--json")  # 70 s of clips: too small to calibrate unasked
     assert done.returncode == 0, done.stderr[-3000:]
     plan = json.loads(done.stdout)
     assert plan["input"]["files"] == 11 and plan["input"]["method"] == "headers"
@@ -76,3 +76,19 @@ def test_plan_json_what_if_and_history(clips, tmp_path):
     assert per_actor == pytest.approx(stage(plan, "asr")["seconds"] / plan["data"]["speech_fraction"], rel=0.3)
     shown = _run("plan", "--config", str(job), "--history")
     assert shown.returncode == 0 and "estimate vs actual" in shown.stdout
+
+
+def test_plan_history_as_the_readme_shows_it(tmp_path, monkeypatch):
+    """`voxmill plan --history` needs no input: it reads plan.history_path (default under ~)."""
+    from typer.testing import CliRunner
+
+    from flows import cli
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    path = tmp_path / ".cache/voxmill/history.jsonl"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"at": "2026-11-29T12:00:00", "output": "/data/out", "input_hours": 0.5,
+                                "predicted_wall_seconds": 110.0, "actual_wall_seconds": 100.0}) + "\n")
+    shown = CliRunner().invoke(cli.app, ["plan", "--history"])
+    assert shown.exit_code == 0, shown.output
+    assert "estimate vs actual" in shown.output and "/data/out" in shown.output and "+10%" in shown.output

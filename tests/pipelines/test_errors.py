@@ -277,7 +277,7 @@ def test_a_torn_profile_is_named_and_this_machines_own_is_recalibrated(tmp_path,
 
     monkeypatch.setattr(planning, "calibrate", calibrate)
     with caplog.at_level(logging.WARNING, logger="voxmill"), pytest.raises(Recalibrated):
-        planning.costs(config, None, 60.0)
+        planning.costs(config, None, 3600.0)  # an input worth calibrating for
     assert f"hardware profile {own} is unreadable" in caplog.text and "calibrating this machine again" in caplog.text
 
 

@@ -27,7 +27,7 @@ from pipelines import refilter as refiltering
 from pipelines import report
 from pipelines.io import storage
 from pipelines.loader import IndexedShards
-from pipelines.state.ledger import Ledger
+from pipelines.state.ledger import Ledger, to_table
 
 CHROMIUM = "/usr/bin/chromium"
 QUALITY = ("dnsmos_sig", "dnsmos_bak", "dnsmos_ovrl", "snr_db", "clipping", "loudness_lufs", "chars_per_second")
@@ -338,10 +338,10 @@ def test_throughput_plot_of_one_short_unit_draws_a_slope():
     """A one-unit run of 3 s: a line rising from zero across the plot, from the run's start, or
     without it (no summary.json) from the unit's start by its stage seconds (before: a step at the
     right edge, or one dot on an axis of years)."""
-    unit = {"finished_at": "2026-11-29T12:00:03+00:00", "input_seconds": 20.0, "output_seconds": 12.0,
-            "stage_seconds": {"decode": 0.5, "asr": 2.0}}
-    from_start = report.throughput([unit], "2026-11-29T12:00:00+00:00")
-    from_unit = report.throughput([unit], None)
+    unit = to_table([{"unit": 0, "finished_at": "2026-11-29T12:00:03+00:00", "input_seconds": 20.0,
+                      "output_seconds": 12.0, "stage_seconds": {"decode": 0.5, "asr": 2.0}}])
+    from_start = report.throughput(unit, "2026-11-29T12:00:00+00:00")
+    from_unit = report.throughput(unit, None)
     assert [p.input_hours * 3600 for p in from_start] == [p.input_hours * 3600 for p in from_unit] == [0.0, 20.0]
     assert (from_unit[1].at - from_unit[0].at).total_seconds() == 2.5
     for shown in (from_start, from_unit):

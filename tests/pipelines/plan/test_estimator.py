@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pyarrow as pa
@@ -10,11 +11,19 @@ import pytest
 from pipelines.executor.base import resources_for
 from pipelines.plan import history
 from pipelines.plan.calibrate import stratified_sample
-from pipelines.plan.estimator import PROBE_SPREAD, fit_deadline, predict, size_from_manifest, size_from_sample
+from pipelines.plan.estimator import (
+    PROBE_SPREAD,
+    QUICK_BOUND,
+    fit_deadline,
+    predict,
+    size_from_manifest,
+    size_from_sample,
+)
+from pipelines.plan.load import differs, read_load
 from pipelines.plan.planning import LimitExceeded, check_limits, parse_duration, plan_job
 from pipelines.stages.discover import InputError
 from schemas.config import load_job_config
-from schemas.plan import DataProfile, HardwareProfile
+from schemas.plan import DataProfile, HardwareProfile, LoadReading
 from schemas.tables import MANIFEST_SCHEMA
 
 HOUR = 3600.0
@@ -24,7 +33,7 @@ def _hardware(**changes) -> HardwareProfile:
     values = dict(name="test-gpu", cpu_model="test", cpus=8, gpus=1, gpu_name="test", asr_model="tiny.en",
                   compute_type="float16", device="cuda", batch_size=16, prep_seconds_per_input_second=0.01,
                   asr_seconds_per_segment=0.5, write_seconds_per_unit=1.0, ray_start_seconds=5.0,
-                  model_load_seconds=10.0, measured_on_seconds=100.0, measured_at="2026-01-01")
+                  model_load_seconds=10.0, measured_on_seconds=600.0, measured_at="2026-01-01")
     return HardwareProfile(**{**values, **changes})
 
 
@@ -145,12 +154,21 @@ def test_history_corrects_the_next_estimate(config):
                    "wall_seconds": first["wall_seconds"] * ratio, "stage_seconds": {"asr": 1.0}}
         history.append(config.plan.history_path, history.record(first, summary))
     records = history.read(config.plan.history_path)
-    factor, error, runs = history.correction(records, "test-gpu")
-    assert runs == 3 and factor == pytest.approx(1.25) and 0.02 <= error < 0.1
+    factor, error, runs = history.correction(records, _hardware())
+    assert runs == 3 and factor == pytest.approx(1.25 ** 0.75) and 0.02 <= error < 0.1  # shrunk: 3 runs
     corrected = predict(config, size, _hardware(), DATA, resources, correction=factor, history_error=error,
                         history_runs=runs)
-    assert corrected.wall_seconds == pytest.approx(first["wall_seconds"] * 1.25)
+    assert corrected.wall_seconds == pytest.approx(first["wall_seconds"] * 1.25 ** 0.75)
     assert history.correction(records, "another-machine") == (1.0, None, 0)
+    # once the profile learned from runs, its costs hold those runs: only plans made on learned costs
+    # correct it (their residuals), never the ratios of plans on the bare calibration
+    assert history.correction(records, _hardware(learned_runs=1)) == (1.0, None, 0)
+    learned = predict(config, size, _hardware(learned_runs=1), DATA, resources).model_dump(mode="json")
+    summary = {"finished_at": "2026-01-02T00:00:00", "config": {"output": "/out"}, "input_hours": 10.0,
+               "wall_seconds": learned["wall_seconds"] * 0.9, "stage_seconds": {"asr": 1.0}}
+    history.append(config.plan.history_path, history.record(learned, summary))
+    factor, error, runs = history.correction(history.read(config.plan.history_path), _hardware(learned_runs=1))
+    assert runs == 1 and error is None and factor == pytest.approx(0.9 ** 0.5)
 
 
 def test_stratified_sample_respects_budget_and_cuts_long_files():
@@ -202,9 +220,52 @@ def test_a_small_asr_probe_widens_the_interval_until_history_narrows_it(config):
     resources = resources_for(cpus=9, gpus=2, config=config.engine)
     plain = predict(config, size, _hardware(), DATA, resources)
     probed = predict(config, size, _hardware(asr_seconds_per_speech_second=0.06, asr_probe_segments=9), DATA, resources)
-    half = (probed.wall_seconds_high - probed.wall_seconds) / probed.wall_seconds
-    assert half == pytest.approx(1.96 * (0.07**2 + (PROBE_SPREAD / 3) ** 2) ** 0.5)
-    assert half > (plain.wall_seconds_high - plain.wall_seconds) / plain.wall_seconds
+    spread = math.log(probed.wall_seconds_high / probed.wall_seconds) / 1.96
+    assert spread == pytest.approx((0.07**2 + (PROBE_SPREAD / 3) ** 2) ** 0.5)
+    assert probed.wall_seconds_low == pytest.approx(probed.wall_seconds / math.exp(1.96 * spread))
+    assert spread > math.log(plain.wall_seconds_high / plain.wall_seconds) / 1.96
     learned = predict(config, size, _hardware(asr_seconds_per_speech_second=0.06, asr_probe_segments=9), DATA,
                       resources, history_error=0.05, history_runs=3)
-    assert (learned.wall_seconds_high - learned.wall_seconds) / learned.wall_seconds == pytest.approx(1.96 * 0.05)
+    assert learned.wall_seconds_high / learned.wall_seconds == pytest.approx(math.exp(1.96 * 0.05))
+
+
+def test_the_interval_widens_with_what_is_unknown_and_never_goes_below_zero(config):
+    """Log-normal: an untrusted profile (too little audio measured) and a quick bound (none) widen
+    it; the newcomer's plan of 46 s used to print -1:59:05 as its low end."""
+    size = size_from_manifest(_manifest([20.0] * 15))
+    resources = resources_for(cpus=2, gpus=0, config=config.engine)
+    cpu = dict(name="cpu", cpus=2, gpus=0, gpu_name=None, device="cpu", asr_seconds_per_speech_second=0.3,
+               asr_probe_segments=1)
+    widths = {}
+    for label, changes in {"trusted": {}, "untrusted": {"measured_on_seconds": 11.7},
+                           "quick": {"measured_on_seconds": 0.0, "source": QUICK_BOUND}}.items():
+        plan = predict(config, size, _hardware(**cpu, **changes), DATA, resources)
+        assert 0 < plan.wall_seconds_low < plan.wall_seconds < plan.wall_seconds_high
+        assert plan.wall_seconds_low * plan.wall_seconds_high == pytest.approx(plan.wall_seconds**2)
+        widths[label] = plan.wall_seconds_high / plan.wall_seconds_low
+        if label != "trusted":
+            assert any(label.replace("quick", "quick bound") in note for note in plan.notes), plan.notes
+    assert widths["trusted"] < widths["untrusted"] < widths["quick"]
+
+
+def test_a_busier_machine_than_at_calibration_slows_the_cpu_stages_and_says_so(config):
+    size = size_from_manifest(_manifest([3600.0] * 10))
+    quiet, busy = LoadReading(load=0.0, cores=2, cpu_share=1.0), LoadReading(load=2.0, cores=2, cpu_share=0.5)
+    cpu = _hardware(name="cpu", cpus=2, gpus=0, gpu_name=None, device="cpu", load=quiet)
+    resources = resources_for(cpus=2, gpus=0, config=config.engine)
+    same = predict(config, size, cpu, DATA, resources, load=quiet)
+    loaded = predict(config, size, cpu, DATA, resources, load=busy)
+    startup = cpu.ray_start_seconds + cpu.model_load_seconds
+    assert loaded.wall_seconds - startup == pytest.approx(2 * (same.wall_seconds - startup), rel=0.01)
+    assert loaded.load == busy and not same.notes
+    assert any("CPU share 100% then, 50% now" in note for note in loaded.notes)
+    assert loaded.wall_seconds_high / loaded.wall_seconds > same.wall_seconds_high / same.wall_seconds
+    gpu = predict(config, size, _hardware(load=quiet), DATA, resources_for(9, 2, config.engine), load=busy)
+    asr = {s.name: s.seconds for s in gpu.stages}["asr"]  # a GPU's ASR does not slow with the CPUs
+    assert asr == pytest.approx(36000 * 0.5 * 0.25 * 0.5 / 2)
+    assert differs(quiet, LoadReading(load=0.3, cores=2, cpu_share=0.87)) is None
+
+
+def test_load_is_read_from_this_machine():
+    reading = read_load()
+    assert reading.cores > 0 and reading.load >= 0 and 0 < reading.cpu_share <= 1
