@@ -23,7 +23,7 @@ class LoadReading(BaseModel):
 
     load: float  # 1-minute load average
     cores: float  # CPUs this process may use (affinity, cgroup quota)
-    cpu_share: float  # cores / (cores + other runnable threads): 1 on a quiet machine
+    cpu_share: float  # a busy thread's CPU time / wall time, measured: 1 on a quiet machine
 
 
 class HardwareProfile(BaseModel):

@@ -26,7 +26,8 @@ QUICK_BOUND = "quick bound"  # a profile's source when no measurement of this ma
 TRUSTED_SECONDS = 120.0  # audio a profile must be measured on (calibration + runs) to be trusted
 UNTRUSTED_SPREAD = 0.5  # extra log-sd of an untrusted profile
 QUICK_SPREAD = 0.8  # extra log-sd of a quick bound (costs of another machine)
-MAX_SLOWDOWN = 3.0  # the load rescaling is bounded to this factor either way
+MAX_SLOWDOWN = 2.0  # the load rescaling is bounded to this factor either way
+LOAD_DAMPING = 0.5  # exponent on the ratio of CPU shares: half its log (benchmarks/RESULTS.md, newcomer sequence)
 MODEL_ERROR = 0.07  # relative sd of the pipeline model itself, before history narrows it
 # Relative sd of the probe's ASR rate is PROBE_SPREAD / sqrt(segments probed): how often packed
 # windows must be decoded again depends on a few hard segments, so a small sample is noisy.
@@ -251,10 +252,11 @@ def _unknowns(hardware: HardwareProfile, slowdown: float) -> float:
 
 def load_slowdown(measured: Optional[LoadReading], now: Optional[LoadReading]) -> float:
     """How much slower CPU work runs now than when the costs were measured: the ratio of the CPU
-    shares (bounded: a load average lags and a burst passes)."""
+    shares, damped (its square root) and bounded: a share read in a fraction of a second is one
+    moment of a run's minutes, and bursts of other work come and go."""
     if measured is None or now is None:
         return 1.0
-    return min(max(measured.cpu_share / now.cpu_share, 1 / MAX_SLOWDOWN), MAX_SLOWDOWN)
+    return min(max((measured.cpu_share / now.cpu_share) ** LOAD_DAMPING, 1 / MAX_SLOWDOWN), MAX_SLOWDOWN)
 
 
 def _at_share(hardware: HardwareProfile, slowdown: float) -> HardwareProfile:

@@ -2,17 +2,21 @@
 
 A profile measured on a quiet machine prices a run on a busy one too low (and the reverse), so the
 profile and every history record keep the load seen when they were measured, and the plan warns
-when the run's share of the CPUs differs from the calibration's.
+when the run's share of the CPUs differs from the calibration's (and rescales, see
+`estimator.load_slowdown`).
 """
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Optional
 
 from schemas.plan import LoadReading
 
 SHARE_TOLERANCE = 0.25  # relative difference in CPU share that the plan warns about
+PROBE_SECONDS = 0.3  # how long the share is measured (a busy loop on one thread)
+MIN_SHARE = 0.01
 
 
 def cores() -> float:
@@ -30,17 +34,28 @@ def cores() -> float:
     return max(count, 1e-3)
 
 
-def read_load(own_threads: int = 0) -> LoadReading:
-    """The 1-minute load average and the share of the CPUs a job of `cores()` threads would get
-    beside it, as a fair scheduler shares them: cores / (cores + others' runnable threads).
-    `own_threads`: runnable threads of this job already counted in the load (0 before it starts)."""
+def read_load(probe_seconds: float = PROBE_SECONDS) -> LoadReading:
+    """The 1-minute load average, and the share of a core a thread gets now: a short busy loop's
+    CPU time over its wall time (the load average lags by a minute and counts threads waiting
+    on disks; this is what a stage's thread is given, measured)."""
     try:
         load = os.getloadavg()[0]
     except OSError:
         load = 0.0
-    available = cores()
-    others = max(0.0, load - own_threads)
-    return LoadReading(load=load, cores=available, cpu_share=available / (available + others))
+    wall, cpu = 0.0, 0.0
+    while wall < probe_seconds:
+        started, spent = time.perf_counter(), time.thread_time()
+        _spin()
+        wall += time.perf_counter() - started
+        cpu += time.thread_time() - spent
+    return LoadReading(load=load, cores=cores(), cpu_share=min(1.0, max(cpu / wall, MIN_SHARE)))
+
+
+def _spin(steps: int = 20_000) -> int:
+    total = 0
+    for i in range(steps):
+        total += i * i
+    return total
 
 
 def differs(calibration: Optional[LoadReading], run: Optional[LoadReading]) -> Optional[float]:

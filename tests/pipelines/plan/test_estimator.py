@@ -256,7 +256,7 @@ def test_a_busier_machine_than_at_calibration_slows_the_cpu_stages_and_says_so(c
     same = predict(config, size, cpu, DATA, resources, load=quiet)
     loaded = predict(config, size, cpu, DATA, resources, load=busy)
     startup = cpu.ray_start_seconds + cpu.model_load_seconds
-    assert loaded.wall_seconds - startup == pytest.approx(2 * (same.wall_seconds - startup), rel=0.01)
+    assert loaded.wall_seconds - startup == pytest.approx(2**0.5 * (same.wall_seconds - startup), rel=0.01)  # damped
     assert loaded.load == busy and not same.notes
     assert any("CPU share 100% then, 50% now" in note for note in loaded.notes)
     assert loaded.wall_seconds_high / loaded.wall_seconds > same.wall_seconds_high / same.wall_seconds
