@@ -161,9 +161,28 @@ def quality_config_model(registry: Registry = METRICS, name: str = "QualityConfi
 QualityConfig = quality_config_model()
 
 
+class SpeakersConfig(_Section):
+    """Who speaks in each segment (pipelines/stages/speakers.py): a GE2E speaker embedding per segment,
+    the segments of each recording clustered into speakers, and segments split where the speaker changes."""
+
+    enabled: bool = Field(False, description="label speakers and split segments at speaker changes (one voice per "
+                                             "sample); needs the Resemblyzer weights (scripts/setup.sh installs them)")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = the prep worker's GPU when it has one")
+    hop_seconds: float = Field(0.4, gt=0, le=1.6, description="1.6 s embedding windows start this far apart")
+    same_speaker_similarity: float = Field(
+        0.7, gt=0, lt=1, description="windows whose average cosine similarity is above this are one speaker")
+    min_turn_seconds: float = Field(1.0, ge=0, description="a shorter speaker turn joins its neighbour")
+    min_speaker_seconds: float = Field(
+        3.0, ge=0, description="a voice heard for less than this in a recording (a cough, a laugh, crosstalk) is not "
+                               "counted as a speaker: its windows join the nearest speaker")
+
+
 class EngineConfig(_Section):
     unit_minutes: float = Field(30.0, gt=0, description="audio per work unit (resume granularity)")
     unit_max_files: int = Field(2000, ge=1)
+    compact_min_units: int = Field(
+        256, ge=1, description="at the end of a run, compact the ledger, index and rejects (one file per 1024 "
+                               "units, not one per unit) once this many finished units are not compacted yet")
     excerpt_minutes: float = Field(
         10.0, ge=1, description="files over 1.5x this are cut into excerpts of it: bounded memory per task"
     )
@@ -177,9 +196,6 @@ class EngineConfig(_Section):
         "ray", pattern=r"^[A-Za-z_][\w.-]*(:[A-Za-z_]\w*)?$",
         description="what runs the work units: a name in pipelines/executor/base.py EXECUTORS (ray: a local Ray "
                     "or the cluster at ray_address), or 'package.module:Class' for one outside voxmill (see Executor)")
-    compact_min_units: int = Field(
-        256, ge=1, description="at the end of a run, compact the ledger, index and rejects (one file per 1024 "
-                               "units, not one per unit) once this many finished units are not compacted yet")
     ray_address: Optional[str] = Field(None, description="unset = RAY_ADDRESS or local ray.init()")
     lease_seconds: float = Field(
         120.0, ge=5, description="one run writes an output at a time: its lease lasts this long past the last "
@@ -221,6 +237,7 @@ class JobConfig(_Section):
     asr: AsrConfig = AsrConfig()
     shards: ShardConfig = ShardConfig()
     quality: QualityConfig = QualityConfig()
+    speakers: SpeakersConfig = SpeakersConfig()
     engine: EngineConfig = EngineConfig()
     plan: PlanConfig = PlanConfig()
 

@@ -192,6 +192,16 @@ METRICS = Registry(
                maximum=Threshold(None, "character error rate of the ASR against the reference (normalised text); "
                                        "segments without a reference pass", ge=0),
                label="CER vs reference", digits=3),
+        # who speaks (speakers.enabled; pipelines/stages/speakers.py): null when off
+        Metric("speaker", pa.string(), "prep", "the segment's speaker within its recording: <source_id>/spkN"),
+        Metric("speaker_purity", FLOAT, "prep",
+               "share of the segment's 1.6 s windows that are its speaker's (below 1: another voice in it too)",
+               minimum=Threshold(None, "share of the segment's 1.6 s windows labelled as its own speaker (1.0: one "
+                                       "voice throughout; lower: another voice overlaps or was not split off)",
+                                 ge=0, le=1),
+               label="speaker purity", digits=3),
+        Metric("speaker_embedding", pa.list_(pa.float16()), "prep",
+               "GE2E speaker embedding (256 values, unit length) of the segment, for speaker-conditioned TTS and clustering"),
     ),
     check_order=("dnsmos_ovrl", "dnsmos_sig", "dnsmos_bak", "snr_db", "clipping", "loudness_lufs",
                  "chars_per_second", "no_speech_prob", "avg_logprob", "language_prob", "wer", "cer"),

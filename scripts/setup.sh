@@ -28,3 +28,7 @@ if [ "${1:-}" = "test" ]; then
 else
   .venv/bin/python -m pip install --quiet -e ".[job]"
 fi
+# speakers.enabled uses only the trained weights inside Resemblyzer's wheel (Apache-2.0): voxmill computes
+# the mel and runs the encoder itself, so the package's own dependencies (librosa, numba, a compiled
+# webrtcvad) are left out
+.venv/bin/python -m pip install --quiet --no-deps "resemblyzer==0.1.4"

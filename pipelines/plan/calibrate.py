@@ -37,7 +37,7 @@ from schemas.plan import Calibration, DataProfile, HardwareProfile, LoadReading
 
 PRESAMPLE_ROWS = 5000
 MIN_PIECE = 20.0  # seconds: shorter excerpts would cut most utterances short
-PREP_STAGES = ("decode", "resample", "vad", "encode", "quality", "journal")  # what a prep task times
+PREP_STAGES = ("decode", "resample", "vad", "speakers", "encode", "quality", "journal")  # what a prep task times
 
 
 def sample_budget(config: JobConfig, input_seconds: float) -> float:

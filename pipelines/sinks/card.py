@@ -20,7 +20,9 @@ from schemas.tables import INDEX_SCHEMA
 
 CARD = "README.md"
 MARK = "<!-- written by voxmill: rewritten at the end of each run -->"
-META_EXCLUDED = ("key", "unit", "shard")  # in the index, not in KEY.json (the key is the sample's name)
+# in the index, not in KEY.json: the key is the sample's name; a 256-value speaker embedding would double a
+# sample's JSON (join the index on the key for it)
+META_EXCLUDED = ("key", "unit", "shard", "speaker_embedding")
 
 _DTYPES = {
     pa.string(): "string", pa.large_string(): "string", pa.bool_(): "bool",
@@ -66,9 +68,12 @@ def _struct(item: dict, struct: pa.StructType) -> dict:
 
 
 def _feature(f: pa.Field) -> dict:
-    """One field as the card's YAML declares it: a value, or a list of structs (word timestamps)."""
+    """One field as the card's YAML declares it: a value, a list of values (the speaker embedding) or a
+    list of structs (word timestamps)."""
     if pa.types.is_list(f.type) and pa.types.is_struct(f.type.value_type):
         return {"name": f.name, "list": [_feature(g) for g in f.type.value_type]}
+    if pa.types.is_list(f.type):  # a vector (the speaker embedding)
+        return {"name": f.name, "list": _DTYPES[f.type.value_type]}
     return {"name": f.name, "dtype": _DTYPES[f.type]}
 
 

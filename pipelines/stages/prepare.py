@@ -17,6 +17,7 @@ from pipelines.metrics.signal import audio_hash, clipping_ratio
 from pipelines.records import PreparedSegment, PreparedUnit, SourceFile
 from pipelines.stages.audio import ASR_RATE, DecodeError, Resampler, Waveform, decode, encode, peak_normalize
 from pipelines.stages.references import References
+from pipelines.stages.speakers import SpeakerSplitter, SpeakerTurn
 from pipelines.stages.vad import Segmenter, Span
 from pipelines.state.journal import SEGMENTED, PrepJournal, scores_name
 from schemas.config import JobConfig
@@ -35,6 +36,7 @@ class Preparer:
         self.segment = Segmenter(config.vad)
         self.quality = QualityScorer(config.quality) if config.quality.enabled else None
         self.references = References(config.discover)
+        self.speakers = SpeakerSplitter(config.speakers) if config.speakers.enabled else None
 
     def setup(self) -> None:
         self.segment.setup()
@@ -182,6 +184,11 @@ class Preparer:
         if not spans:
             part = Span(source.offset, source.offset + owned) if source.context else None
             out.rejects.append(reject_row(source, out.unit, "vad", "no speech found", part, duration=owned))
+        turns: list[Optional[SpeakerTurn]] = [None] * len(spans)
+        if self.speakers and spans:
+            with clock("speakers"):
+                turns = self.speakers(speech.samples, spans)
+                spans = [turn.span for turn in turns]
         with clock("encode"):
             encoded = [self._encode(source, target, span, base) for span in spans]
         gains = [self._gain(_cut(target, span)) for span in spans]
@@ -190,6 +197,9 @@ class Preparer:
                 for seg, span in zip(encoded, spans):
                     seg.scores = {"clipping": round(clipping_ratio(_cut(wave, span)), 6),
                                   "audio_hash": audio_hash(seg.audio)}
+        for seg, turn in zip(encoded, turns):
+            if turn is not None:
+                seg.scores.update(speaker_scores(source, turn))
         out.segments.extend(encoded)
         # scaled as the stored audio was (peak_normalize): the scores and the transcript describe what
         # the shard holds, not the level it came in at
@@ -238,6 +248,14 @@ def score_chunks(audios: list[np.ndarray]) -> list[tuple[int, int]]:
     if first < len(audios):
         chunks.append((first, len(audios)))
     return chunks
+
+
+def speaker_scores(source: SourceFile, turn: SpeakerTurn) -> dict:
+    """A segment's speaker columns. Ids are per recording (`<source_id>/spkN`); the speakers of an excerpt
+    of a long file are its own (`<source_id>@<offset s>/spkN`), as excerpts are clustered apart."""
+    recording = f"{source.id}@{source.offset:g}" if source.limit else source.id
+    return {"speaker": f"{recording}/spk{turn.speaker}", "speaker_purity": turn.purity,
+            "speaker_embedding": [float(v) for v in turn.embedding.astype(np.float16)]}
 
 
 def _scaled(samples: np.ndarray, gain: float) -> np.ndarray:

@@ -18,7 +18,7 @@ from pipelines.state.lease import PREFIX as LEASE_PREFIX
 from pipelines.state.ledger import Ledger
 from pipelines.state.ledger import totals as ledger_totals
 from pipelines.state.units import WorkUnit, extend_units, unit_from_json, unit_to_json
-from schemas.config import JobConfig, ShardConfig
+from schemas.config import JobConfig, ShardConfig, SpeakersConfig
 
 OUTPUT_FOLDERS = (*FOLDERS, "index", "rejects", "_ledger")
 # Settings added after outputs were made, with the value every earlier output was made with: left
@@ -29,7 +29,8 @@ LATER_DEFAULTS = {("shards", "format"): DEFAULT_FORMAT, ("asr", "backend"): "fas
                   ("discover", "reference_extensions"): ["normalized.txt", "txt", "lab"],
                   ("discover", "reference_manifest"): None, ("discover", "reference_path_column"): "audio_filepath",
                   ("discover", "reference_text_column"): "text", ("quality", "max_wer"): None,
-                  ("quality", "max_cer"): None}
+                  ("quality", "max_cer"): None, ("quality", "min_speaker_purity"): None,
+                  **{("speakers", key): value for key, value in SpeakersConfig().model_dump(mode="json").items()}}
 
 
 class ConfigChanged(ValueError):
@@ -43,7 +44,7 @@ def output_settings(config: JobConfig) -> dict:
     for (section, key), value in LATER_DEFAULTS.items():
         if data[section].get(key) == value:
             del data[section][key]
-    return data
+    return {section: values for section, values in data.items() if values != {}}  # a section added later, at its defaults
 
 
 def fingerprint(settings: dict) -> str:
