@@ -9,10 +9,12 @@ import sys
 import tempfile
 from datetime import datetime
 from pathlib import Path
-from typing import Optional, TextIO
+from typing import Literal, Optional, TextIO, get_args
 
 import typer
-from pydantic import ValidationError
+import yaml
+from pydantic import BaseModel, ValidationError
+from pydantic.fields import FieldInfo
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, ProgressColumn, Task, TextColumn, TimeRemainingColumn
@@ -34,11 +36,13 @@ from pipelines.plan.planning import (
     plan_job,
 )
 from pipelines.preflight import check_model, check_store
+from pipelines.progress import ProgressLines
 from pipelines.stages.discover import InputError
 from pipelines.state import jobstate
 from pipelines.state.compaction import compact_output
 from pipelines.state.lease import LeaseHeld, LeaseLost, OutputLease
-from schemas.config import load_job_config
+from pipelines.versions import versions
+from schemas.config import AsrConfig, AudioConfig, JobConfig, ShardConfig, load_job_config
 
 
 class _App(typer.Typer):
@@ -53,19 +57,42 @@ class _App(typer.Typer):
             sys.exit(1)
 
 
+# Plain help and errors (no rich markup): "[default: flac]" is printed, not read as a style tag,
+# and a usage error is one "Error: ..." line that a log or CI keeps whole.
 app = _App(add_completion=False, no_args_is_help=True, help="Raw speech in, WebDataset shards out.",
-           pretty_exceptions_enable=False)
+           pretty_exceptions_enable=False, rich_markup_mode=None)
 console = Console(stderr=True)
-INPUT_OPTION = typer.Option(None, "--input", "-i", help="fsspec URL, folder or glob of audio")
-CONFIG_OPTION = typer.Option(None, "--config", "-c", help="YAML job file")  # load_job_config says what is wrong
+INPUT_OPTION = typer.Option(None, "--input", "-i", metavar="URL", help="fsspec URL, folder or glob of audio")
+CONFIG_OPTION = typer.Option(None, "--config", "-c", metavar="PATH",
+                             help="YAML job file (every key: deploy/job.example.yaml)")  # load_job_config says what is wrong
+SET_OPTION = typer.Option([], "--set", metavar="KEY=VALUE",
+                          help="any job config key, e.g. audio.sample_rate=16000, asr.language=null, "
+                               "quality.languages='[en, de]' (repeatable; wins over --config, loses to the flags above)")
+AudioFormat = ShardConfig.model_fields["audio_format"].annotation  # Literal: the help and errors list its choices
+ExportFormat = Literal["lhotse", "nemo"]
 LOG_DIR_ENV = "VOXMILL_LOG_DIR"  # where the details of a failure go [~/.cache/voxmill/logs]
 KEEP_LOGS = 50  # older voxmill-*.log files there are deleted
 WAIT_FOREVER = 7 * 24 * 3600.0  # --wait: seconds to wait for another run's lease
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        sys.stdout.write(f"voxmill {versions()['voxmill']}\n")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="print the version and exit"),
+) -> None:
     """voxmill: raw speech collections to training-ready WebDataset shards."""
+
+
+def _default(model: type[BaseModel], field: str, unset: str = "unset") -> str:
+    """`[default: X]` of a config field, read from the model, so the help never drifts from it."""
+    value = model.model_fields[field].default
+    return f"[default: {unset if value is None else value}]"
 
 
 class _HoursColumn(ProgressColumn):
@@ -79,12 +106,17 @@ class _HoursColumn(ProgressColumn):
 @app.command()
 def run(
     input: Optional[str] = INPUT_OPTION,
-    output: Optional[str] = typer.Option(None, "--output", "-o", help="fsspec URL of the output root"),
+    output: Optional[str] = typer.Option(None, "--output", "-o", metavar="URL", help="fsspec URL of the output root"),
     config: Optional[Path] = CONFIG_OPTION,
-    sample_rate: Optional[int] = typer.Option(None, help="output sample rate [24000]"),
-    model: Optional[str] = typer.Option(None, help="faster-whisper model name or path [bundled tiny.en]"),
-    language: Optional[str] = typer.Option(None, help="language code; unset = auto-detect"),
-    audio_format: Optional[str] = typer.Option(None, help="flac or wav in the shards [flac]"),
+    settings: list[str] = SET_OPTION,
+    sample_rate: Optional[int] = typer.Option(None, metavar="HZ",
+                                              help=f"output sample rate {_default(AudioConfig, 'sample_rate')}"),
+    model: Optional[str] = typer.Option(None, metavar="MODEL", help="faster-whisper model name or path "
+                                        + _default(AsrConfig, "model", "bundled tiny.en")),
+    language: Optional[str] = typer.Option(None, metavar="LANG",
+                                           help=f"language code {_default(AsrConfig, 'language', 'auto-detect')}"),
+    audio_format: Optional[AudioFormat] = typer.Option(
+        None, help=f"audio in the shards {_default(ShardConfig, 'audio_format')}"),
     json_out: bool = typer.Option(False, "--json", help="print the summary as JSON on stdout"),
     skip_plan: bool = typer.Option(False, "--no-plan", help="start without estimating first"),
     restart: bool = typer.Option(False, "--restart", help="delete what voxmill wrote in OUTPUT, start over"),
@@ -99,7 +131,7 @@ def run(
     _setup_logging()
     overrides = {"audio.sample_rate": sample_rate, "asr.model": model, "asr.language": language,
                  "shards.audio_format": audio_format, "engine.lease_wait_seconds": WAIT_FOREVER if wait else None}
-    job = _job_config(input, output, config, overrides)
+    job = _job_config(input, output, config, overrides, settings)
     stdout = _json_stdout() if json_out else sys.stdout
     try:
         if restart:  # deletes only after the input is listed and the output proved writable (run_job)
@@ -133,8 +165,8 @@ def run(
 
 @app.command()
 def compact(
-    output: str = typer.Argument(..., help="fsspec URL of a voxmill output"),
-    wait: float = typer.Option(0.0, "--wait", help="seconds to wait for a run that holds the output"),
+    output: str = typer.Argument(..., metavar="OUTPUT", help="fsspec URL of a voxmill output"),
+    wait: float = typer.Option(0.0, "--wait", metavar="SECONDS", help="seconds to wait for a run that holds the output"),
 ) -> None:
     """Fold OUTPUT's per-unit ledger records, index and rejects parts into a few files (runs do it
     themselves past engine.compact_min_units); readers keep working while it runs."""
@@ -152,7 +184,7 @@ def compact(
 
 @app.command()
 def status(
-    output: str = typer.Argument(..., help="fsspec URL of a voxmill output"),
+    output: str = typer.Argument(..., metavar="OUTPUT", help="fsspec URL of a voxmill output"),
     json_out: bool = typer.Option(False, "--json", help="machine-readable status on stdout"),
 ) -> None:
     """Done, pending and rejected units and hours of OUTPUT; exit 0 only when it is complete."""
@@ -178,10 +210,10 @@ def status(
 
 @app.command()
 def inspect(
-    output: str = typer.Argument(..., help="fsspec URL of a voxmill output"),
+    output: str = typer.Argument(..., metavar="OUTPUT", help="fsspec URL of a voxmill output"),
     json_out: bool = typer.Option(False, "--json", help="the summary as JSON on stdout"),
     no_report: bool = typer.Option(False, "--no-report", help="print only; write nothing into OUTPUT/report/"),
-    samples: int = typer.Option(20, help="sample rows (with playable audio) on the report page"),
+    samples: int = typer.Option(20, metavar="N", help="sample rows (with playable audio) on the report page"),
 ) -> None:
     """Hours kept and dropped (by reason), samples, shards, sources, languages and score percentiles
     of OUTPUT; writes OUTPUT/report/ (plots and a page that plays samples) unless --no-report."""
@@ -223,13 +255,13 @@ def _print_dataset(summary: report.DatasetSummary) -> None:
 
 @app.command()
 def backfill(
-    output: str = typer.Option(..., "--output", "-o", help="root: each prefix goes to OUTPUT/<its last path part>"),
-    prefix: Optional[list[str]] = typer.Option(None, "--prefix", help="an input prefix (repeatable)"),
-    pattern: Optional[str] = typer.Option(None, help="input URL with {date}, e.g. 's3://b/raw/{date}/'"),
-    date_from: Optional[str] = typer.Option(None, "--from", help="first date (YYYY-MM-DD) for --pattern"),
-    date_to: Optional[str] = typer.Option(None, "--to", help="last date (inclusive) for --pattern"),
+    output: str = typer.Option(..., "--output", "-o", metavar="URL", help="root: each prefix goes to OUTPUT/<its last path part>"),
+    prefix: Optional[list[str]] = typer.Option(None, "--prefix", metavar="URL", help="an input prefix (repeatable)"),
+    pattern: Optional[str] = typer.Option(None, metavar="URL", help="input URL with {date}, e.g. 's3://b/raw/{date}/'"),
+    date_from: Optional[str] = typer.Option(None, "--from", metavar="DATE", help="first date (YYYY-MM-DD) for --pattern"),
+    date_to: Optional[str] = typer.Option(None, "--to", metavar="DATE", help="last date (inclusive) for --pattern"),
     config: Optional[Path] = CONFIG_OPTION,
-    concurrency: int = typer.Option(1, help="prefixes in flight at once (each is its own flow run)"),
+    concurrency: int = typer.Option(1, metavar="N", help="prefixes in flight at once (each is its own flow run)"),
     json_out: bool = typer.Option(False, "--json", help="per-prefix results as JSON on stdout"),
 ) -> None:
     """Run many prefixes (or days) as Prefect flow runs; a rerun skips the complete ones."""
@@ -273,16 +305,77 @@ def _print_error(err: BaseException, prefix: str = "", message: Optional[str] = 
                   f"[dim](details: {escape(str(log_path()))})[/dim]", soft_wrap=True)
 
 
-def _job_config(input, output, config, overrides):
+def _job_config(input, output, config, overrides, settings: tuple[str, ...] = ()) -> JobConfig:
+    """The job config from --config, then --set, then the named flags; what is wrong with it is one
+    line naming each key, never a pydantic dump."""
     try:
-        return load_job_config(input, output, str(config) if config else None, overrides)
-    except ValidationError as err:  # every field on the same line: "asr.beam_size: Input should be > 0"
-        fields = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'job'}: {e['msg']}" for e in err.errors())
-        _print_error(err, "invalid job config: ", fields)
+        merged = {**parse_settings(settings), **{k: v for k, v in overrides.items() if v is not None}}
+        return load_job_config(input, output, str(config) if config else None, merged)
+    except ValidationError as err:  # every field on the same line: "asr.beam_size: must be >= 1 (got 0)"
+        _print_error(err, "invalid job config: ", "; ".join(map(config_error, err.errors())))
         raise typer.Exit(2)
-    except ValueError as err:  # the job file: missing, a folder, not YAML
+    except ValueError as err:  # the job file (missing, a folder, not YAML) or a --set
         _print_error(err, "invalid job config: ", str(err))
         raise typer.Exit(2)
+
+
+def config_field(key: str) -> FieldInfo:
+    """The JobConfig field a dotted key names; a ValueError naming the keys there when it names none."""
+    model: type[BaseModel] = JobConfig
+    parts = key.split(".")
+    for depth, part in enumerate(parts):
+        where = ".".join(parts[:depth])
+        if part not in model.model_fields:
+            raise ValueError(f"{key}: no such key; {where or 'the job'} has {', '.join(model.model_fields)}")
+        field = model.model_fields[part]
+        section = field.annotation if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel) \
+            else None
+        last = depth == len(parts) - 1
+        if section is not None and last:
+            raise ValueError(f"{key} is a section: set one of its keys ({', '.join(section.model_fields)})")
+        if section is None and not last:
+            raise ValueError(f"{key}: no such key; {'.'.join(parts[:depth + 1])} is a value, not a section")
+        model = section or model
+    return field
+
+
+def parse_settings(pairs: tuple[str, ...] | list[str]) -> dict[str, object]:
+    """`--set KEY=VALUE` pairs as load_job_config overrides. A value is YAML (16000, 0.95, null, [en, de]),
+    except that a text field keeps the text as typed (`asr.language=no` is Norwegian, not false)."""
+    found: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ValueError(f"--set {pair!r}: expected KEY=VALUE, e.g. audio.sample_rate=16000")
+        field = config_field(key)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as err:
+            raise ValueError(f"--set {key}: cannot read {raw!r} as a value: {str(err).splitlines()[0]}") from err
+        if isinstance(value, (bool, int, float)) and str in get_args(field.annotation) + (field.annotation,):
+            value = raw.strip()
+        found[key] = value
+    return found
+
+
+def config_error(error: dict) -> str:
+    """One pydantic error as `key: what is wrong (got X)`, with the choices or keys where there are some."""
+    key = ".".join(map(str, error["loc"]))
+    kind, given = error["type"], error.get("input")
+    if kind == "missing" and key in ("input", "output"):
+        return f"--{key} is required (or {key}: in the --config file)"
+    if kind == "extra_forbidden":
+        try:
+            config_field(key)
+        except ValueError as err:
+            return str(err)
+    if kind == "literal_error":
+        return f"{key}: {given!r} is not one of {error['ctx']['expected']}"
+    message = error["msg"].removeprefix("Value error, ")
+    if isinstance(given, (str, int, float, bool)) or given is None:
+        message += f" (got {given!r})"
+    return message if key and message.startswith(key + ".") else f"{key or 'job'}: {message}"
 
 
 def log_path() -> Path:
@@ -350,12 +443,14 @@ def _setup_logging() -> None:
 def plan(
     input: Optional[str] = INPUT_OPTION,
     config: Optional[Path] = CONFIG_OPTION,
-    manifest: Optional[Path] = typer.Option(None, help="plan from a saved manifest (Parquet) instead"),
-    gpus: Optional[int] = typer.Option(None, help="what-if: GPUs [the profiled machine's]"),
-    cpus: Optional[int] = typer.Option(None, help="what-if: CPU cores [the profiled machine's]"),
-    deadline: Optional[str] = typer.Option(None, help="smallest resources finishing within, e.g. 24h"),
-    profile: Optional[str] = typer.Option(None, help="hardware profile name or JSON [calibrate here]"),
-    recalibrate: bool = typer.Option(False, help="measure this machine again"),
+    settings: list[str] = SET_OPTION,
+    manifest: Optional[Path] = typer.Option(None, metavar="PATH", help="plan from a saved manifest (Parquet) instead"),
+    gpus: Optional[int] = typer.Option(None, metavar="N", help="what-if: GPUs [default: the profiled machine's]"),
+    cpus: Optional[int] = typer.Option(None, metavar="N", help="what-if: CPU cores [default: the profiled machine's]"),
+    deadline: Optional[str] = typer.Option(None, metavar="DURATION", help="smallest resources finishing within, e.g. 24h"),
+    profile: Optional[str] = typer.Option(None, metavar="NAME|PATH",
+                                          help="hardware profile name or JSON [default: calibrate here]"),
+    recalibrate: bool = typer.Option(False, "--recalibrate", help="measure this machine again"),
     history_view: bool = typer.Option(False, "--history", help="show estimate vs actual of past runs"),
     json_out: bool = typer.Option(False, "--json", help="machine-readable plan on stdout"),
 ) -> None:
@@ -363,7 +458,7 @@ def plan(
     _setup_logging()
     source = input or (str(manifest) if manifest else None) or ("history-only" if history_view else None)
     job = _job_config(source, "plan-only", config,  # --history needs no input, only plan.history_path
-                      {"plan.profile": profile})
+                      {"plan.profile": profile}, settings)
     if history_view:
         _print_history(history.read(job.plan.history_path))
         return
@@ -425,6 +520,11 @@ def _print_history(records: list[dict]) -> None:
 
 
 def _run_with_progress(job, manifest=None, plan=None, restart: bool = False) -> dict:
+    """A bar on a terminal; elsewhere (RayJob, kubectl logs, nohup, CI) a plain line every
+    engine.progress_seconds, which a log keeps and a bar would not draw until the end."""
+    if not console.is_terminal:
+        with ProgressLines(_stderr_line, job.engine.progress_seconds) as lines:
+            return run_job(job, progress=lines, manifest=manifest, plan=plan, restart=restart)
     columns = [TextColumn("[bold]voxmill"), BarColumn(), _HoursColumn(), TextColumn("ETA"), TimeRemainingColumn()]
     with Progress(*columns, console=console, transient=False) as bar:
         task = bar.add_task("audio", total=None)
@@ -433,6 +533,11 @@ def _run_with_progress(job, manifest=None, plan=None, restart: bool = False) -> 
             bar.update(task, completed=done, total=total or 1)
 
         return run_job(job, progress=on_progress, manifest=manifest, plan=plan, restart=restart)
+
+
+def _stderr_line(text: str) -> None:
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()  # a pipe buffers: the line must reach the log now, not at exit
 
 
 def _print_summary(summary: dict, output: str) -> None:
@@ -477,10 +582,11 @@ def _print_failures(summary: dict) -> None:
 
 @app.command()
 def refilter(
-    output: str = typer.Argument(..., help="fsspec URL of a voxmill output"),
-    settings: list[str] = typer.Option(..., "--set", help="quality.FIELD=VALUE, e.g. quality.min_dnsmos_ovrl=3.0 "
+    output: str = typer.Argument(..., metavar="OUTPUT", help="fsspec URL of a voxmill output"),
+    settings: list[str] = typer.Option(..., "--set", metavar="KEY=VALUE", help="quality.FIELD=VALUE, e.g. quality.min_dnsmos_ovrl=3.0 "
                                                           "or quality.max_clipping=null (repeatable)"),
-    new_output: Optional[str] = typer.Option(None, "--output", "-o", help="where to write [OUTPUT/v2, v3, ...]"),
+    new_output: Optional[str] = typer.Option(None, "--output", "-o", metavar="URL",
+                                              help="where to write [default: OUTPUT/v2, v3, ...]"),
     json_out: bool = typer.Option(False, "--json", help="the summary as JSON on stdout"),
 ) -> None:
     """Apply other quality thresholds to OUTPUT without running ASR again: writes a new output (OUTPUT/vN or
@@ -514,10 +620,10 @@ def refilter(
 
 @app.command()
 def export(
-    output: str = typer.Argument(..., help="fsspec URL of a voxmill output"),
-    to: str = typer.Option(..., "--to", help="lhotse (Lhotse Shar: CutSet.from_shar) or nemo (manifest + audio files)"),
-    dest: Optional[str] = typer.Option(None, "--dest", help="where to write [OUTPUT/exports/<to>]"),
-    filters: list[str] = typer.Option([], "--filter", help="index filter: 'dnsmos_ovrl >= 3' (repeatable)"),
+    output: str = typer.Argument(..., metavar="OUTPUT", help="fsspec URL of a voxmill output"),
+    to: ExportFormat = typer.Option(..., "--to", help="lhotse (Lhotse Shar: CutSet.from_shar) or nemo (manifest + audio files)"),
+    dest: Optional[str] = typer.Option(None, "--dest", metavar="URL", help="where to write [default: OUTPUT/exports/<to>]"),
+    filters: list[str] = typer.Option([], "--filter", metavar="FILTER", help="index filter: 'dnsmos_ovrl >= 3' (repeatable)"),
     drop_duplicates: bool = typer.Option(False, "--drop-duplicates", help="audio copied across units: keep one"),
     json_out: bool = typer.Option(False, "--json", help="what was written, as JSON on stdout"),
 ) -> None:

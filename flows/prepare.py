@@ -17,6 +17,7 @@ from pipelines.io import storage
 from pipelines.job import run_job
 from pipelines.plan.planning import LimitExceeded, check_limits, plan_job
 from pipelines.preflight import check_model, check_store
+from pipelines.progress import ProgressLines
 from pipelines.stages.discover import Discover, InputError, manifest_hours
 from pipelines.state import jobstate
 from schemas.config import JobConfig, load_job_config
@@ -79,18 +80,10 @@ def plan_markdown(plan: JobPlan) -> str:
 
 @task(retries=1, retry_delay_seconds=[30], retry_condition_fn=transient, cache_policy=NO_CACHE)
 def run_units(config: JobConfig, manifest: pa.Table, plan: Optional[dict] = None) -> dict:
-    logger = get_run_logger()
-    milestones = iter(range(10, 101, 10))
-    next_pct = [next(milestones)]
-
-    def report(done: float, total: float, units_done: int, units_total: int) -> None:
-        pct = 100 * done / total if total else 100
-        while next_pct[0] is not None and pct >= next_pct[0]:
-            logger.info("%d%%: %d/%d units, %.3f/%.3f h", next_pct[0], units_done, units_total,
-                        done / 3600, total / 3600)
-            next_pct[0] = next(milestones, None)
-
-    return run_job(config, progress=report, manifest=manifest, plan=plan)
+    """The job, with a progress line (hours, x realtime, ETA) in the run log every
+    engine.progress_seconds while it runs: the UI shows it live, not only at the end."""
+    with ProgressLines(get_run_logger().info, config.engine.progress_seconds) as progress:
+        return run_job(config, progress=progress, manifest=manifest, plan=plan)
 
 
 def summary_markdown(summary: dict) -> str:

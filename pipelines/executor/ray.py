@@ -7,6 +7,7 @@ however large the input is. The loop around the run (lease, failures, progress) 
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -47,8 +48,33 @@ def connect_ray(config: EngineConfig) -> None:
     forward = os.environ.get("VOXMILL_RAY_WORKER_LOGS", "").lower() in ("1", "true", "yes")
     if not address:
         _watch_local_ray()  # before ray.init: a kill during start-up is covered too
-    ray.init(address=address or None, include_dashboard=False, logging_level=logging.WARNING,
-             configure_logging=False, ignore_reinit_error=True, log_to_driver=forward)
+    with _token_notice_to_log(local=not address):
+        ray.init(address=address or None, include_dashboard=False, logging_level=logging.WARNING,
+                 configure_logging=False, ignore_reinit_error=True, log_to_driver=forward)
+
+
+_TOKEN_NOTICE = "Token authentication is enabled for this Ray cluster"  # Ray's words (2.60)
+
+
+@contextlib.contextmanager
+def _token_notice_to_log(local: bool) -> Iterator[None]:
+    """A new local Ray turns token authentication on and says so in a WARNING on every run (on the
+    terminal, through logging's last resort). For the local Ray voxmill starts itself that says
+    nothing a user must act on: the notice goes to the log file instead. A cluster's stays as is."""
+    notices = logging.getLogger("ray._private.authentication.authentication_token_setup")
+
+    def to_log(record: logging.LogRecord) -> bool:
+        if not record.getMessage().startswith(_TOKEN_NOTICE):
+            return True
+        log.info("local Ray: %s", record.getMessage())
+        return False
+
+    if local:
+        notices.addFilter(to_log)
+    try:
+        yield
+    finally:
+        notices.removeFilter(to_log)
 
 
 _RAY_WATCHDOG = r"""

@@ -2,15 +2,23 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import subprocess
 import sys
 import tarfile
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
+import yaml
+from typer.main import get_command
+from typer.testing import CliRunner
 
-from tests.fakes import FAKE_ASR, FAKE_ASR_ENV
+from flows import cli
+from schemas.config import JobConfig
+from tests.fakes import FAKE_ASR, FAKE_ASR_ENV, ROOT
 
 VOXMILL = [sys.executable, "-m", "flows.cli"]
 FAKE = f"asr: {{backend: '{FAKE_ASR}'}}\n"  # the plan and the job run the fake ASR backend: the CLI is under test
@@ -36,6 +44,8 @@ def test_run_from_yaml_with_flag_override(clips, tmp_path):
     assert summary["counts"]["samples"] == 1 and summary["counts"]["rejects"] == 1
     assert summary["config"]["audio"]["sample_rate"] == 22050
     assert "voxmill plan" in done.stderr and "wall time" in done.stderr  # printed before the job
+    assert "progress: " in done.stderr and "ETA done" in done.stderr  # stderr is a pipe here: lines, not a bar
+    assert "Token authentication" not in done.stderr  # the local Ray's notice went to the log file
     assert summary["plan"]["input"]["files"] == 2
     state = _run("status", str(tmp_path / "out"), "--json")
     assert state.returncode == 0 and json.loads(state.stdout)["complete"] is True
@@ -92,3 +102,120 @@ def test_plan_history_as_the_readme_shows_it(tmp_path, monkeypatch):
     shown = CliRunner().invoke(cli.app, ["plan", "--history"])
     assert shown.exit_code == 0, shown.output
     assert "estimate vs actual" in shown.output and "/data/out" in shown.output and "+10%" in shown.output
+
+
+# --- in process (typer's CliRunner): stderr is no terminal there, as in a RayJob or under nohup ------------
+
+@pytest.fixture
+def invoke(tmp_path, monkeypatch):
+    """`voxmill ARGS...` in this process; the log file in tmp_path, the logging handlers a run adds removed after."""
+    monkeypatch.setattr(cli, "_LOG_PATH", tmp_path / "voxmill.log")
+    root, voxmill = logging.getLogger(), logging.getLogger("voxmill")
+    saved = root.handlers[:], root.level, voxmill.level
+    yield lambda *args: CliRunner().invoke(cli.app, list(args), prog_name="voxmill")
+    root.handlers[:], (_, root.level, voxmill.level) = saved[0], saved
+
+
+def _error_line(result) -> str:
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.exit_code == 2 and lines, (result.exit_code, result.output)
+    return lines[-1]
+
+
+def test_version(invoke):
+    done = invoke("--version")
+    assert done.exit_code == 0 and done.stdout == f"voxmill {version('voxmill')}\n"
+
+
+def test_help_shows_defaults_choices_and_plain_metavars(invoke):
+    for name in ["", *get_command(cli.app).commands]:
+        shown = invoke(*([name] if name else []), "--help")
+        assert shown.exit_code == 0, shown.output
+        options = shown.stdout.partition("Options:")[2]  # an argument's line names it, then its type: "OUTPUT <str>"
+        assert options and not re.search(r"<(bool|str|int|float|list\[str\]|path)>", options), (name, shown.stdout)
+    text = " ".join(invoke("run", "--help").stdout.split())  # help wraps lines
+    for shown in ("--sample-rate HZ output sample rate [default: 24000]", "[default: bundled tiny.en]",
+                  "--audio-format <flac|wav> audio in the shards [default: flac]", "--set KEY=VALUE", "--json print"):
+        assert shown in text, (shown, text)
+    assert "--to <lhotse|nemo>" in invoke("export", "--help").stdout
+
+
+def test_bad_options_and_config_give_one_line_naming_the_key(invoke, tmp_path):
+    run = ("run", "--input", str(tmp_path), "--output", str(tmp_path / "out"))
+    mp3 = invoke(*run, "--audio-format", "mp3")
+    assert mp3.exit_code == 2 and re.search(r"Error: .*'--audio-format'.*'mp3' is not one of 'flac', 'wav'", mp3.stderr)
+    cases = {
+        ("run", "--input", str(tmp_path)): "invalid job config: --output is required (or output: in the --config file)",
+        (*run, "--set", "audio.sample_rat=16000"): "audio.sample_rat: no such key; audio has sample_rate, peak_normalize, "
+                                                   "resampler",
+        (*run, "--set", "audio.sample_rate=100"): "audio.sample_rate: Input should be greater than or equal to 8000 "
+                                                  "(got 100)",
+        (*run, "--set", "shards.audio_format=mp3"): "shards.audio_format: 'mp3' is not one of 'flac' or 'wav'",
+        (*run, "--set", "audio=16000"): "audio is a section: set one of its keys (sample_rate, peak_normalize, resampler)",
+        (*run, "--set", "audio.sample_rate.hz=1"): "audio.sample_rate.hz: no such key; audio.sample_rate is a value",
+        (*run, "--set", "sample_rate"): "--set 'sample_rate': expected KEY=VALUE",
+        (*run, "--set", "vad.min_seconds=25"): "vad.min_seconds must be below vad.max_seconds",
+        ("plan", "-i", str(tmp_path), "--set", "plan.gpu_hour_price=-1"):
+            "plan.gpu_hour_price: Input should be greater than or equal to 0 (got -1)",
+    }
+    for args, message in cases.items():
+        line = _error_line(invoke(*args))
+        assert message in line and "(details: " in line, (args, line)
+    job = tmp_path / "job.yaml"
+    job.write_text(f"input: {tmp_path}\noutput: {tmp_path / 'out'}\nasr: {{langauge: en}}\n")
+    line = _error_line(invoke("run", "--config", str(job)))
+    assert "asr.langauge: no such key; asr has backend, model, language," in line and "pydantic" not in line
+
+
+def test_set_values_are_yaml_but_text_stays_text():
+    assert cli.parse_settings(["audio.sample_rate=16000", "asr.language=no", "asr.model=null", "quality.languages=[en, de]",
+                               "audio.peak_normalize=0.95", "shards.keep_rejected_audio=false"]) == {
+        "audio.sample_rate": 16000, "asr.language": "no", "asr.model": None, "quality.languages": ["en", "de"],
+        "audio.peak_normalize": 0.95, "shards.keep_rejected_audio": False}
+
+
+def test_run_prints_progress_lines_and_takes_set(invoke, clips, local_ray, tmp_path):
+    source, output = tmp_path / "in", tmp_path / "out"
+    source.mkdir()
+    for name in ("ES2011a.Headset-0-40s-46s.wav", "LJ002-0020.wav"):  # 6 s, 1.5 s: a unit each
+        (source / name).write_bytes((clips / name).read_bytes())
+    done = invoke("run", "-i", str(source), "-o", str(output), "--no-plan", "--set", f"asr.backend={FAKE_ASR}",
+                  "--set", "engine.unit_minutes=0.1", "--set", "engine.progress_seconds=0.2", "--set",
+                  "quality.enabled=false", "--set", "shards.audio_format=wav", "--set", "audio.sample_rate=16000",
+                  "--sample-rate", "22050")
+    assert done.exit_code == 0, done.output
+    summary = json.loads((output / "summary.json").read_text())
+    config = summary["config"]
+    assert config["engine"]["progress_seconds"] == 0.2 and config["quality"]["enabled"] is False
+    assert config["shards"]["audio_format"] == "wav" and {p.suffix for p in (output / "shards").iterdir()} == {".tar"}
+    assert config["audio"]["sample_rate"] == 22050  # a named flag wins over --set
+    lines = [line for line in done.stderr.splitlines() if line.startswith("progress: ")]
+    assert summary["counts"]["units"] == 2 and lines, done.stderr
+    hours = f"{summary['manifest_hours']:.3f}"
+    assert re.fullmatch(rf"progress: 0\.000/{hours} h \(0%\), 0/2 units, 0\.0x realtime, elapsed 0:00:00, "
+                        r"ETA unknown \(no unit finished yet\)", lines[0]), lines[0]
+    assert re.fullmatch(rf"progress: {hours}/{hours} h \(100%\), 2/2 units, [\d.]+x realtime, elapsed \d:\d\d:\d\d, "
+                        r"ETA done", lines[-1]), lines[-1]
+
+
+def test_job_example_is_the_cli_defaults():
+    """deploy/job.example.yaml (the Prefect deployments' job file) holds every key; a value that is not
+    the default says `not the default (X)` on its line, so a Prefect run and a bare `voxmill run` never
+    differ silently."""
+    path = ROOT / "deploy" / "job.example.yaml"
+    example = JobConfig.model_validate(yaml.safe_load(path.read_text())).model_dump(mode="json")
+    default = JobConfig(input=example["input"], output=example["output"]).model_dump(mode="json")
+    comments, section = {}, None
+    for line in path.read_text().splitlines():
+        if found := re.match(r"^(\w+):", line):
+            section = found.group(1)
+        elif found := re.match(r"^  (\w+):[^#]*(#.*)?$", line):
+            comments[f"{section}.{found.group(1)}"] = found.group(2) or ""
+    keys = {f"{s}.{k}" for s, fields in default.items() if isinstance(fields, dict) for k in fields}
+    assert keys - set(comments) == set(), "keys missing from the example"
+    for key in sorted(keys):
+        section, name = key.split(".")
+        ours, theirs = example[section][name], default[section][name]
+        if ours != theirs:
+            said = yaml.safe_dump(theirs, default_flow_style=True).strip().removesuffix("...").strip()
+            assert f"not the default ({said})" in comments[key], (key, ours, theirs, comments[key])

@@ -7,8 +7,9 @@ import json
 import pyarrow.dataset as ds
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-from prefect.client.schemas.sorting import ArtifactSort
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, LogFilter, LogFilterFlowRunId
+from prefect.client.schemas.sorting import ArtifactSort, LogSort
+from prefect.logging.handlers import APILogWorker
 
 from flows.prepare import prepare_corpus
 from tests.fakes import OVERRIDES as FAKE_ASR
@@ -24,6 +25,12 @@ async def _artifact_markdown(key: str) -> str:
     return found[0].data
 
 
+async def _logs(flow_run_id) -> list:
+    async with get_client() as client:
+        return await client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])),
+                                      sort=LogSort.TIMESTAMP_ASC)
+
+
 def _plan_overrides(tmp_path) -> dict:
     """Plan files under tmp_path, and the fake ASR backend (calibration and job): the flow is under test."""
     return {**FAKE_ASR, "plan.profiles_dir": str(tmp_path / "profiles"), "plan.history_path": str(tmp_path / "history.jsonl")}
@@ -32,7 +39,7 @@ def _plan_overrides(tmp_path) -> dict:
 def test_flow_plans_runs_and_publishes(prefect_server, local_ray, clips, tmp_path):
     state = prepare_corpus(input=str(clips), output=str(tmp_path / "out"),
                            overrides={"engine.unit_minutes": 0.5, "audio.sample_rate": 16000,
-                                      **_plan_overrides(tmp_path)},
+                                      "engine.progress_seconds": 1, **_plan_overrides(tmp_path)},
                            return_state=True)
     assert state.is_completed()
     summary = state.result()
@@ -50,6 +57,11 @@ def test_flow_plans_runs_and_publishes(prefect_server, local_ray, clips, tmp_pat
     record = json.loads((tmp_path / "history.jsonl").read_text().splitlines()[-1])
     assert record["actual_wall_seconds"] == summary["wall_seconds"]
     assert record["predicted_wall_seconds"] == plan["wall_seconds"]
+    APILogWorker.drain_all(timeout=5)  # the run logs still queued in this process
+    progress = [log for log in asyncio.run(_logs(state.state_details.flow_run_id)) if log.message.startswith("progress: ")]
+    assert len(progress) >= 2 and progress[-1].message.endswith("ETA done"), [log.message for log in progress]
+    # live: a line every engine.progress_seconds while the job ran, not all at its end
+    assert (progress[-1].timestamp - progress[0].timestamp).total_seconds() >= 1, [log.timestamp for log in progress]
 
 
 def test_flow_stops_before_work_when_the_plan_breaks_a_limit(prepare_limits):
