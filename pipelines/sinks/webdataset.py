@@ -7,18 +7,20 @@ same layout, never in a training shard.
 """
 from __future__ import annotations
 
+import re
 import tarfile
 from functools import lru_cache
 from typing import Collection, Iterable, Iterator, Optional
-
-import webdataset as wds
-from webdataset.tariterators import base_plus_ext, group_by_keys, tar_file_expander
 
 from pipelines.io import storage
 from pipelines.sinks.base import TRAINING, Sample
 from schemas.config import ShardConfig
 
 TAR_OVERHEAD = 3 * 512  # a tar header per member plus padding, roughly
+# A member's key and extension: the key ends at the first dot of the file name, as webdataset's readers
+# split it. Matched here because `import webdataset` imports torch (seconds and ~450 MB), which random
+# access (the report's clips, IndexedShards) does not need; writing and streaming import it when used.
+MEMBER_NAME = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
 
 
 def shard_name(unit: int, part: int, folder: str = TRAINING) -> str:
@@ -45,6 +47,8 @@ class WebDatasetSink:
         self.members = lru_cache(maxsize=self.CACHED_SHARDS)(self._read_members)
 
     def write(self, unit: int, samples: Iterable[Sample], folder: str = TRAINING) -> list[tuple[str, str]]:
+        import webdataset as wds
+
         placed: list[tuple[str, str]] = []
         for part, group in enumerate(self._groups(samples)):
             name = shard_name(unit, part, folder)
@@ -68,6 +72,8 @@ class WebDatasetSink:
     def _stream(self, shard: str) -> Iterator[dict]:
         """webdataset's own tar expansion, so a sample splits into members exactly as webdataset's
         readers split it (the key ends at the name's first dot)."""
+        from webdataset.tariterators import group_by_keys, tar_file_expander
+
         with self.fs.open(f"{self.root}/{shard}", "rb") as stream:
             for sample in group_by_keys(tar_file_expander([{"url": shard, "stream": stream}])):
                 sample.pop("__url__", None)
@@ -88,9 +94,9 @@ class WebDatasetSink:
         members: dict[str, dict[str, tuple[int, int]]] = {}
         with self.fs.open(f"{self.root}/{shard}", "rb") as fh, tarfile.open(fileobj=fh, mode="r:") as tar:
             for info in tar:
-                key, ext = base_plus_ext(info.name)
-                if info.isreg() and key:
-                    members.setdefault(key, {})[ext] = (info.offset_data, info.size)
+                named = MEMBER_NAME.match(info.name)
+                if info.isreg() and named:
+                    members.setdefault(named.group(1), {})[named.group(2)] = (info.offset_data, info.size)
         return members
 
     def _groups(self, samples: Iterable[Sample]) -> Iterator[list[Sample]]:
