@@ -214,12 +214,16 @@ def inspect(
     json_out: bool = typer.Option(False, "--json", help="the summary as JSON on stdout"),
     no_report: bool = typer.Option(False, "--no-report", help="print only; write nothing into OUTPUT/report/"),
     samples: int = typer.Option(20, metavar="N", help="sample rows (with playable audio) on the report page"),
+    rejected: int = typer.Option(20, metavar="N", help="rejected samples (with their reason and audio, where "
+                                                       "rejected/ keeps it) on the report page"),
 ) -> None:
     """Hours kept and dropped (by reason), samples, shards, sources, languages and score percentiles
-    of OUTPUT; writes OUTPUT/report/ (plots and a page that plays samples) unless --no-report."""
+    of OUTPUT; writes OUTPUT/report/ (plots and a page that plays kept and rejected samples) unless
+    --no-report."""
     try:
         check_store(output, "output")
-        summary = report.gather(output, samples) if no_report else report.write_report(output, samples)
+        summary = (report.gather(output, samples, rejected=rejected) if no_report
+                   else report.write_report(output, samples, rejected))
     except (report.ReportError, StorageError) as err:
         _print_error(err)
         raise typer.Exit(2)
