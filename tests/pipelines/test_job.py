@@ -57,6 +57,65 @@ def test_transcripts_match_references(real_job):
     assert _norm(hyps["2412-153948-0000.flac"]).startswith("if the reader will excuse me")
 
 
+@pytest.mark.slow
+def test_references_beside_the_clips_are_kept_split_and_scored(real_job):
+    """Each clip's .txt (LibriSpeech-style) is its reference: a clip of one segment gets it whole, a clip
+    VAD cut in several gets it split by aligning to the ASR words (the shares join back into it), and
+    every segment is scored against its share; clips without a reference have none."""
+    config, _ = real_job
+    index = _index(config.output).to_pylist()
+    refs = references()
+    by_clip: dict[str, list[dict]] = {}
+    for row in sorted(index, key=lambda r: r["start"]):
+        by_clip.setdefault(Path(row["source_uri"]).name, []).append(row)
+    for name, rows in by_clip.items():
+        text = refs[name]["text"]
+        if text is None:
+            assert all(r["reference"] is None and r["wer"] is None and r["cer"] is None for r in rows), name
+            continue
+        assert " ".join(r["reference"] for r in rows) == text, name
+        for row in rows:
+            assert row["wer"] == pytest.approx(jiwer.wer(_norm(row["reference"]), _norm(row["text"])), abs=1e-3)
+    assert [r["reference"] for r in by_clip["jfk.flac"]] == [  # three segments: the reference split at the pauses
+        "AND SO MY FELLOW AMERICANS", "ASK NOT", "WHAT YOUR COUNTRY CAN DO FOR YOU ASK WHAT YOU CAN DO FOR YOUR COUNTRY"]
+    assert [r["reference"] for r in by_clip["2412-153948-0000.flac"]] == [refs["2412-153948-0000.flac"]["text"]]
+    assert max(r["wer"] for r in by_clip["2412-153948-0000.flac"] + by_clip["jfk.flac"]) < 0.2
+    sample = _shard_samples(config.output)[by_clip["jfk.flac"][0]["key"]]
+    assert json.loads(sample["json"])["reference"] == by_clip["jfk.flac"][0]["reference"]
+
+
+@pytest.mark.slow
+def test_word_timestamps_cover_each_transcript_in_order(real_job):
+    config, _ = real_job
+    samples = _shard_samples(config.output)
+    for row in _index(config.output).to_pylist():
+        words = row["words"]
+        assert _norm(" ".join(w["word"] for w in words)) == _norm(row["text"]), row["key"]
+        assert all(0 <= w["start"] <= w["end"] <= row["duration"] + 1e-3 and 0 < w["probability"] <= 1
+                   for w in words)
+        assert [w["start"] for w in words] == sorted(w["start"] for w in words)
+        stored = json.loads(samples[row["key"]]["json"])["words"]
+        assert [(w["word"], w["start"], w["end"]) for w in stored] == [
+            (w["word"], pytest.approx(w["start"], abs=1e-6), pytest.approx(w["end"], abs=1e-6)) for w in words]
+
+
+@pytest.mark.slow
+def test_a_wer_ceiling_drops_segments_with_the_reason_recorded(real_job, tmp_path):
+    """`quality.max_wer` on the real clips (by refilter, no second ASR): LJ002-0020's "In 1813." against
+    "IN EIGHTEEN THIRTEEN" (numbers are not spelled out) is dropped, with its metric, value and reason."""
+    from pipelines.io import tables
+    from pipelines.refilter import refilter
+
+    config, _ = real_job
+    refilter(config.output, {"max_wer": 0.5}, str(tmp_path / "strict"))
+    dropped = [r for r in tables.read_parts(str(tmp_path / "strict"), "rejects").to_pylist() if r["metric"] == "wer"]
+    assert dropped and all(r["value"] > 0.5 and r["reason"] == f"wer {r['value']:.3g} > 0.5" for r in dropped)
+    assert "LJ002-0020.wav" in {Path(r["source_uri"]).name for r in dropped}
+    assert all(r["reference"] and r["text"] for r in dropped)
+    kept = _index(str(tmp_path / "strict")).to_pylist()
+    assert kept and all(r["wer"] is None or r["wer"] <= 0.5 for r in kept)
+
+
 def test_test_tones_give_no_sample_but_a_reject(finished_job):
     config, _ = finished_job
     sources = {Path(u).name for u in _index(config.output).column("source_uri").to_pylist()}
