@@ -7,7 +7,8 @@ re-encode). Rejects are never exported: only index rows are, and they name `shar
 - **lhotse**: Lhotse Shar, one Shar shard per voxmill shard: `recording.NNNNNN.tar` (KEY.flac, the
   stored bytes, then KEY.json, the Recording manifest with a `shar` placeholder source, as lhotse's
   own `AudioTarWriter` writes it) and `cuts.NNNNNN.jsonl.gz` (a MonoCut per sample: one
-  SupervisionSegment with text, language, start 0 and the sample's duration, speaker None; the
+  SupervisionSegment with text, language, start 0 and the sample's duration, its speaker (null unless
+  speakers.enabled); the
   scores and the reference transcript as the supervision's custom fields, the word timestamps, when
   stored, as its `alignment["word"]`; the sample's origin as the cut's custom fields). Read it with
   `CutSet.from_shar(in_dir=DEST)`: every `cut.load_audio()` works while the cuts stream, local or on
@@ -81,8 +82,8 @@ def scores(row: dict) -> dict:
     """The row's metric columns but language, rounded as the metric declares (float32 noise out)."""
     found = {}
     for metric in METRICS:
-        if metric.name == "language" or metric.name not in row:
-            continue
+        if metric.name in ("language", "speaker", "speaker_embedding") or metric.name not in row:
+            continue  # language and speaker are the supervision's own fields; the embedding stays in the index
         value = row[metric.name]
         if isinstance(value, float):  # float32 in the index: its 7 significant digits, not float64's noise
             value = round(value, metric.digits) if metric.digits is not None else float(f"{value:.7g}")
@@ -170,7 +171,7 @@ class LhotseShar(_Writer):
                     custom = {**scores(row), "reference": row.get("reference")}
                     supervision = SupervisionSegment(
                         id=audio.key, recording_id=audio.key, start=0.0, duration=audio.duration, channel=channel,
-                        text=row.get("text"), language=row.get("language"), speaker=None, custom=custom,
+                        text=row.get("text"), language=row.get("language"), speaker=row.get("speaker"), custom=custom,
                         alignment=alignment)
                     cuts.append(MonoCut(id=audio.key, start=0.0, duration=audio.duration, channel=channel,
                                         recording=recording, supervisions=[supervision], custom=origin(row)))

@@ -73,7 +73,7 @@ def test_lhotse_shar_reads_back_with_lhotse(out, index, rejected):
         assert cut.sampling_rate == row["sample_rate"] and cut.duration == pytest.approx(row["duration"], abs=1e-3)
         assert cut.recording.num_samples == expected.size and cut.recording.load_audio().shape == audio.shape
         [sup] = cut.supervisions
-        assert (sup.text, sup.language, sup.speaker, sup.start) == (row["text"], row["language"], None, 0.0)
+        assert (sup.text, sup.language, sup.speaker, sup.start) == (row["text"], row["language"], row["speaker"], 0.0)
         assert sup.duration == cut.duration and sup.recording_id == cut.recording.id == cut.id
         assert sup.dnsmos_ovrl == pytest.approx(row["dnsmos_ovrl"], abs=1e-3) and sup.audio_hash == row["audio_hash"]
         assert "near_duplicate_of" in sup.custom and "language" not in sup.custom

@@ -10,7 +10,9 @@ import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 
+from pipelines.export import export
 from pipelines.job import run_job
+from pipelines.loader import read_index
 from pipelines.metrics.speaker import SpeakerEncoder
 from pipelines.stages.audio import ASR_RATE, Resampler, Waveform
 from pipelines.stages.speakers import SpeakerSplitter
@@ -115,5 +117,14 @@ def test_job_labels_samples_with_speakers(clips, local_ray, tmp_path):
     shard = sorted((tmp_path / "out").glob("shards/*.tar"))[0]
     with tarfile.open(shard) as tar:
         meta = [json.load(tar.extractfile(m)) for m in tar.getmembers() if m.name.endswith(".json")]
-    assert meta and all(m["speaker"] == rows[m["key"]]["speaker"] for m in meta if "key" in m)
-    assert all("speaker_purity" in m for m in meta)
+    assert meta and all("speaker_purity" in m and "speaker_embedding" not in m for m in meta)
+    assert {m["speaker"] for m in meta} <= {row["speaker"] for row in index}
+
+    # a trainer picks one speaker's samples with the loader's filter, and Lhotse supervisions carry it
+    one = sorted(by_source["two-readers.flac"])[1]
+    picked = read_index(str(tmp_path / "out"), f"speaker == '{one}'").to_pylist()
+    assert picked and {r["speaker"] for r in picked} == {one}
+    from lhotse import CutSet
+    dest = export(str(tmp_path / "out"), "lhotse", str(tmp_path / "shar"))["dest"]
+    speakers = {cut.id: cut.supervisions[0].speaker for cut in CutSet.from_shar(in_dir=dest)}
+    assert speakers == {row["key"]: row["speaker"] for row in index}
