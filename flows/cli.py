@@ -265,10 +265,12 @@ def backfill(
     date_from: Optional[str] = typer.Option(None, "--from", metavar="DATE", help="first date (YYYY-MM-DD) for --pattern"),
     date_to: Optional[str] = typer.Option(None, "--to", metavar="DATE", help="last date (inclusive) for --pattern"),
     config: Optional[Path] = CONFIG_OPTION,
+    settings: list[str] = SET_OPTION,
     concurrency: int = typer.Option(1, metavar="N", help="prefixes in flight at once (each is its own flow run)"),
     json_out: bool = typer.Option(False, "--json", help="per-prefix results as JSON on stdout"),
 ) -> None:
     """Run many prefixes (or days) as Prefect flow runs; a rerun skips the complete ones."""
+    _job_config("each prefix", output, config, {}, settings)  # a bad job file or --set: one line now, not N failed runs
     from flows.backfill import backfill_corpus  # Prefect loads only for this command
 
     _setup_logging()
@@ -276,7 +278,7 @@ def backfill(
     try:
         results = backfill_corpus(output=output, prefixes=prefix, pattern=pattern, date_from=date_from,
                                   date_to=date_to, config_path=str(config) if config else None,
-                                  concurrency=concurrency)
+                                  overrides=parse_settings(settings) or None, concurrency=concurrency)
     except (ValueError, RuntimeError) as err:
         _print_error(err)
         raise typer.Exit(1)
@@ -527,7 +529,8 @@ def _run_with_progress(job, manifest=None, plan=None, restart: bool = False) -> 
     """A bar on a terminal; elsewhere (RayJob, kubectl logs, nohup, CI) a plain line every
     engine.progress_seconds, which a log keeps and a bar would not draw until the end."""
     if not console.is_terminal:
-        with ProgressLines(_stderr_line, job.engine.progress_seconds) as lines:
+        planned = plan["wall_seconds"] if plan else None  # the ETA until a unit has finished
+        with ProgressLines(_stderr_line, job.engine.progress_seconds, planned) as lines:
             return run_job(job, progress=lines, manifest=manifest, plan=plan, restart=restart)
     columns = [TextColumn("[bold]voxmill"), BarColumn(), _HoursColumn(), TextColumn("ETA"), TimeRemainingColumn()]
     with Progress(*columns, console=console, transient=False) as bar:

@@ -82,7 +82,8 @@ def plan_markdown(plan: JobPlan) -> str:
 def run_units(config: JobConfig, manifest: pa.Table, plan: Optional[dict] = None) -> dict:
     """The job, with a progress line (hours, x realtime, ETA) in the run log every
     engine.progress_seconds while it runs: the UI shows it live, not only at the end."""
-    with ProgressLines(get_run_logger().info, config.engine.progress_seconds) as progress:
+    planned = plan["wall_seconds"] if plan else None  # the ETA until a unit has finished
+    with ProgressLines(get_run_logger().info, config.engine.progress_seconds, planned) as progress:
         return run_job(config, progress=progress, manifest=manifest, plan=plan)
 
 

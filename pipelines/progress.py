@@ -5,7 +5,8 @@
 finishes) and, while entered, a ticker thread that writes one line every `interval` seconds from
 the first call on: a long unit finishes rarely, but the log still says the job is alive, how far
 it is and when it should end. Speed counts only this run's audio (units resumed from an earlier
-run are done, not fast), so the ETA holds for a resumed job too.
+run are done, not fast), so the ETA holds for a resumed job too. Until a unit has finished there
+is no speed: the ETA is the plan's (`planned_seconds`, its wall time) less the time gone, if given.
 """
 from __future__ import annotations
 
@@ -23,9 +24,9 @@ def hms(seconds: float) -> str:
 class ProgressLines:
     """`with ProgressLines(print_line, 30) as progress: run_job(config, progress=progress)`."""
 
-    def __init__(self, write: Callable[[str], None], interval: float,
+    def __init__(self, write: Callable[[str], None], interval: float, planned_seconds: Optional[float] = None,
                  clock: Callable[[], float] = time.monotonic):
-        self.write, self.interval, self.clock = write, interval, clock
+        self.write, self.interval, self.planned, self.clock = write, interval, planned_seconds, clock
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._thread: Optional[threading.Thread] = None
@@ -53,8 +54,12 @@ class ProgressLines:
         share = done / total if total else 1.0
         if done >= total:
             eta = "done"
+        elif speed > 0:
+            eta = hms((total - done) / speed)
+        elif self.planned is not None:
+            eta = f"~{hms(self.planned - elapsed)} (the plan's; no unit finished yet)"
         else:
-            eta = hms((total - done) / speed) if speed > 0 else "unknown (no unit finished yet)"
+            eta = "unknown (no unit finished yet)"
         return (f"progress: {done / 3600:.3f}/{total / 3600:.3f} h ({share:.0%}), {units_done}/{units_total} units, "
                 f"{speed:.1f}x realtime, elapsed {hms(elapsed)}, ETA {eta}")
 

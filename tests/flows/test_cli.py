@@ -157,6 +157,8 @@ def test_bad_options_and_config_give_one_line_naming_the_key(invoke, tmp_path):
         (*run, "--set", "vad.min_seconds=25"): "vad.min_seconds must be below vad.max_seconds",
         ("plan", "-i", str(tmp_path), "--set", "plan.gpu_hour_price=-1"):
             "plan.gpu_hour_price: Input should be greater than or equal to 0 (got -1)",
+        ("backfill", "-o", str(tmp_path / "out"), "--prefix", str(tmp_path), "--set", "vad.pad_ms=-1"):
+            "vad.pad_ms: Input should be greater than or equal to 0 (got -1)",  # before any flow run
     }
     for args, message in cases.items():
         line = _error_line(invoke(*args))

@@ -31,6 +31,18 @@ def test_line_counts_this_runs_audio_and_gives_an_eta():
     assert progress.line().endswith("ETA done") and "(100%), 4/4 units" in progress.line()
 
 
+def test_before_the_first_unit_the_eta_is_the_plans():
+    clock, lines = Clock(), []
+    progress = ProgressLines(lines.append, interval=3600, planned_seconds=300.0, clock=clock)
+    progress(0.0, 3600.0, 0, 2)
+    clock.now += 120
+    assert progress.line().endswith("0.0x realtime, elapsed 0:02:00, ETA ~0:03:00 (the plan's; no unit finished yet)")
+    clock.now += 600  # later than planned: not below zero
+    assert progress.line().endswith("ETA ~0:00:00 (the plan's; no unit finished yet)")
+    progress(1800.0, 3600.0, 1, 2)  # measured from now on: 1800 s of audio in 720 s
+    assert progress.line().endswith("2.5x realtime, elapsed 0:12:00, ETA 0:12:00")
+
+
 def test_a_line_every_interval_and_the_last_on_exit():
     lines: list[str] = []
     with ProgressLines(lines.append, interval=0.05) as progress:
