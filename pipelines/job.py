@@ -16,12 +16,12 @@ from pipelines.plan.learn import learn_from_run
 from pipelines.preflight import check_model
 from pipelines.records import Resources
 from pipelines.sinks.card import write_card
-from pipelines.stages.discover import Discover, manifest_hours
+from pipelines.stages.discover import Discover, Discovery, manifest_hours
 from pipelines.stages.references import read_manifest
 from pipelines.state import jobstate, journal
 from pipelines.state.compaction import compact_if_due
 from pipelines.state.journal import journal_name
-from pipelines.state.lease import OutputLease
+from pipelines.state.lease import LeaseHeld, OutputLease
 from pipelines.state.ledger import Ledger
 from pipelines.state.units import WorkUnit
 from pipelines.versions import versions
@@ -30,7 +30,8 @@ from schemas.config import JobConfig
 log = logging.getLogger("voxmill")
 
 def run_job(config: JobConfig, progress: Optional[ProgressFn] = None,
-            manifest: Optional[pa.Table] = None, plan: Optional[dict] = None, restart: bool = False) -> dict:
+            manifest: Optional[pa.Table | Discovery] = None, plan: Optional[dict] = None,
+            restart: bool = False) -> dict:
     """The whole job; writes OUTPUT/summary.json (with the plan it started from) and returns it.
 
     The run holds the output's lease throughout (one writer per output). `restart` deletes what
@@ -38,13 +39,30 @@ def run_job(config: JobConfig, progress: Optional[ProgressFn] = None,
     started_at, clock = datetime.now(timezone.utc), time.perf_counter()
     executor = open_executor(config)  # an unknown engine.executor fails here, before any work
     read_manifest(config.discover)  # so does a reference manifest that cannot be read as configured
-    if manifest is None:
-        manifest = Discover(config.discover, exclude=config.output)(config.input)
+    storage.ensure_writable(config.output)  # the listing is written there
+    discover = Discover(config.discover, exclude=config.output)
+    if manifest is None:  # listed once: `voxmill run` hands over the plan's listing
+        manifest = discover.list(config.input, config.output)
     discover_seconds = time.perf_counter() - clock
-    storage.ensure_writable(config.output)
+    try:
+        return _leased(config, executor, manifest, discover, progress, plan, started_at, clock, discover_seconds,
+                       restart)
+    except LeaseHeld:
+        if isinstance(manifest, Discovery):
+            manifest.remove()  # refused: leave nothing behind
+        raise
+
+
+def _leased(config: JobConfig, executor: Executor, manifest: pa.Table | Discovery, discover: Discover,
+            progress: Optional[ProgressFn], plan: Optional[dict], started_at: datetime, clock: float,
+            discover_seconds: float, restart: bool) -> dict:
     with OutputLease(config.output, config.engine.lease_seconds, config.engine.lease_wait_seconds) as lease:
         if restart:
-            jobstate.clear(config.output)
+            jobstate.clear(config.output, keep=manifest.folder if isinstance(manifest, Discovery) else None)
+        if isinstance(manifest, Discovery) and (not manifest.probed or (restart and manifest.known)):
+            clock_probe = time.perf_counter()
+            discover.probe(manifest)  # under the lease: the units it drops are the ones this run keeps
+            discover_seconds += time.perf_counter() - clock_probe
         return _run_leased(config, executor, manifest, lease, progress, plan, started_at, clock, discover_seconds)
 
 
@@ -52,6 +70,8 @@ def _run_leased(config: JobConfig, executor: Executor, manifest: pa.Table, lease
                 progress: Optional[ProgressFn], plan: Optional[dict], started_at: datetime, clock: float,
                 discover_seconds: float) -> dict:
     units = jobstate.claim(config, manifest)  # earlier runs' units, then new files as new units
+    if isinstance(manifest, Discovery):
+        manifest.remove(others=True)  # its files are in units now (and a killed run's headers with them)
     ledger = Ledger(config.output)
     records = ledger.done()
     finished = {u.index: ledger.lookup(records, u.index, u.digest) for u in units}

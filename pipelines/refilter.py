@@ -36,6 +36,7 @@ from pipelines.sinks.base import open_sink
 from pipelines.sinks.card import write_card
 from pipelines.stages.commit import UnitCommitter, decide
 from pipelines.state import jobstate
+from pipelines.state import layout as layouts
 from pipelines.state.lease import OutputLease
 from pipelines.state.ledger import Ledger
 from pipelines.state.units import WorkUnit
@@ -271,10 +272,7 @@ def _claim(source: str, config: JobConfig, units: list[WorkUnit]) -> None:
     if clash:
         raise RefilterError(f"{config.output} holds other work units (unit {clash[0]} differs from {source}'s): "
                             "give a new --output")
-    for url in storage.list_files(storage.join(source, "_ledger"), ".json", prefix="layout-"):
-        copy = storage.join(config.output, "_ledger", url.rstrip("/").rsplit("/", 1)[-1])
-        if not storage.exists(copy):
-            storage.write_json(copy, storage.read_json(url))
+    layouts.copy(source, config.output)
     settings = jobstate.output_settings(config)
     storage.write_json(storage.join(config.output, "_ledger", "job.json"), {
         "fingerprint": jobstate.fingerprint(settings), "settings": settings, "units": len(units),

@@ -17,6 +17,41 @@ MANIFEST_SCHEMA = pa.schema(
     ]
 )
 
+# The input as listed, before any header is read: OUTPUT/_ledger/discovery-*/listing.parquet, in path order
+# (pipelines/stages/listing.py); `error` says why an entry cannot be read, `folder` keeps it whatever its name.
+LISTING_SCHEMA = pa.schema(
+    [
+        pa.field("path", pa.string(), nullable=False),  # protocol-less, as the input's filesystem takes it
+        pa.field("size", pa.int64()),
+        pa.field("error", pa.string()),
+        pa.field("folder", pa.bool_()),
+    ]
+)
+
+# Work units (pipelines/state/units.py), appended per run: OUTPUT/_ledger/layout-NNNNNN.parquet holds one
+# row per unit (the commit marker, written last) and layout-NNNNNN.files.parquet one row per file or excerpt.
+UNIT_SCHEMA = pa.schema(
+    [
+        pa.field("unit", pa.int32(), nullable=False),
+        pa.field("digest", pa.string(), nullable=False),
+        pa.field("seconds", pa.float64()),
+        pa.field("files", pa.int32()),
+    ]
+)
+UNIT_FILE_SCHEMA = pa.schema(
+    [
+        pa.field("unit", pa.int32(), nullable=False),
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("uri", pa.string(), nullable=False),
+        pa.field("duration", pa.float64()),
+        pa.field("error", pa.string()),
+        pa.field("offset", pa.float64()),
+        pa.field("limit", pa.float64()),
+        pa.field("context", pa.float64()),
+        pa.field("length", pa.float64()),
+    ]
+)
+
 # The columns of a segment itself; the score columns (ASR and quality) follow, from schemas/metrics.py.
 SEGMENT_FIELDS = (
     pa.field("key", pa.string(), nullable=False),

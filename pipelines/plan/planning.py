@@ -39,7 +39,8 @@ from pipelines.plan.estimator import (
 from pipelines.plan.load import read_load
 from pipelines.preflight import check_store
 from pipelines.records import SourceFile
-from pipelines.stages.discover import Discover, InputError
+from pipelines.stages.discover import Discover, Discovery, InputError
+from pipelines.stages.listing import read_listing
 from pipelines.state import jobstate
 from pipelines.state.ledger import Ledger
 from schemas.config import JobConfig
@@ -53,23 +54,33 @@ class LimitExceeded(RuntimeError):
     """The plan breaks `max_wall_hours` or `max_cost`: stop before any compute is spent."""
 
 
-def discover_for_plan(config: JobConfig) -> tuple[InputSize, pa.Table, float]:
-    """Size the input: every header when it is small enough, else a random sample of headers."""
+def discover_for_plan(config: JobConfig) -> tuple[InputSize, pa.Table, float, Discovery]:
+    """Size the input: the headers of its new files when it is small enough (the run reuses them),
+    else a random sample of headers; the listing is written once, for the run too."""
     clock = time.perf_counter()
     discover = Discover(config.discover, exclude=config.output)
     check_store(config.input, "input", InputError)  # an unreachable store fails in seconds, not minutes
-    fs, listed = discover.list_audio(config.input)
-    if len(listed) <= config.plan.header_sample_above:
-        manifest = discover.manifest(fs, listed)
-        return size_from_manifest(manifest), manifest, time.perf_counter() - clock
+    discovery = discover.list(config.input, config.output)
+    if discovery.rows <= config.plan.header_sample_above:
+        manifest = discover.probe(discovery).table()
+        return size_from_manifest(manifest), manifest, time.perf_counter() - clock, discovery
     rng = np.random.default_rng(0)
-    positions = np.sort(rng.choice(len(listed), config.plan.header_sample_size, replace=False))
-    sample = discover.manifest(fs, [listed[i] for i in positions])
-    sizes = np.array([item.size for item in listed], dtype=np.int64)
-    extensions = np.array([item.path.rsplit(".", 1)[-1].lower() for item in listed])
+    positions = np.sort(rng.choice(discovery.rows, config.plan.header_sample_size, replace=False))
+    sample = discover.manifest(discovery.fs, discovery.listed(positions))
+    sizes, extensions = _sizes_and_extensions(discovery)
     size = size_from_sample(sizes, extensions, sample, positions)
-    seconds = (time.perf_counter() - clock) * len(listed) / len(positions)  # the run reads every header
-    return size, sample, seconds
+    seconds = (time.perf_counter() - clock) * discovery.rows / len(positions)  # the run reads every header
+    return size, sample, seconds, discovery
+
+
+def _sizes_and_extensions(discovery: Discovery) -> tuple[np.ndarray, np.ndarray]:
+    """Every listed file's size and extension, read from the listing a batch at a time."""
+    sizes, extensions = [], []
+    for batch in read_listing(discovery.listing, ["path", "size"]):
+        sizes.append(batch.column("size").to_numpy(zero_copy_only=False))
+        names = pc.utf8_lower(batch.column("path")).to_pylist()
+        extensions.append(np.array([p.rsplit(".", 1)[-1] for p in names]))
+    return np.concatenate(sizes).astype(np.int64), np.concatenate(extensions)
 
 
 SIZE_COLUMNS = ["bytes", "container", "sample_rate", "channels", "duration"]
@@ -202,8 +213,9 @@ def plan_job(config: JobConfig, manifest: Optional[pa.Table | Iterable[pa.Record
              recalibrate: bool = False) -> tuple[JobPlan, Optional[pa.Table]]:
     """The plan, and the full manifest when every header was read (None when sizing sampled them)."""
     load = read_load()  # the machine before this plan's own work: the run's share of it
+    discovery = None
     if manifest is None:
-        size, manifest, discover_seconds = discover_for_plan(config)
+        size, manifest, discover_seconds, discovery = discover_for_plan(config)
     else:
         size, discover_seconds = size_from_manifest(manifest), 0.0
     notes: list[str] = []
@@ -231,6 +243,8 @@ def plan_job(config: JobConfig, manifest: Optional[pa.Table | Iterable[pa.Record
                                    "pending_files": manifest.num_rows if note is not None else None})
     for note in plan.notes:
         log.warning("plan: %s", note)
+    if discovery is not None:
+        return plan, discovery  # the run probes what the plan sampled, without listing again
     return plan, everything if size.method == "headers" and isinstance(everything, pa.Table) else None
 
 

@@ -7,17 +7,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Optional
+from typing import Iterable, Optional
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipelines.io import storage
 from pipelines.sinks import card
 from pipelines.sinks.base import DEFAULT_FORMAT, FOLDERS, Sink, open_sink
+from pipelines.state import layout as layouts
 from pipelines.state.lease import PREFIX as LEASE_PREFIX
 from pipelines.state.ledger import Ledger
 from pipelines.state.ledger import totals as ledger_totals
-from pipelines.state.units import WorkUnit, extend_units, unit_from_json, unit_to_json
+from pipelines.state.units import WorkUnit, cut_units, ordered
 from schemas.config import JobConfig, ShardConfig, SpeakersConfig
 
 OUTPUT_FOLDERS = (*FOLDERS, "index", "rejects", "_ledger")
@@ -76,9 +78,12 @@ def sink(output: str, storage_options: Optional[dict] = None) -> Sink:
 def claim(config: JobConfig, manifest: pa.Table) -> list[WorkUnit]:
     """Record the job on a fresh output, or check that a rerun uses the same settings; return its units.
 
-    Incremental by design: the units of earlier runs are read back from `_ledger/layout-*.json`
-    and files not in any of them become new units numbered after the last one. The new layout is
-    committed before any unit starts, so a crashed run resumes with the very same units.
+    Incremental by design: the units of earlier runs are read back from `_ledger/layout-*` and
+    files not in any of them become new units numbered after the last one (known units keep their
+    files and numbers, so a late file never shifts a boundary: a unit cut off by a crash is redone
+    under the same name). The new layout is committed before any unit starts, so a crashed run
+    resumes with the very same units. `manifest` is a table (its known files are dropped here) or a
+    discovery whose `batches()` yields only new files, in uri order (pipelines.stages.discover).
     A rerun after a crash also sweeps the scratch files and probes the crashed run left behind
     (never a committed file: those are either whole or absent).
     """
@@ -92,10 +97,8 @@ def claim(config: JobConfig, manifest: pa.Table) -> list[WorkUnit]:
             "or pick a new output")
     storage.remove_leftovers(config.output, OUTPUT_FOLDERS)
     known = layout(config.output)
-    added = extend_units(known, manifest, config.engine)
-    if added:
-        name = f"layout-{added[0].index:06d}.json"
-        storage.write_json(storage.join(config.output, "_ledger", name), [unit_to_json(u) for u in added])
+    start = max((u.index for u in known), default=-1) + 1
+    added = layouts.append(config.output, start, cut_units(new_files(config.output, manifest), start, config.engine))
     units = known + added
     storage.write_json(_url(config.output), {"fingerprint": fingerprint(settings), "settings": settings,
                                              "units": len(units), "input_seconds": sum(u.seconds for u in units),
@@ -110,11 +113,18 @@ def changed_settings(job: dict, settings: dict) -> list[str]:
     return sorted(_diff(job["settings"], settings))
 
 
+def new_files(output: str, manifest) -> Iterable[pa.RecordBatch]:
+    """Manifest batches of the files no unit of `output` holds yet, in uri order."""
+    if not isinstance(manifest, pa.Table):
+        return manifest.batches()
+    known = layouts.known_ids(output)
+    fresh = manifest.filter(pc.invert(pc.is_in(manifest.column("id"), value_set=known))) if len(known) else manifest
+    return ordered(fresh).to_batches(max_chunksize=layouts.ROW_GROUP)
+
+
 def layout(output: str) -> list[WorkUnit]:
     """Every unit this output was planned with, over all its runs, in index order."""
-    parts = storage.list_files(storage.join(output, "_ledger"), ".json", prefix="layout-")
-    units = [unit_from_json(u) for url in parts for u in storage.read_json(url)]
-    return sorted(units, key=lambda u: u.index)
+    return layouts.read(output)
 
 
 def versioned(config: JobConfig) -> JobConfig:
@@ -169,7 +179,7 @@ def check_restartable(output: str) -> None:
                           "only what voxmill wrote, so it deleted nothing; pick another output")
 
 
-def clear(output: str) -> None:
+def clear(output: str, keep: Optional[str] = None) -> None:
     """Start over: remove what voxmill wrote under `output` and nothing else — its own file names in
     its own folders, every file of `_ledger/` but the lease this run holds, `summary.json` —
     and then each of those folders that is left empty."""
@@ -180,7 +190,9 @@ def clear(output: str) -> None:
     stored = [f"{root}/{name}" for folder in FOLDERS for name in samples.files(folder)]
     doomed = stored + [p for folder, patterns in WRITTEN.items() for pattern in patterns
                        for p in fs.glob(f"{root}/{folder}/{pattern}")]
-    doomed += [p for p in storage.list_paths(fs, f"{root}/_ledger") if not p.rsplit("/", 1)[-1].startswith(LEASE_PREFIX)]
+    kept = storage.filesystem(keep)[1].rstrip("/") if keep else None  # this run's listing
+    doomed += [p for p in storage.list_paths(fs, f"{root}/_ledger")
+               if not p.rsplit("/", 1)[-1].startswith(LEASE_PREFIX) and p.rstrip("/") != kept]
     doomed += [f"{root}/summary.json"] if fs.exists(f"{root}/summary.json") else []
     doomed += [f"{root}/{card.CARD}"] if card.ours(fs, f"{root}/{card.CARD}") else []  # a README of yours stays
     for path in doomed:
