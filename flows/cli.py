@@ -498,15 +498,17 @@ def _print_plan(plan) -> None:
         table.add_row(stage.name, str(stage.workers), f"{stage.audio_seconds_per_second:.1f}",
                       f"{stage.seconds / 3600:.3f}", f"{stage.utilisation:.0%}")
     out = Console(stderr=True)
-    out.print(f"input: {size.files} files, {size.bytes / 1e9:.2f} GB, {hours}")
-    out.print(f"profile: {plan.hardware.name} ({plan.hardware.source}); speech {plan.data.speech_fraction:.0%}")
+    out.print(f"input: {size.files} files, {size.bytes / 1e9:.2f} GB, {hours}", soft_wrap=True)  # whole lines in a log
+    out.print(escape(f"profile: {plan.hardware.name} ({plan.hardware.source}); speech {plan.data.speech_fraction:.0%}"),
+              soft_wrap=True)
     out.print(table)
     resources = plan.resources
     out.print(f"[bold]wall time {_hms(plan.wall_seconds)}[/bold] ({_hms(plan.wall_seconds_low)}-"
               f"{_hms(plan.wall_seconds_high)}) on {resources['gpus']} GPU, {resources['cpus']} CPU; "
               f"bottleneck {plan.bottleneck}; {plan.gpu_hours:.2f} GPU-h, {plan.cpu_hours:.2f} CPU-h, "
               f"cost {plan.cost:.2f}; ~{plan.shards} shards, {plan.output_bytes / 1e9:.2f} GB"
-              + (f"; history x{plan.correction:.2f} from {plan.history_runs} runs" if plan.history_runs else ""))
+              + (f"; history x{plan.correction:.2f} from {plan.history_runs} runs" if plan.history_runs else ""),
+              soft_wrap=True)
 
 
 def _hms(seconds: float) -> str:

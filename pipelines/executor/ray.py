@@ -48,7 +48,7 @@ def connect_ray(config: EngineConfig) -> None:
     forward = os.environ.get("VOXMILL_RAY_WORKER_LOGS", "").lower() in ("1", "true", "yes")
     if not address:
         _watch_local_ray()  # before ray.init: a kill during start-up is covered too
-    with _token_notice_to_log(local=not address):
+    with _token_notice_to_log(local=address in (None, "", "local")):  # "local": a new private one
         ray.init(address=address or None, include_dashboard=False, logging_level=logging.WARNING,
                  configure_logging=False, ignore_reinit_error=True, log_to_driver=forward)
 

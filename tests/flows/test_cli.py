@@ -44,6 +44,7 @@ def test_run_from_yaml_with_flag_override(clips, tmp_path):
     assert summary["counts"]["samples"] == 1 and summary["counts"]["rejects"] == 1
     assert summary["config"]["audio"]["sample_rate"] == 22050
     assert "voxmill plan" in done.stderr and "wall time" in done.stderr  # printed before the job
+    assert re.search(r"^wall time .* on \d+ GPU, .* GB", done.stderr, re.M)  # one line, however wide: a log greps it
     assert "progress: " in done.stderr and "ETA done" in done.stderr  # stderr is a pipe here: lines, not a bar
     assert "Token authentication" not in done.stderr  # the local Ray's notice went to the log file
     assert summary["plan"]["input"]["files"] == 2
