@@ -1,8 +1,9 @@
 """The Ray executor: stream work units through Ray — CPU prep tasks, ASR actors, commits.
 
-Stages overlap across units: while an ASR actor transcribes unit N, CPU workers decode unit N+1
-and a commit task writes unit N-1. A bounded number of units is in flight, so memory stays flat
-however large the input is. The loop around the run (lease, failures, progress) is
+Stages overlap across units and within them: a unit is prepared in parts of about PART_SECONDS of
+audio, and the ASR actor transcribes each part as soon as it is cut, while CPU workers cut (and
+score) the next part or unit and a commit task writes the unit before. A bounded number of units
+is in flight, so memory stays flat however large the input is. The loop around the run (lease, failures, progress) is
 `executor.base.run_units`; this is the only module that imports Ray.
 """
 from __future__ import annotations
@@ -21,7 +22,8 @@ import ray
 
 from pipelines.asr.base import build_backend
 from pipelines.executor.base import Outcome, resources_for
-from pipelines.records import AsrResult, Resources, SourceFile
+from pipelines.io import storage
+from pipelines.records import AsrResult, PreparedUnit, Resources, SourceFile
 from pipelines.stages.commit import UnitCommitter
 from pipelines.stages.prepare import Preparer
 from pipelines.stages.resources import ASR, COMMIT, PREP
@@ -30,6 +32,8 @@ from pipelines.state.units import WorkUnit
 from schemas.config import AsrConfig, EngineConfig, JobConfig
 
 log = logging.getLogger("voxmill")
+
+PART_SECONDS = 300.0  # audio per prep task within a unit: ASR starts once the first part is cut
 
 
 def connect_ray(config: EngineConfig) -> None:
@@ -185,12 +189,48 @@ class _AsrWorker:
         return results, time.perf_counter() - started, dict(counts)
 
 
-def _commit(config: JobConfig, prepared, transcribed, digest: str) -> dict:
-    results, asr_seconds, asr_counts = transcribed
-    prepared.stage_seconds["asr"] += asr_seconds
+def unit_parts(files: list[SourceFile], seconds: Optional[float] = None) -> list[list[SourceFile]]:
+    """A unit's files in order, cut into runs of about `seconds` (PART_SECONDS) of audio (a longer file is a part
+    alone). Each part is prepared by its own task and transcribed as soon as it is, so ASR starts
+    on a unit's first minutes while the rest is still being cut and scored; the cut depends on the
+    files alone, so a rerun journals and batches the same parts."""
+    seconds = seconds or PART_SECONDS
+    parts: list[list[SourceFile]] = [[]]
+    total = 0.0
+    for source in files:
+        length = source.length or source.duration or 0.0
+        if parts[-1] and total + length > seconds:
+            parts.append([])
+            total = 0.0
+        parts[-1].append(source)
+        total += length
+    return parts
+
+
+def _merged(parts: list[PreparedUnit]) -> PreparedUnit:
+    """One unit from its prepared parts, in order (segments line up with the parts' ASR results)."""
+    unit = parts[0]
+    for part in parts[1:]:
+        unit.segments += part.segments
+        unit.rejects += part.rejects
+        unit.input_seconds += part.input_seconds
+        unit.references.update(part.references)
+        for stage, spent in part.stage_seconds.items():
+            unit.stage_seconds[stage] = unit.stage_seconds.get(stage, 0.0) + spent
+    return unit
+
+
+def _commit(config: JobConfig, digest: str, count: int, *parts) -> dict:
+    """`parts`: the unit's `count` prepared parts, then their `count` ASR results."""
+    prepared = _merged(list(parts[:count]))
+    results, asr_counts = [], Counter()
+    for part_results, asr_seconds, counts in parts[count:]:
+        results += part_results
+        asr_counts.update(counts)
+        prepared.stage_seconds["asr"] = prepared.stage_seconds.get("asr", 0.0) + asr_seconds
     report = UnitCommitter(config)(prepared, results, digest)
     AsrJournal(journal_url(config.output, prepared.unit, digest)).clear()  # the ledger holds the unit now
-    return {**report, "asr_counts": asr_counts, "node": prepared.node}  # asr_counts: what calibration fits
+    return {**report, "asr_counts": dict(asr_counts), "node": prepared.node}  # asr_counts: what calibration fits
 
 
 def gpu_shares(config: JobConfig, resources: Resources) -> tuple[float, float]:
@@ -224,13 +264,20 @@ class _Scheduler:
         ray.get([a.ready.remote() for a in self.actors])  # model loads count as start-up
 
     def submit(self, unit: WorkUnit):
-        journal = journal_url(self.config.output, unit.index, unit.digest)  # prepared unit and ASR batches
-        keep_prep = journal if self.config.engine.journal_prepared else None
-        audios, prepared = self.prepare.remote(self.config, unit.index, unit.files, keep_prep)
+        """The unit's parts (`unit_parts`) as prep tasks, each transcribed by one actor as soon as it
+        is prepared, and one commit of them all."""
+        journal = journal_url(self.config.output, unit.index, unit.digest)  # prepared parts and ASR batches
         slot = min(self.load, key=self.load.__getitem__)
         self.load[slot] += 1
-        transcribed = self.actors[slot].transcribe.remote(audios, journal)
-        return self.commit.remote(self.config, prepared, transcribed, unit.digest), slot
+        parts = unit_parts(unit.files)
+        prepared, transcribed = [], []
+        for n, files in enumerate(parts):
+            url = storage.join(journal, f"part-{n:04d}")
+            keep_prep = url if self.config.engine.journal_prepared else None
+            audios, part = self.prepare.remote(self.config, unit.index, files, keep_prep)
+            prepared.append(part)
+            transcribed.append(self.actors[slot].transcribe.remote(audios, url))
+        return self.commit.remote(self.config, unit.digest, len(parts), *prepared, *transcribed), slot
 
     def release(self, slot: int) -> None:
         self.load[slot] -= 1

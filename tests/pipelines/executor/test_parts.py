@@ -1,0 +1,42 @@
+"""A unit prepared in parts: ASR starts on the first part while the rest is cut, and the unit's
+output is the one unit prepared whole gives."""
+import shutil
+
+import pyarrow.parquet as pq
+
+from pipelines.executor import ray as ray_executor
+from pipelines.job import run_job
+from pipelines.records import SourceFile
+from tests.conftest import small_units_config
+
+CLIPS = ("LJ002-0020.wav", "LJ002-0035.wav", "jfk.flac")
+
+
+def test_parts_follow_file_order_and_audio_length():
+    files = [SourceFile(f"f{n}", f"/x/{n}.wav", duration=d) for n, d in enumerate([100, 150, 100, 400, 20, 30])]
+    parts = ray_executor.unit_parts(files, seconds=300)
+    assert [[f.id for f in p] for p in parts] == [["f0", "f1"], ["f2"], ["f3"], ["f4", "f5"]]
+    assert ray_executor.unit_parts(files, seconds=1e9) == [files]
+
+
+def _rows(output) -> list[tuple]:
+    table = pq.read_table(output / "index", columns=["key", "text", "source_uri"])
+    return sorted(zip(*(table[c].to_pylist() for c in ("key", "text", "source_uri"))))
+
+
+def test_a_unit_in_parts_gives_the_output_of_the_whole_unit(clips, local_ray, tmp_path, monkeypatch):
+    source = tmp_path / "in"
+    source.mkdir()
+    for name in CLIPS:
+        shutil.copy(clips / name, source / name)
+    split, parts = ray_executor.unit_parts, []
+    outputs = {}
+    for name, part_seconds in (("whole", 1e9), ("parts", 1.0)):
+        monkeypatch.setattr(ray_executor, "unit_parts", lambda files, s=part_seconds: parts.append(split(files, s))
+                            or parts[-1])
+        outputs[name] = tmp_path / name
+        summary = run_job(small_units_config(str(source), str(outputs[name]), **{"engine.unit_minutes": 60}))
+        assert summary["complete"] and summary["counts"]["units"] == 1
+    assert [len(p) for p in parts] == [1, len(CLIPS)]  # one part per clip in the second run
+    assert _rows(outputs["parts"]) == _rows(outputs["whole"]) and len(_rows(outputs["whole"])) >= len(CLIPS)
+    assert not list((outputs["parts"] / "_ledger" / "asr").glob("*"))  # the parts' journals went at commit
