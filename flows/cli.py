@@ -9,12 +9,10 @@ import sys
 import tempfile
 from datetime import datetime
 from pathlib import Path
-from typing import Literal, Optional, TextIO, get_args
+from typing import Literal, Optional, TextIO
 
 import typer
-import yaml
 from pydantic import BaseModel, ValidationError
-from pydantic.fields import FieldInfo
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, ProgressColumn, Task, TextColumn, TimeRemainingColumn
@@ -43,6 +41,7 @@ from pipelines.state.compaction import compact_output
 from pipelines.state.lease import LeaseHeld, LeaseLost, OutputLease
 from pipelines.versions import versions
 from schemas.config import AsrConfig, AudioConfig, JobConfig, ShardConfig, load_job_config
+from schemas.settings import describe, parse_settings
 
 
 class _App(typer.Typer):
@@ -318,70 +317,11 @@ def _job_config(input, output, config, overrides, settings: tuple[str, ...] = ()
         merged = {**parse_settings(settings), **{k: v for k, v in overrides.items() if v is not None}}
         return load_job_config(input, output, str(config) if config else None, merged)
     except ValidationError as err:  # every field on the same line: "asr.beam_size: must be >= 1 (got 0)"
-        _print_error(err, "invalid job config: ", "; ".join(map(config_error, err.errors())))
+        _print_error(err, "invalid job config: ", describe(err))
         raise typer.Exit(2)
     except ValueError as err:  # the job file (missing, a folder, not YAML) or a --set
         _print_error(err, "invalid job config: ", str(err))
         raise typer.Exit(2)
-
-
-def config_field(key: str) -> FieldInfo:
-    """The JobConfig field a dotted key names; a ValueError naming the keys there when it names none."""
-    model: type[BaseModel] = JobConfig
-    parts = key.split(".")
-    for depth, part in enumerate(parts):
-        where = ".".join(parts[:depth])
-        if part not in model.model_fields:
-            raise ValueError(f"{key}: no such key; {where or 'the job'} has {', '.join(model.model_fields)}")
-        field = model.model_fields[part]
-        section = field.annotation if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel) \
-            else None
-        last = depth == len(parts) - 1
-        if section is not None and last:
-            raise ValueError(f"{key} is a section: set one of its keys ({', '.join(section.model_fields)})")
-        if section is None and not last:
-            raise ValueError(f"{key}: no such key; {'.'.join(parts[:depth + 1])} is a value, not a section")
-        model = section or model
-    return field
-
-
-def parse_settings(pairs: tuple[str, ...] | list[str]) -> dict[str, object]:
-    """`--set KEY=VALUE` pairs as load_job_config overrides. A value is YAML (16000, 0.95, null, [en, de]),
-    except that a text field keeps the text as typed (`asr.language=no` is Norwegian, not false)."""
-    found: dict[str, object] = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise ValueError(f"--set {pair!r}: expected KEY=VALUE, e.g. audio.sample_rate=16000")
-        field = config_field(key)
-        try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError as err:
-            raise ValueError(f"--set {key}: cannot read {raw!r} as a value: {str(err).splitlines()[0]}") from err
-        if isinstance(value, (bool, int, float)) and str in get_args(field.annotation) + (field.annotation,):
-            value = raw.strip()
-        found[key] = value
-    return found
-
-
-def config_error(error: dict) -> str:
-    """One pydantic error as `key: what is wrong (got X)`, with the choices or keys where there are some."""
-    key = ".".join(map(str, error["loc"]))
-    kind, given = error["type"], error.get("input")
-    if kind == "missing" and key in ("input", "output"):
-        return f"--{key} is required (or {key}: in the --config file)"
-    if kind == "extra_forbidden":
-        try:
-            config_field(key)
-        except ValueError as err:
-            return str(err)
-    if kind == "literal_error":
-        return f"{key}: {given!r} is not one of {error['ctx']['expected']}"
-    message = error["msg"].removeprefix("Value error, ")
-    if isinstance(given, (str, int, float, bool)) or given is None:
-        message += f" (got {given!r})"
-    return message if key and message.startswith(key + ".") else f"{key or 'job'}: {message}"
 
 
 def log_path() -> Path:

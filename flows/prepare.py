@@ -22,6 +22,7 @@ from pipelines.stages.discover import Discover, InputError, manifest_hours
 from pipelines.state import jobstate
 from schemas.config import JobConfig, load_job_config
 from schemas.plan import JobPlan
+from schemas.settings import ConfigError, describe
 
 
 def transient(task, task_run, state) -> bool:
@@ -139,7 +140,10 @@ def prepare_corpus(
     `new_version` writes a job whose settings changed into OUTPUT/vN/ instead of refusing it.
     After the job, OUTPUT/report/ is written and its summary published as `voxmill-report`.
     """
-    config = load_job_config(input, output, config_path, overrides)
+    try:
+        config = load_job_config(input, output, config_path, overrides)
+    except ValidationError as err:  # one line naming each key in the run's state, not a pydantic dump
+        raise ConfigError(f"invalid job config: {describe(err)}") from None
     if new_version:
         config = jobstate.versioned(config)
     manifest = discover_inputs(config)

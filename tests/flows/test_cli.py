@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 from flows import cli
 from schemas.config import JobConfig
+from schemas.settings import parse_settings
 from tests.fakes import FAKE_ASR, FAKE_ASR_ENV, ROOT
 
 VOXMILL = [sys.executable, "-m", "flows.cli"]
@@ -146,7 +147,7 @@ def test_bad_options_and_config_give_one_line_naming_the_key(invoke, tmp_path):
     mp3 = invoke(*run, "--audio-format", "mp3")
     assert mp3.exit_code == 2 and re.search(r"Error: .*'--audio-format'.*'mp3' is not one of 'flac', 'wav'", mp3.stderr)
     cases = {
-        ("run", "--input", str(tmp_path)): "invalid job config: --output is required (or output: in the --config file)",
+        ("run", "--input", str(tmp_path)): "invalid job config: --output is required (or output: in the job file)",
         (*run, "--set", "audio.sample_rat=16000"): "audio.sample_rat: no such key; audio has sample_rate, peak_normalize, "
                                                    "resampler",
         (*run, "--set", "audio.sample_rate=100"): "audio.sample_rate: Input should be greater than or equal to 8000 "
@@ -171,7 +172,7 @@ def test_bad_options_and_config_give_one_line_naming_the_key(invoke, tmp_path):
 
 
 def test_set_values_are_yaml_but_text_stays_text():
-    assert cli.parse_settings(["audio.sample_rate=16000", "asr.language=no", "asr.model=null", "quality.languages=[en, de]",
+    assert parse_settings(["audio.sample_rate=16000", "asr.language=no", "asr.model=null", "quality.languages=[en, de]",
                                "audio.peak_normalize=0.95", "shards.keep_rejected_audio=false"]) == {
         "audio.sample_rate": 16000, "asr.language": "no", "asr.model": None, "quality.languages": ["en", "de"],
         "audio.peak_normalize": 0.95, "shards.keep_rejected_audio": False}
