@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 
 from pipelines.executor.base import open_executor
 from pipelines.io import storage
-from pipelines.plan import history
+from pipelines.plan import history, models
 from pipelines.plan.calibrate import (
     calibrate,
     machine_key,
@@ -227,7 +227,9 @@ def plan_job(config: JobConfig, manifest: Optional[pa.Table | Iterable[pa.Record
         size, manifest = size_from_manifest(todo), todo
     if size.audio_seconds <= 0:
         raise InputError(f"no readable audio in {config.input}")
-    calibration = calibration or costs(config, manifest, size.audio_seconds, recalibrate, notes)
+    calibration = models.costs_for(  # a shipped model profile prices ASR without the model
+        config, lambda: _gpus_here(config) if gpus is None else gpus,
+        lambda measured: costs(measured, manifest, size.audio_seconds, recalibrate, notes), given=calibration)
     records = history.read(config.plan.history_path)
     factor, error, runs = history.correction(records, calibration.hardware)
     common = dict(ray_running=open_executor(config).running() is not None, discover_seconds=discover_seconds,
