@@ -261,6 +261,7 @@ def _cpu_count() -> int:
 # this repository's accuracy runs (benchmarks/RESULTS.md); with a GPU, ASR at about 20x that.
 # Only a bound: the interval of a plan on it is wide (estimator.QUICK_SPREAD).
 QUICK_COSTS = dict(prep_seconds_per_input_second=0.07, quality_seconds_per_input_second=0.06,
+                   dnsmos_seconds_per_window=0.36,
                    asr_seconds_per_speech_second=0.045, write_seconds_per_unit=1.0,
                    ray_start_seconds=6.0, model_load_seconds=4.0)
 QUIET = LoadReading(load=0.0, cores=2.0, cpu_share=1.0)  # the machine QUICK_COSTS were measured on

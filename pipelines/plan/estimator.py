@@ -28,6 +28,7 @@ UNTRUSTED_SPREAD = 0.5  # extra log-sd of an untrusted profile
 QUICK_SPREAD = 0.8  # extra log-sd of a quick bound (costs of another machine)
 MAX_SLOWDOWN = 2.0  # the load rescaling is bounded to this factor either way
 LOAD_DAMPING = 0.5  # exponent on the ratio of CPU shares: half its log (benchmarks/RESULTS.md, newcomer sequence)
+BUSY_SPREAD = 0.25  # extra log-sd per unit of -log(CPU share now): 0 on a quiet machine, 0.5 at a share of 13%
 MODEL_ERROR = 0.07  # relative sd of the pipeline model itself, before history narrows it
 # Relative sd of the probe's ASR rate is PROBE_SPREAD / sqrt(segments probed): how often packed
 # windows must be decoded again depends on a few hard segments, so a small sample is noisy.
@@ -146,7 +147,7 @@ def predict(config: JobConfig, size: InputSize, hardware: HardwareProfile, data:
     raw = startup + discover_seconds + seconds[bottleneck] + _fill_and_tail(bottleneck, one_unit)
     wall = raw * correction
     sigma = _log_spread(size, history_error, _probe_error(hardware, seconds, bottleneck),
-                        _unknowns(hardware, slowdown))
+                        _unknowns(hardware, slowdown, load))
     output_seconds = size.audio_seconds * data.speech_fraction * data.kept_fraction
     output_bytes = output_seconds * data.output_bytes_per_output_second
     gpu_hours, cpu_hours = wall * resources.gpus / 3600, wall * resources.cpus / 3600
@@ -243,11 +244,13 @@ def trusted(hardware: HardwareProfile) -> bool:
     return hardware.source != QUICK_BOUND and hardware.measured_on_seconds + hardware.learned_seconds >= TRUSTED_SECONDS
 
 
-def _unknowns(hardware: HardwareProfile, slowdown: float) -> float:
-    """Extra log-sd for an untrusted profile or a quick bound, and for a changed load (its rescaling
-    is itself a guess: half the change is counted as unknown)."""
+def _unknowns(hardware: HardwareProfile, slowdown: float, load: Optional[LoadReading]) -> float:
+    """Extra log-sd for an untrusted profile or a quick bound; for a changed load (its rescaling is
+    itself a guess: half the change is counted as unknown); and for a busy machine, whose share of
+    the CPUs over a run's minutes the share read now foretells only roughly."""
     unknown = QUICK_SPREAD if hardware.source == QUICK_BOUND else 0.0 if trusted(hardware) else UNTRUSTED_SPREAD
-    return math.hypot(unknown, 0.5 * math.log(slowdown))
+    busy = -BUSY_SPREAD * math.log(load.cpu_share) if load is not None else 0.0
+    return math.sqrt(unknown**2 + (0.5 * math.log(slowdown)) ** 2 + busy**2)
 
 
 def load_slowdown(measured: Optional[LoadReading], now: Optional[LoadReading]) -> float:

@@ -26,17 +26,17 @@ def _url(path: str) -> str:
 def read(path: str) -> list[dict]:
     """History records from a history file, or from `summary.json` files under an output URL."""
     url = _url(path)
-    summary_url = storage.join(url, "summary.json")
-    try:
-        summary = storage.read_json(summary_url, missing=None)
-    except ValueError as err:  # a torn summary.json: it holds no usable record
-        log.warning("ignoring %s: not valid JSON (%s)", storage.redact(summary_url), err)
-        return []
-    if summary is not None:
-        return [summary["history"]] if isinstance(summary, dict) and summary.get("history") else []
     if not storage.exists(url):
         return []
     fs, local = storage.filesystem(url)
+    if fs.isdir(local):  # an output: its summary's record
+        summary_url = storage.join(url, "summary.json")
+        try:
+            summary = storage.read_json(summary_url, missing=None)
+        except ValueError as err:  # a torn summary.json: it holds no usable record
+            log.warning("ignoring %s: not valid JSON (%s)", storage.redact(summary_url), err)
+            return []
+        return [summary["history"]] if isinstance(summary, dict) and summary.get("history") else []
     records = []
     with fs.open(local, "rt", errors="replace") as fh:
         for number, line in enumerate(fh, 1):

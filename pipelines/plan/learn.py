@@ -51,7 +51,7 @@ def refine(hardware: HardwareProfile, summary: dict, plan: dict) -> Optional[Har
         "learned_seconds": hardware.learned_seconds + input_s,
     }
     windows = (plan.get("data") or {}).get("dnsmos_windows_per_input_second")
-    if hardware.dnsmos_seconds_per_window and windows and quality:
+    if windows and quality:  # quality priced per DNSMOS window: it follows the input's segments
         update["dnsmos_seconds_per_window"] = blend(hardware.dnsmos_seconds_per_window, quality / windows)
     if asr is not None:
         update["asr_seconds_per_speech_second"] = blend(hardware.asr_seconds_per_speech_second, asr)

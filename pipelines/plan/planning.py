@@ -125,6 +125,9 @@ def save_profile(config: JobConfig, calibration: Calibration) -> Path:
     return path
 
 
+DATA_SAMPLE_SECONDS = 60.0  # audio a plan without calibration decodes and VADs for the input's speech
+
+
 def costs(config: JobConfig, sample_source: pa.Table, input_seconds: float, recalibrate: bool = False,
           notes: Optional[list[str]] = None) -> Calibration:
     """Stage costs: the named profile, else this machine's saved one (topped up by a calibration
@@ -132,10 +135,13 @@ def costs(config: JobConfig, sample_source: pa.Table, input_seconds: float, reca
     calibration; an input under `plan.calibrate_above_seconds` is never calibrated for: it gets
     the saved profile or a quick bound. What the choice rests on goes into `notes`."""
     notes = [] if notes is None else notes
-    sample = stratified_sample(sample_source, sample_budget(config, input_seconds), config.plan.excerpt_seconds)
+    worth = recalibrate or input_seconds >= config.plan.calibrate_above_seconds
+    budget = sample_budget(config, input_seconds)
+    if not worth:  # no calibration to pay for: measure the input's speech (decode + VAD) on more of it
+        budget = max(budget, min(DATA_SAMPLE_SECONDS, input_seconds))
+    sample = stratified_sample(sample_source, budget, config.plan.excerpt_seconds)
     if not sample:
         raise InputError("no readable audio to calibrate on")
-    worth = recalibrate or input_seconds >= config.plan.calibrate_above_seconds
     name = config.plan.profile
     saved = None
     if name is None and not recalibrate:
