@@ -28,6 +28,7 @@ from pipelines.report.summary import (
     throughput,
 )
 from pipelines.state import jobstate
+from schemas.metrics import METRICS, Registry
 
 REPORT_FOLDER = "report"
 CLIP_FOLDERS = {False: "audio", True: "rejected"}  # under report/: kept samples' and rejected samples' clips
@@ -62,10 +63,10 @@ def _remove_stale_audio(report: str, rows: list[SampleRow]) -> None:
                 fs.rm(path)
 
 
-def write_report(output: str, samples: int = 20, rejected: int = 20) -> DatasetSummary:
+def write_report(output: str, samples: int = 20, rejected: int = 20, registry: Registry = METRICS) -> DatasetSummary:
     """Gather, plot, copy the shown clips and commit OUTPUT/report/; returns the summary with the
     page's URL. Clips and plots are committed before the page, the page before stale clips go."""
-    summary, index = gather_with_index(output, samples, rejected=rejected)
+    summary, index = gather_with_index(output, samples, registry, rejected)
     report = storage.join(output, REPORT_FOLDER)
     shown = [*summary.sample_rows, *summary.rejected_rows]
     copy_audio(output, report, shown)
@@ -73,6 +74,6 @@ def write_report(output: str, samples: int = 20, rejected: int = 20) -> DatasetS
         storage.write_bytes(storage.join(report, name), png)
     summary.report = storage.join(report, "index.html")
     storage.write_bytes(storage.join(report, "summary.json"), summary.model_dump_json(indent=2).encode())
-    storage.write_bytes(summary.report, page(summary).encode())
+    storage.write_bytes(summary.report, page(summary, registry).encode())
     _remove_stale_audio(report, shown)
     return summary

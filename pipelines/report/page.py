@@ -72,7 +72,7 @@ def page(summary: DatasetSummary, registry: Registry = METRICS) -> str:
                               stats=STATS, plots=PLOTS, sample_scores=SAMPLE_SCORES)
 
 
-def markdown(summary: DatasetSummary) -> str:
+def markdown(summary: DatasetSummary, registry: Registry = METRICS) -> str:
     """The summary as markdown tables, for the Prefect artifact."""
     lines = ["| metric | value |", "| --- | --- |", *(f"| {k} | {v} |" for k, v in overview_rows(summary))]
     lines += ["", "| dropped: stage: reason | rows | hours |", "| --- | --- | --- |"]
@@ -80,7 +80,7 @@ def markdown(summary: DatasetSummary) -> str:
     lines += ["", "| distribution | count | p5 | p50 | p95 |", "| --- | --- | --- | --- | --- |"]
     lines += [f"| {n} | {missing} | | | |" if d is None else
               f"| {n} | {d.count} | {number(d.p5)} | {number(d.p50)} | {number(d.p95)} |"
-              for n, d, missing in distribution_rows(summary)]
+              for n, d, missing in distribution_rows(summary, registry)]
     if summary.report:
         lines += ["", f"Report page: `{summary.report}`"]
     return "\n".join(lines)

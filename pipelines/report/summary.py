@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 from pydantic import BaseModel
 
 from pipelines.io import storage
-from pipelines.io.tables import later_copies, read_parts  # every part under one unified schema; see tables
+from pipelines.io.tables import read_parts  # every part under one unified schema; see tables
 from pipelines.state.ledger import Ledger
 from schemas.metrics import METRICS, Registry
 
@@ -281,6 +281,15 @@ def rejected_rows(heard: pa.Table, count: int) -> list[SampleRow]:
             for row in _picked(heard, count)]
 
 
+def _later_copies(index: pa.Table) -> Optional[int]:
+    """How many samples `tables.later_copies` flags, counted without its sort: each audio hash held
+    by n rows makes n - 1 copies. None when the index has no hashes."""
+    if "audio_hash" not in index.column_names:
+        return None
+    hashes = index["audio_hash"]
+    return len(hashes) - hashes.null_count - pc.count_distinct(hashes).as_py()
+
+
 def _finite(value: Any) -> Optional[float]:
     return float(value) if value is not None and math.isfinite(value) else None
 
@@ -318,7 +327,7 @@ def gather_with_index(output: str, samples: int = 20, registry: Registry = METRI
         duration=distribution(values(index, "duration")),
         scores={c: distribution(values(index, c)) for c in registry.labels()},
         near_duplicates=duplicates,
-        exact_duplicates=int(pc.sum(later_copies(index)).as_py() or 0) if "audio_hash" in index.column_names else None,
+        exact_duplicates=_later_copies(index),
         throughput=throughput(ledger, summary.get("started_at")),
         wall_seconds=summary.get("wall_seconds"),
         complete=summary.get("complete"),

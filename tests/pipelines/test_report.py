@@ -28,6 +28,7 @@ from pipelines import report
 from pipelines.io import storage
 from pipelines.loader import IndexedShards
 from pipelines.state.ledger import Ledger, to_table
+from schemas.metrics import METRICS, Metric
 
 CHROMIUM = "/usr/bin/chromium"
 QUALITY = ("dnsmos_sig", "dnsmos_bak", "dnsmos_ovrl", "snr_db", "clipping", "loudness_lufs", "chars_per_second")
@@ -293,6 +294,33 @@ def test_report_reads_each_table_once(written, monkeypatch):
                         folders.append(folder) or real(output, folder, *args, **kwargs))
     found = report.gather(str(written[0]))
     assert folders == ["index", "rejects"] and all(r.text for r in found.sample_rows)
+
+
+def test_a_metric_added_to_the_registry_shows_up_by_itself(finished_job, tmp_path_factory):
+    """A new index column declared in schemas/metrics.py gets its distribution row, under its label,
+    in the summary, the page and the markdown, with no change to the report."""
+    output = _copy(finished_job, tmp_path_factory, "registry")
+    scored = 0
+    for part in sorted((output / "index").glob("part-*.parquet")):
+        table = pq.read_table(part)
+        pq.write_table(table.append_column("pitch_hz", pa.array(np.linspace(90, 250, table.num_rows), pa.float32())),
+                       part)
+        scored += table.num_rows
+    registry = METRICS.with_metric(Metric("pitch_hz", pa.float32(), "prep", label="pitch (Hz)"))
+    summary = report.write_report(str(output), samples=2, rejected=0, registry=registry)
+    assert summary.scores["pitch_hz"].count == scored > 0 and summary.scores["pitch_hz"].max == pytest.approx(250)
+    assert f'<td>pitch (Hz)</td><td data-label="count">{scored}</td>' in (output / "report/index.html").read_text()
+    assert f"| pitch (Hz) | {scored} |" in report.markdown(summary, registry)
+    assert "pitch_hz" not in report.gather(str(output), samples=0).scores  # undeclared: not shown
+
+
+def test_exact_copies_are_counted_as_the_loader_drops_them():
+    from pipelines.io.tables import later_copies
+    from pipelines.report.summary import _later_copies
+
+    index = pa.table({"key": [f"k{i}" for i in range(8)], "audio_hash": ["a", "b", "a", None, "a", "c", "c", None]})
+    assert _later_copies(index) == pc.sum(later_copies(index)).as_py() == 3
+    assert _later_copies(index.drop_columns("audio_hash")) is None
 
 
 def test_drops_group_in_arrow_as_each_row_is_labelled():
