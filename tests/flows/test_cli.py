@@ -58,13 +58,13 @@ def test_run_from_yaml_with_flag_override(clips, tmp_path):
         assert sorted(n.rsplit(".", 1)[1] for n in tar.getnames()) == ["json", "wav"]
 
 
-def test_clear_errors_and_exit_code_2(tmp_path):
-    missing = _run("run", "--input", str(tmp_path / "nope"), "--output", str(tmp_path / "out"))
-    assert missing.returncode == 2 and "input not found" in missing.stderr
+def test_clear_errors_and_exit_code_2(invoke, tmp_path):  # in process: the point is the line and the code
+    missing = invoke("run", "--input", str(tmp_path / "nope"), "--output", str(tmp_path / "out"))
+    assert missing.exit_code == 2 and "input not found" in missing.stderr
     bad = tmp_path / "job.yaml"
     bad.write_text("input: x\noutput: y\nasr: {beam_size: 0}\n")
-    invalid = _run("run", "--config", str(bad))
-    assert invalid.returncode == 2 and "beam_size" in invalid.stderr
+    invalid = invoke("run", "--config", str(bad))
+    assert invalid.exit_code == 2 and "asr.beam_size: Input should be greater than or equal to 1 (got 0)" in invalid.stderr
 
 
 @pytest.mark.slow  # end to end: two calibrations, each in a child process with its own Ray
