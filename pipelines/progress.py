@@ -10,9 +10,12 @@ is no speed: the ETA is the plan's (`planned_seconds`, its wall time) less the t
 """
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from typing import Callable, Optional
+
+log = logging.getLogger("voxmill")
 
 
 def hms(seconds: float) -> str:
@@ -64,12 +67,17 @@ class ProgressLines:
                 f"{speed:.1f}x realtime, elapsed {hms(elapsed)}, ETA {eta}")
 
     def emit(self) -> None:
-        """Write the current line (nothing before the first call)."""
+        """Write the current line (nothing before the first call). A line that cannot be written (a
+        closed stderr, a log handler failing) is dropped: progress never fails the job."""
         text = self.line()
-        if text is not None:
-            with self._lock:
-                self._written = self._state
+        if text is None:
+            return
+        with self._lock:
+            self._written = self._state
+        try:
             self.write(text)
+        except Exception as err:  # noqa: BLE001 - any writer's failure
+            log.debug("progress line not written: %s", err)
 
     def _tick(self) -> None:
         while not self._wake.wait(self.interval):

@@ -59,3 +59,13 @@ def test_a_line_every_interval_and_the_last_on_exit():
     count = len(lines)
     time.sleep(0.12)
     assert len(lines) == count  # the ticker stopped with the job
+
+
+def test_a_line_that_cannot_be_written_fails_nothing():
+    def closed(text: str) -> None:
+        raise BrokenPipeError("stderr is gone")
+
+    with ProgressLines(closed, interval=0.01) as progress:
+        progress(0.0, 60.0, 0, 1)  # in the job's own thread: must not raise
+        time.sleep(0.05)
+        progress(60.0, 60.0, 1, 1)
