@@ -151,12 +151,11 @@ def read_json(url: str, missing: object = ...) -> object:
     """The parsed file; `missing` instead when given and the file does not exist."""
     fs, path = filesystem(url)
     try:
-        if missing is not ... and not fs.exists(path):
-            return missing
-        with fs.open(path, "rb") as fh:
-            return json.load(fh)
+        return json.loads(fs.cat_file(path))  # one GET (no existence check first: on S3 that is 1-2 more)
     except FileNotFoundError:
-        raise
+        if missing is ...:
+            raise
+        return missing
     except OSError as err:
         raise StorageError(f"cannot read {url}: {type(err).__name__}: {err}") from err
 
@@ -175,9 +174,8 @@ def list_files(url: str, suffix: str = "", prefix: str = "") -> list[str]:
 def list_paths(fs: fsspec.AbstractFileSystem, path: str, suffix: str = "", prefix: str = "") -> list[str]:
     """`list_files` on a filesystem already open: sorted protocol-less paths, for `fs` itself."""
     try:
-        if not fs.exists(path):
-            return []
-        names = fs.ls(path, detail=False)
+        fs.invalidate_cache(path)  # what is there now, written by any process (s3fs caches listings)
+        names = fs.ls(path, detail=False)  # no exists() first: on S3 that is a HEAD and a LIST more
     except FileNotFoundError:
         return []
     except OSError as err:

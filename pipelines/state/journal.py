@@ -47,8 +47,14 @@ class AsrJournal:
 
     def __init__(self, url: Optional[str] = None):
         self.url = url
-        names = storage.list_files(url, ".json") if url else []
-        self.saved = {name.rsplit("/", 1)[-1][: -len(".json")] for name in names}  # one listing
+        self._saved: Optional[set[str]] = None if url else set()
+
+    @property
+    def saved(self) -> set[str]:
+        """The tags journaled, from one listing on first use (`clear` needs none)."""
+        if self._saved is None:
+            self._saved = {name.rsplit("/", 1)[-1][: -len(".json")] for name in storage.list_files(self.url, ".json")}
+        return self._saved
 
     def get(self, tag: str) -> Optional[tuple[dict[int, AsrResult], list[int]]]:
         """The batch's results by segment index, and the segments it could not resolve."""

@@ -72,13 +72,13 @@ def test_read_index_sees_every_parts_columns(mixed):
 
 
 def test_report_reads_the_same_rows(mixed):
-    index = report.read_parts(str(mixed), "index", ("key", "dnsmos_ovrl", "not_a_column")).sort_by("key")
+    index = tables.read_parts(str(mixed), "index", ("key", "dnsmos_ovrl", "not_a_column")).sort_by("key")
     assert index.column_names == ["key", "dnsmos_ovrl"]  # a column no part has is left out
     assert index["dnsmos_ovrl"].to_pylist() == [None, None, None, *DNSMOS]
     assert index.equals(read_index(str(mixed), columns=["key", "dnsmos_ovrl"]).sort_by("key"))
-    filtered = report.read_parts(str(mixed), "index", ("key",), pc.field("dnsmos_ovrl") >= 3)
+    filtered = tables.read_parts(str(mixed), "index", ("key",), pc.field("dnsmos_ovrl") >= 3)
     assert sorted(filtered["key"].to_pylist()) == ["src1_001", "src1_002"]
-    rejects = report.read_parts(str(mixed), "rejects").sort_by("stage")
+    rejects = tables.read_parts(str(mixed), "rejects").sort_by("stage")
     assert rejects["metric"].to_pylist() == ["dnsmos_ovrl", None]
     with pytest.raises(ValueError, match="no part of index/ has"):
         tables.read_parts(str(mixed), "index", filter=pc.field("dnsmos") >= 3)
