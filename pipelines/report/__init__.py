@@ -35,9 +35,9 @@ CLIP_FOLDERS = {False: "audio", True: "rejected"}  # under report/: kept samples
 AUDIO_EXTENSIONS = ("flac", "wav")
 
 __all__ = ["AUDIO_EXTENSIONS", "DatasetSummary", "Distribution", "Drop", "PLOTS", "REPORT_FOLDER", "ReportError",
-           "SampleRow", "ThroughputPoint", "copy_audio", "distribution_rows", "drop_label", "drops", "gather",
-           "gather_with_index", "markdown", "number", "overview_rows", "page", "pick_rows", "plots", "throughput",
-           "throughput_png", "write_report"]
+           "SCORE_LABELS", "SampleRow", "ThroughputPoint", "copy_audio", "distribution_rows", "drop_label", "drops",
+           "gather", "gather_with_index", "markdown", "number", "overview_rows", "page", "pick_rows", "plots",
+           "throughput", "throughput_png", "write_report"]
 
 
 def copy_audio(output: str, report: str, rows: list[SampleRow]) -> None:

@@ -26,6 +26,9 @@ from pipelines.io.tables import read_parts  # every part under one unified schem
 from pipelines.state.ledger import Ledger
 from schemas.metrics import METRICS, Registry
 
+# Per-segment scores, with the label a reader sees: the labelled metrics of schemas/metrics.py, in
+# their display order. Any of them may be missing (older outputs) or null (a part left unscored).
+SCORE_LABELS = METRICS.labels()
 SAMPLE_SCORES = ("dnsmos_ovrl", "snr_db", "chars_per_second", "avg_logprob")  # columns of the sample table
 BASE_COLUMNS = ("key", "shard", "source_id", "duration", "language", "near_duplicate_of", "audio_hash", "text")
 REJECT_COLUMNS = ("key", "shard", "stage", "reason", "duration", "metric", "value", "threshold", "text", "language")

@@ -22,7 +22,7 @@ def compact_output(output: str) -> dict[str, int]:
     """Compact everything finished under `output` (the caller holds its lease); what was folded."""
     storage.remove_leftovers(output, (*FOLDERS, "_ledger"))  # scratch files of a compaction killed mid-write
     ledger = Ledger(output)
-    finished = ledger.table()["unit"].to_pylist()
+    finished = ledger.table(["unit"])["unit"].to_pylist()
     folded = {folder: tables.compact(output, folder, finished) for folder in FOLDERS}
     folded["ledger"] = ledger.compact()
     log.info("compacted %s: %s", output, folded)

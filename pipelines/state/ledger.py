@@ -39,21 +39,23 @@ class Ledger:
     def record(self, unit: int, report: dict) -> None:
         storage.write_json(self._url(unit), report)
 
-    def table(self) -> pa.Table:
-        """Every completed unit as one row of LEDGER_SCHEMA, by unit (one listing, the table, and
-        one read per record not yet compacted)."""
+    def table(self, columns: Optional[list[str]] = None) -> pa.Table:
+        """Every completed unit as one row of LEDGER_SCHEMA (or its `columns`, `unit` first), by unit:
+        one listing, the table, and one read per record not yet compacted. Naming only the typed
+        columns skips decoding the records (100k units: milliseconds, not a second)."""
+        columns = ["unit", *[c for c in columns if c != "unit"]] if columns else LEDGER_SCHEMA.names
         loose = storage.list_files(self.root, ".json", prefix=RECORD_PREFIX)  # before the table: see above
-        compacted = _read_table(storage.join(self.root, TABLE))
+        compacted = _read_table(storage.join(self.root, TABLE), columns)
         folded = set(compacted["unit"].to_pylist())
         records = [r for r in map(_read_record, loose) if r is not None and r["unit"] not in folded]
         if not records:
             return compacted
-        return pa.concat_tables([compacted, to_table(records)]).sort_by("unit")
+        return pa.concat_tables([compacted, to_table(records).select(columns)]).sort_by("unit")
 
     def done(self) -> dict[int, dict]:
         """Completed units' records by index."""
         return {unit: json.loads(record) for unit, record in
-                zip(*self.table().select(["unit", "record"]).to_pydict().values())}
+                zip(*self.table(["unit", "record"]).to_pydict().values())}
 
     def loose(self) -> int:
         """How many records are not compacted yet."""
@@ -93,13 +95,13 @@ def totals(table: pa.Table) -> dict[str, float]:
     return {name: pc.sum(table[name]).as_py() or 0 for name in ("input_seconds", "output_seconds", "samples", "rejects")}
 
 
-def _read_table(url: str) -> pa.Table:
+def _read_table(url: str, columns: list[str]) -> pa.Table:
     fs, path = storage.filesystem(url)
     try:
         data = fs.cat_file(path)  # one GET: the file whole, footer included
     except FileNotFoundError:
-        return LEDGER_SCHEMA.empty_table()
-    return pq.read_table(io.BytesIO(data), schema=LEDGER_SCHEMA)
+        return LEDGER_SCHEMA.empty_table().select(columns)
+    return pq.read_table(io.BytesIO(data), columns=columns, schema=LEDGER_SCHEMA)
 
 
 def _read_record(url: str) -> Optional[dict]:
