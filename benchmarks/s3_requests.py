@@ -18,8 +18,10 @@ CLI: ``python benchmarks/s3_requests.py [--json OUT.json]``.
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
+import re
 import socket
 import sys
 import tempfile
@@ -59,7 +61,10 @@ def kind(entry: dict) -> str:
     if method == "GET" and ("list-type" in query or "prefix" in query or path.rstrip("/") == "/corpus"):
         method, path = "LIST", "/corpus/" + query.get("prefix", [""])[0]
     elif method == "POST" and "delete" in query:
-        method = "DELETE"  # DeleteObjects: one request for many keys
+        method = "DELETE"  # DeleteObjects: one request for many keys, named in its body
+        body = base64.b64decode(entry["body"]).decode() if entry.get("body_encoded") else entry.get("body") or ""
+        found = re.search(r"<Key>([^<]*)</Key>", body)
+        path = "/corpus/" + (found[1] if found else "")
     key = path[len(PREFIX):] if path.startswith(PREFIX) else ""
     if key.startswith("_ledger/asr"):
         area = "journal"

@@ -12,7 +12,9 @@ import sys
 import tarfile
 from pathlib import Path
 
-import pyarrow.dataset as ds
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipelines.io import tables  # noqa: E402
 
 
 def members(output: Path, folder: str) -> dict[str, bytes]:
@@ -25,9 +27,10 @@ def members(output: Path, folder: str) -> dict[str, bytes]:
 
 
 def rows(output: Path, folder: str) -> list[dict]:
+    """Every row a reader reads (compacted files and the parts they do not cover, `tables.read_parts`)."""
     if not (output / folder).exists():
         return []
-    table = ds.dataset(output / folder, format="parquet").to_table()
+    table = tables.read_parts(str(output), folder)
     return sorted(table.to_pylist(), key=lambda r: (r.get("unit") or 0, str(r.get("key")), str(r.get("source_uri"))))
 
 
