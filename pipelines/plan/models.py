@@ -91,22 +91,29 @@ def shipped(name: Optional[str], path: Optional[Path] = None) -> Optional[ModelP
 def priced(calibration: Calibration, profile: ModelProfile, gpus: int,
            reference: Optional[ModelProfile] = None) -> Calibration:
     """This machine's stage costs (measured with the bundled tiny.en) with the profile's ASR cost.
-    On CPU the profile is a ratio to tiny.en on the profiled CPU, applied to the tiny.en rate
-    calibrated here (CPUs differ; the engine's ratios between shapes travel). A GPU figure holds
-    for the GPU it names and makes this a GPU profile. Load time stays the bundled model's."""
+    Where the base profile measured tiny.en on the same kind of device, the figure is a ratio to
+    tiny.en on the profiled device, applied to that measured rate: machines differ, the engine's
+    ratios between shapes travel (and a GPU figure timed in transformers prices the faster-whisper
+    backend through faster-whisper's own tiny.en rate). Otherwise it is the figure as measured, on
+    the device it names. Load time stays the bundled model's."""
     cost = profile.cost(gpus > 0)
     rate = cost.seconds_per_speech_second
     here = calibration.hardware.asr_seconds_per_speech_second
-    if not gpus and here and reference is not None and reference.cpu is not None and calibration.hardware.gpus == 0:
-        rate = here * rate / reference.cpu.seconds_per_speech_second
+    same_kind = (calibration.hardware.gpus > 0) == (gpus > 0)
+    anchor = reference.gpu if (reference and gpus) else reference.cpu if reference else None
+    relative = bool(here and same_kind and anchor is not None)
+    if relative:
+        rate = here * rate / anchor.seconds_per_speech_second
+    where = calibration.hardware.gpu_name if relative and gpus else cost.hardware
     hardware = calibration.hardware.model_copy(update={
         "name": f"{calibration.hardware.name}+{profile.name}",
         "asr_model": profile.name,
         "asr_seconds_per_speech_second": rate,
         "asr_probe_segments": None,  # no probe of this input: the profile's own spread is in the README
         "batch_size": cost.batch_size,
-        "source": f"model profile ({cost.engine}, {cost.hardware})",
-        **({"gpus": gpus, "gpu_name": cost.hardware, "device": "cuda"} if gpus else {}),
+        "source": f"model profile ({cost.engine} on {cost.hardware}"
+                  + (f", as a ratio to {anchor.hardware}'s tiny.en)" if relative else ")"),
+        **({"gpus": gpus, "gpu_name": where, "device": "cuda"} if gpus else {}),
     })
     return calibration.model_copy(update={"hardware": hardware})
 

@@ -69,6 +69,19 @@ def test_gpu_session_output_merges_and_prices_a_gpu_plan(shipped_copy):
         models.merge({"kind": "gpu", "models": {"whisper-huge": GPU_RESULT["models"]["large-v3-turbo"]}})
 
 
+def test_a_gpu_profile_measured_with_tiny_en_prices_a_model_by_its_gpu_ratio(shipped_copy):
+    """A GPU session times tiny.en too: a GPU profile calibrated with faster-whisper's tiny.en
+    then scales by the model's ratio to it, on that profile's own GPU."""
+    tiny = {**GPU_RESULT["models"]["large-v3-turbo"], "seconds_per_speech_second": 0.0005}
+    shipped_copy.write_text(models.merge({**GPU_RESULT, "models": {**GPU_RESULT["models"], "tiny.en": tiny}})
+                            .model_dump_json(indent=2))
+    base = _calibration(asr=0.001)
+    base = base.model_copy(update={"hardware": base.hardware.model_copy(update={"gpus": 1, "gpu_name": "H100"})})
+    hardware = models.priced(base, models.shipped("turbo"), 2, models.shipped("tiny.en")).hardware
+    assert hardware.asr_seconds_per_speech_second == pytest.approx(0.001 * 0.002 / 0.0005)
+    assert (hardware.gpus, hardware.gpu_name) == (2, "H100")
+
+
 def test_cpu_figures_travel_as_ratios_to_the_tiny_en_calibrated_here(shipped_copy):
     cpu = {"kind": "cpu", "command": "python benchmarks/model_costs.py", "models": {
         name: {**GPU_RESULT["models"]["large-v3-turbo"], "device": "cpu", "hardware": "test cpu",
