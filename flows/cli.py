@@ -15,7 +15,7 @@ import typer
 from pydantic import BaseModel, ValidationError
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, ProgressColumn, Task, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, Progress, ProgressColumn, Task, TextColumn
 from rich.table import Table
 from rich.text import Text
 
@@ -23,7 +23,7 @@ from pipelines import report
 from pipelines.io import storage
 from pipelines.io.storage import StorageError
 from pipelines.job import run_job
-from pipelines.plan import history, models
+from pipelines.plan import history
 from pipelines.plan.planning import (
     LimitExceeded,
     check_limits,
@@ -94,12 +94,16 @@ def _default(model: type[BaseModel], field: str, unset: str = "unset") -> str:
     return f"[default: {unset if value is None else value}]"
 
 
-class _HoursColumn(ProgressColumn):
-    """Audio hours done / total and throughput as a multiple of real time."""
+class _LineColumn(ProgressColumn):
+    """The bar's text is the progress line a log gets (hours, units, x realtime of this run's audio,
+    elapsed, ETA), recomputed at each refresh: one reckoning for the terminal and for logs."""
+
+    def __init__(self, lines: ProgressLines):
+        super().__init__()
+        self.lines = lines
 
     def render(self, task: Task) -> Text:
-        speed = (task.completed / task.elapsed) if task.elapsed else 0.0
-        return Text(f"{task.completed / 3600:.3f}/{(task.total or 0) / 3600:.3f} h  {speed:.1f}x realtime")
+        return Text((self.lines.line() or "starting the workers").removeprefix("progress: "))
 
 
 @app.command()
@@ -393,9 +397,6 @@ def plan(
     manifest: Optional[Path] = typer.Option(None, metavar="PATH", help="plan from a saved manifest (Parquet) instead"),
     gpus: Optional[int] = typer.Option(None, metavar="N", help="what-if: GPUs [default: the profiled machine's]"),
     cpus: Optional[int] = typer.Option(None, metavar="N", help="what-if: CPU cores [default: the profiled machine's]"),
-    model: Optional[str] = typer.Option(None, metavar="MODEL", help="faster-whisper model name or path; a name "
-                                        "with a shipped cost profile (python -m pipelines.plan.models show) is "
-                                        "priced without downloading it [default: bundled tiny.en]"),
     deadline: Optional[str] = typer.Option(None, metavar="DURATION", help="smallest resources finishing within, e.g. 24h"),
     profile: Optional[str] = typer.Option(None, metavar="NAME|PATH",
                                           help="hardware profile name or JSON [default: calibrate here]"),
@@ -407,13 +408,13 @@ def plan(
     _setup_logging()
     source = input or (str(manifest) if manifest else None) or ("history-only" if history_view else None)
     job = _job_config(source, "plan-only", config,  # --history needs no input, only plan.history_path
-                      {"plan.profile": profile, "asr.model": model}, settings)
+                      {"plan.profile": profile}, settings)
     if history_view:
         _print_history(history.read(job.plan.history_path))
         return
     try:
         calibration = load_profile(job, profile) if (manifest and profile) else None
-        if calibration is None and not models.shipped(job.asr.model):
+        if calibration is None:
             check_model(job.asr)  # calibration runs the model: a bad --model fails here first
         table = None
         if manifest:
@@ -473,15 +474,16 @@ def _print_history(records: list[dict]) -> None:
 def _run_with_progress(job, manifest=None, plan=None, restart: bool = False) -> dict:
     """A bar on a terminal; elsewhere (RayJob, kubectl logs, nohup, CI) a plain line every
     engine.progress_seconds, which a log keeps and a bar would not draw until the end."""
+    planned = plan["wall_seconds"] if plan else None  # the ETA until a unit has finished
     if not console.is_terminal:
-        planned = plan["wall_seconds"] if plan else None  # the ETA until a unit has finished
         with ProgressLines(_stderr_line, job.engine.progress_seconds, planned) as lines:
             return run_job(job, progress=lines, manifest=manifest, plan=plan, restart=restart)
-    columns = [TextColumn("[bold]voxmill"), BarColumn(), _HoursColumn(), TextColumn("ETA"), TimeRemainingColumn()]
-    with Progress(*columns, console=console, transient=False) as bar:
+    lines = ProgressLines(lambda text: None, job.engine.progress_seconds, planned)  # not entered: reckons, writes nothing
+    with Progress(TextColumn("[bold]voxmill"), BarColumn(bar_width=24), _LineColumn(lines), console=console) as bar:
         task = bar.add_task("audio", total=None)
 
         def on_progress(done: float, total: float, units_done: int, units_total: int) -> None:
+            lines(done, total, units_done, units_total)
             bar.update(task, completed=done, total=total or 1)
 
         return run_job(job, progress=on_progress, manifest=manifest, plan=plan, restart=restart)

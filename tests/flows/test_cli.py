@@ -17,6 +17,7 @@ from typer.main import get_command
 from typer.testing import CliRunner
 
 from flows import cli
+from pipelines.progress import ProgressLines
 from schemas.config import JobConfig
 from schemas.settings import parse_settings
 from tests.fakes import FAKE_ASR, FAKE_ASR_ENV, ROOT
@@ -200,6 +201,14 @@ def test_run_prints_progress_lines_and_takes_set(invoke, clips, local_ray, tmp_p
                         r"ETA unknown \(no unit finished yet\)", lines[0]), lines[0]
     assert re.fullmatch(rf"progress: {hours}/{hours} h \(100%\), 2/2 units, [\d.]+x realtime, elapsed \d:\d\d:\d\d, "
                         r"ETA done", lines[-1]), lines[-1]
+
+
+def test_the_terminal_bar_reads_the_log_line():
+    lines = ProgressLines(lambda text: None, 30.0)
+    column = cli._LineColumn(lines)
+    assert column.render(None).plain == "starting the workers"
+    lines(1800.0, 3600.0, 1, 2)
+    assert column.render(None).plain.startswith("0.500/1.000 h (50%), 1/2 units, 0.0x realtime, elapsed 0:00:00, ETA ")
 
 
 def test_job_example_is_the_cli_defaults():
