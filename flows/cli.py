@@ -23,7 +23,7 @@ from pipelines import report
 from pipelines.io import storage
 from pipelines.io.storage import StorageError
 from pipelines.job import run_job
-from pipelines.plan import history
+from pipelines.plan import history, models
 from pipelines.plan.planning import (
     LimitExceeded,
     check_limits,
@@ -397,6 +397,9 @@ def plan(
     manifest: Optional[Path] = typer.Option(None, metavar="PATH", help="plan from a saved manifest (Parquet) instead"),
     gpus: Optional[int] = typer.Option(None, metavar="N", help="what-if: GPUs [default: the profiled machine's]"),
     cpus: Optional[int] = typer.Option(None, metavar="N", help="what-if: CPU cores [default: the profiled machine's]"),
+    model: Optional[str] = typer.Option(None, metavar="MODEL", help="faster-whisper model name or path; a name "
+                                        "with a shipped cost profile (python -m pipelines.plan.models show) is "
+                                        "priced without downloading it [default: bundled tiny.en]"),
     deadline: Optional[str] = typer.Option(None, metavar="DURATION", help="smallest resources finishing within, e.g. 24h"),
     profile: Optional[str] = typer.Option(None, metavar="NAME|PATH",
                                           help="hardware profile name or JSON [default: calibrate here]"),
@@ -408,13 +411,13 @@ def plan(
     _setup_logging()
     source = input or (str(manifest) if manifest else None) or ("history-only" if history_view else None)
     job = _job_config(source, "plan-only", config,  # --history needs no input, only plan.history_path
-                      {"plan.profile": profile}, settings)
+                      {"plan.profile": profile, "asr.model": model}, settings)
     if history_view:
         _print_history(history.read(job.plan.history_path))
         return
     try:
         calibration = load_profile(job, profile) if (manifest and profile) else None
-        if calibration is None:
+        if calibration is None and not models.shipped(job.asr.model):
             check_model(job.asr)  # calibration runs the model: a bad --model fails here first
         table = None
         if manifest:
