@@ -116,7 +116,11 @@ def learn_from_run(config: JobConfig, plan: dict, summary: dict) -> Optional[Cal
     if hardware.source == QUICK_BOUND:
         hardware = hardware.model_copy(update={"source": LEARNED})
     calibration = base.model_copy(update={"hardware": hardware})
-    save_profile(config, calibration)
+    try:
+        save_profile(config, calibration)
+    except OSError as err:  # a read-only profiles folder: the run's output stands, the plan learns nothing
+        log.warning("profile %s not saved (%s): the next plan will not learn from this run", hardware.name, err)
+        return None
     log.info("profile %s learned from this run (%d runs, %.0f s of audio)", hardware.name,
              hardware.learned_runs, hardware.learned_seconds)
     return calibration
