@@ -280,14 +280,33 @@ TRAINERS_TORCH = ("torch", "torchgen", "functorch", "nvidia", "cuda", "triton", 
                   "jinja2", "markupsafe", "filelock")  # torch and what it imports, as a trainer already has them
 
 
+def _lhotse_requirements() -> list[str]:
+    """lhotse's own requirements but torch (the trainer's, linked in): what `pip install lhotse` next to
+    a torch adds."""
+    from importlib.metadata import requires
+
+    wanted = [r.split(";")[0].strip() for r in requires("lhotse") or [] if "extra ==" not in r]
+    return [r for r in wanted if re.split(r"[<>=!~ \[]", r)[0].lower() != "torch"]
+
+
 @pytest.mark.slow
 def test_a_clean_reader_venv_loads_a_multi_shard_output(out, tmp_path):
-    """`pip install "voxmill[hf]"` (the core, plus datasets) into a new venv: no torch, Ray, Prefect,
-    faster-whisper or torchcodec come with it. There hf_dataset decodes every sample's audio and
-    webdataset reads with workers; then, with the trainer's own torch (this environment's, linked
-    in after the venv's packages), SpeechShards reads every sample once with 2 DataLoader workers."""
+    """The "Done means" of issue 17, on a real job's output of >= 3 shards, in a new venv.
+
+    `pip install "voxmill[hf]"` (the core, plus datasets): no torch, Ray, Prefect, faster-whisper or
+    torchcodec come with it. There hf_dataset decodes every sample's audio, webdataset reads the
+    shards and the NeMo export reads by NeMo's manifest contract (paths relative to the manifest,
+    soundfile). Then with the trainer's own torch (this environment's, linked in after the venv's
+    packages) and lhotse installed beside it (its other requirements, as `pip install lhotse` next to a
+    torch adds them): SpeechShards and webdataset each read every sample once with 2 DataLoader
+    workers, and lhotse reads the Lhotse Shar export, every cut's audio decoded."""
     import torch
 
+    from pipelines.export import export
+
+    lhotse_dest, nemo_dest = tmp_path / "lhotse", tmp_path / "nemo"
+    assert export(out, "lhotse", str(lhotse_dest))["shards"] >= 3
+    export(out, "nemo", str(nemo_dest))
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     python = str(venv / "bin" / "python")
@@ -303,7 +322,8 @@ def test_a_clean_reader_venv_loads_a_multi_shard_output(out, tmp_path):
         assert f"\n{heavy}" not in f"\n{installed}", heavy
     expected = sorted(read_index(out, columns=["key"])["key"].to_pylist())
     reader = f"""
-import glob, sys
+import glob, json, os, sys
+import soundfile as sf
 import webdataset as wds
 from pipelines.loader import hf_dataset, read_audio, read_index
 out, expected = {out!r}, {expected!r}
@@ -315,6 +335,12 @@ urls = sorted(glob.glob(out + "/shards/*.tar"))
 assert len(urls) >= 3
 keys = [s["__key__"] for s in wds.WebDataset(urls, shardshuffle=False).decode(wds.handle_extension("flac", read_audio))]
 assert sorted(keys) == expected
+manifest = {str(nemo_dest / "manifest.json")!r}
+lines = [json.loads(line) for line in open(manifest)]
+assert sorted(line["key"] for line in lines) == expected
+for line in lines:  # NeMo's contract: a relative audio_filepath is relative to the manifest's folder
+    wave, rate = sf.read(os.path.join(os.path.dirname(manifest), line["audio_filepath"]), dtype="float32")
+    assert abs(len(wave) / rate - line["duration"]) < 1e-6 and line["text"]
 for name in ("torch", "ray", "prefect", "torchcodec", "faster_whisper", "s3fs"):
     assert name not in sys.modules, name
 print("ok")
@@ -330,14 +356,31 @@ print("ok")
             (linked / name).symlink_to(site / name)
     venv_site = next((venv / "lib").glob("python*/site-packages"))
     (venv_site / "zz-trainers-torch.pth").write_text(f"{linked}\n")  # after the venv's own packages
+    # urllib3: lhotse imports it (lhotse/ais) without requiring it; a trainer's environment usually has it
+    for args in (["--no-deps", "lhotse"], [*_lhotse_requirements(), "urllib3"]):
+        subprocess.run([python, "-m", "pip", "install", "--quiet", *args], check=True, timeout=600)
+    assert not (venv_site / "torch").exists()  # the trainer's torch stays the one in use
     trainer = f"""
-import sys
-from collections import Counter
+import glob, sys
+import webdataset as wds
 from torch.utils.data import DataLoader
-from pipelines.loader import SpeechShards
-data = SpeechShards({out!r}, sample_rate=16000, batch_seconds=20)
+from lhotse import CutSet
+from pipelines.loader import SpeechShards, read_audio
+out, expected = {out!r}, {expected!r}
+data = SpeechShards(out, sample_rate=16000, batch_seconds=20)
 keys = [k for b in DataLoader(data, batch_size=None, num_workers=2, multiprocessing_context="spawn") for k in b["keys"]]
-assert sorted(keys) == {expected!r}
+assert sorted(keys) == expected
+urls = sorted(glob.glob(out + "/shards/*.tar"))
+plain = wds.WebDataset(urls, shardshuffle=False, empty_check=False).decode(wds.handle_extension("flac wav", read_audio))
+loader = DataLoader(plain.to_tuple("__key__", "flac", "json"), batch_size=None, num_workers=2,
+                    multiprocessing_context="spawn")
+assert sorted(key for key, _, _ in loader) == expected
+cuts = list(CutSet.from_shar(in_dir={str(lhotse_dest)!r}))
+assert sorted(cut.id for cut in cuts) == expected
+for cut in cuts:
+    audio = cut.load_audio()
+    assert audio.shape[0] == 1 and audio.shape[1] == cut.recording.num_samples > 0
+    assert cut.supervisions[0].text
 for name in ("ray", "prefect", "torchcodec", "torchaudio", "faster_whisper"):
     assert name not in sys.modules, name
 print("ok")
