@@ -131,6 +131,7 @@ def build_summary(config: JobConfig, manifest: pa.Table, units: list[WorkUnit], 
         "complete": not failures,
         "counts": {
             "input_files": manifest.num_rows,
+            "headers_read": getattr(manifest, "headers_read", manifest.num_rows),  # a rerun reads new files' only
             "units": len(units),
             "units_processed": len(reports),
             "units_resumed": len(previous),

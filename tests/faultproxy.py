@@ -28,7 +28,8 @@ class FaultProxy:
     """`FaultProxy(upstream_port, rate=0.2).start()`; `.url` is the endpoint to give clients.
 
     `rate` and `kinds` may be changed while it runs (e.g. an outage in the middle of a job).
-    `counts` tells how many requests passed and how many faults of each kind were injected.
+    `counts` tells how many requests passed, how many faults of each kind were injected and how
+    many body bytes went back to clients (`bytes_out`).
     """
 
     def __init__(self, upstream_port: int, rate: float = 0.0, kinds: tuple[str, ...] = FAULTS,
@@ -145,6 +146,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(data)
+            proxy: FaultProxy = self.server.proxy  # type: ignore[attr-defined]
+            with proxy._lock:
+                proxy.counts["bytes_out"] += len(data)  # what clients downloaded (a header read's range)
 
     def _send_error(self, status: int) -> None:
         code = ERROR_CODES.get(status, "InternalError")

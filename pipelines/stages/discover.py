@@ -71,9 +71,10 @@ class Discover:
         a file whose header a killed run already read (same id, same size) is not read again."""
         known = layout.known_ids(discovery.output)
         cache = discovery.cache()
-        discovery.parts, discovery.new_files, discovery.seconds = [], 0, 0.0
+        discovery.parts, discovery.new_files, discovery.seconds, discovery.headers_read = [], 0, 0.0, 0
         for n, batch in enumerate(read_listing(discovery.listing)):
-            rows = self._batch(discovery.fs, batch, known, cache)
+            rows, read = self._batch(discovery.fs, batch, known, cache)
+            discovery.headers_read += read
             if rows.num_rows:
                 url = storage.join(discovery.folder, f"manifest-{n:06d}.parquet")
                 with storage.atomic_local_file(url, ".parquet") as scratch:
@@ -86,8 +87,8 @@ class Discover:
         return discovery
 
     def _batch(self, fs: fsspec.AbstractFileSystem, batch: pa.RecordBatch, known: pa.Array,
-               cache: pa.Table) -> pa.Table:
-        """Manifest rows of one listing batch's new files, in listing order."""
+               cache: pa.Table) -> tuple[pa.Table, int]:
+        """Manifest rows of one listing batch's new files, in listing order, and how many headers it read."""
         paths = batch.column("path").to_pylist()
         uris = [storage.to_url(fs, p) for p in paths]
         ids = pa.array([source_id(u) for u in uris], pa.string())
@@ -108,7 +109,7 @@ class Discover:
         with ThreadPoolExecutor(self.probe_threads) as pool:
             for (slot, _), row in zip(todo, pool.map(lambda t: self._row(fs, t[1]), todo)):
                 rows[slot] = row
-        return pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
+        return pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA), len(todo)
 
     def manifest(self, fs: fsspec.AbstractFileSystem, found: list[Listed]) -> pa.Table:
         """Probe the headers of listed files in parallel threads; a listing problem is a row too."""
@@ -146,6 +147,7 @@ class Discovery:
     new_files: int = 0
     known: int = 0  # listed files some unit already holds (not probed)
     seconds: float = 0.0  # header seconds of the new files
+    headers_read: int = 0  # files whose header this run read (new, and not read by a killed run)
 
     @property
     def listing(self) -> str:

@@ -32,6 +32,7 @@ from schemas.tables import LISTING_SCHEMA
 GLOB_CHARS = set("*?[")
 BATCH = 1 << 16  # entries per listing batch (a Parquet row group)
 S3_PROTOCOLS = ("s3", "s3a")
+PAGE_KEYS = 1000  # keys per S3 listing request (the API's most)
 
 
 @dataclass(frozen=True)
@@ -146,14 +147,14 @@ def _remote(details: dict) -> Iterator[Listed]:
 
 
 def _s3_pages(fs: fsspec.AbstractFileSystem, path: str) -> Iterator[Listed]:
-    """Every object under an S3 prefix, a page (1,000 keys) at a time, in key order; `fs.find`
+    """Every object under an S3 prefix, a page (`PAGE_KEYS`) at a time, in key order; `fs.find`
     would hold the whole listing (about 0.8 KB a file) before returning any of it."""
     bucket, key, _ = fs.split_path(path)
     prefix = key.rstrip("/") + "/" if key else ""
     page: dict = {"NextContinuationToken": None}
     while "NextContinuationToken" in page:
         token = {"ContinuationToken": page["NextContinuationToken"]} if page["NextContinuationToken"] else {}
-        page = fs.call_s3("list_objects_v2", Bucket=bucket, Prefix=prefix, **token)
+        page = fs.call_s3("list_objects_v2", Bucket=bucket, Prefix=prefix, MaxKeys=PAGE_KEYS, **token)
         for item in page.get("Contents", []):
             if not item["Key"].endswith("/"):  # a folder marker, not a file
                 yield Listed(f"{bucket}/{item['Key']}", int(item.get("Size") or 0))

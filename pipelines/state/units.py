@@ -25,6 +25,7 @@ from schemas.tables import UNIT_FILE_SCHEMA, UNIT_SCHEMA
 FALLBACK_BYTES_PER_SECOND = 32000  # 16 kHz 16-bit mono: a guess when a header gave no duration
 VAD_STEP = 0.032  # Silero reads 512-sample windows at 16 kHz: excerpt edges sit on that grid
 EXCERPT_CONTEXT = 32.0  # seconds decoded past each excerpt edge (> the longest segment, on the grid)
+WINDOW = 256  # pieces summed at a time while filling a unit (a unit takes ~180 files of 10 s)
 
 
 class WorkUnit:
@@ -146,20 +147,28 @@ def _assign(pieces: pa.RecordBatch, unit: _Open, budget: float, max_files: int,
             closed.append(unit)
             unit = _Open(unit.index + 1)
             continue
-        window = lengths[pos:pos + room]
-        sums = np.cumsum(np.r_[unit.seconds, window])[1:]  # sequential, from the unit's own total
+        window = lengths[pos:pos + min(room, WINDOW)]
+        sums = _running(unit.seconds, window)
         take = int(np.searchsorted(sums, budget, side="right"))
         take = max(take, 0 if unit.names else 1)
         if take:
             numbers[pos:pos + take] = unit.index
             unit.seconds = float(sums[take - 1])
-            unit.duration = float(np.cumsum(np.r_[unit.duration, durations[pos:pos + take]])[-1])
+            unit.duration = float(_running(unit.duration, durations[pos:pos + take])[-1])
             unit.names.extend(names[pos:pos + take])
             pos += take
         if take < len(window):  # the next piece would overflow the budget
             closed.append(unit)
             unit = _Open(unit.index + 1)
     return numbers, _unit_rows(closed), unit
+
+
+def _running(start: float, values: np.ndarray) -> np.ndarray:
+    """Totals after each value, added one at a time from `start` (as a loop adds; np.sum pairs)."""
+    buffer = np.empty(len(values) + 1)
+    buffer[0] = start
+    buffer[1:] = values
+    return np.cumsum(buffer)[1:]
 
 
 def _names(pieces: pa.RecordBatch) -> list[str]:
@@ -193,10 +202,11 @@ def _pieces(batch: pa.RecordBatch, excerpt: float) -> pa.RecordBatch:
     size = np.nan_to_num(batch.column("bytes").to_numpy(zero_copy_only=False).astype(np.float64))[rows]
     guess = np.where(has_duration[rows] & (np.nan_to_num(whole) != 0), whole, size / FALLBACK_BYTES_PER_SECOND)
     take = pa.array(rows)
+    pick = (lambda column: column.take(take)) if len(rows) != len(duration) else (lambda column: column)
     return pa.record_batch([
-        batch.column("id").take(take), batch.column("uri").take(take),
+        pick(batch.column("id")), pick(batch.column("uri")),
         pa.array(piece, pa.float64(), mask=~has_duration[rows]),
-        error.take(take),
+        pick(error),
         pa.array(np.where(cut, k * excerpt, 0.0), pa.float64()),
         pa.array(np.where(cut & ~last, excerpt, 0.0), pa.float64(), mask=~(cut & ~last)),
         pa.array(np.where(cut, EXCERPT_CONTEXT, 0.0), pa.float64()),

@@ -43,6 +43,8 @@ def test_only_new_files_are_processed(grown):
     first, second, out, _ = grown
     assert first["complete"] and second["complete"]
     assert second["counts"]["input_files"] == 5
+    assert second["counts"]["headers_read"] == len(LATER)  # known files were dropped before any header read
+    assert not list((out / "_ledger").glob("discovery-*"))  # the run's listing goes once its units are laid
     assert second["counts"]["units_resumed"] == first["counts"]["units"]
     assert second["counts"]["units_processed"] == second["counts"]["units"] - first["counts"]["units"] > 0
     layout = jobstate.layout(str(out))
