@@ -69,7 +69,7 @@ class Discover:
         """Read the headers of the listed files no unit holds yet, a batch at a time, each batch
         committed as a manifest part: known files are dropped by id in Arrow before any read, and
         a file whose header a killed run already read (same id, same size) is not read again."""
-        known = layout.known_ids(discovery.output)
+        known = layout.Known(discovery.output)
         cache = discovery.cache()
         discovery.parts, discovery.new_files, discovery.seconds, discovery.headers_read = [], 0, 0.0, 0
         for n, batch in enumerate(read_listing(discovery.listing)):
@@ -86,17 +86,17 @@ class Discover:
         discovery.probed = True
         return discovery
 
-    def _batch(self, fs: fsspec.AbstractFileSystem, batch: pa.RecordBatch, known: pa.Array,
+    def _batch(self, fs: fsspec.AbstractFileSystem, batch: pa.RecordBatch, known: layout.Known,
                cache: pa.Table) -> tuple[pa.Table, int]:
-        """Manifest rows of one listing batch's new files, in listing order, and how many headers it read."""
+        """Manifest rows of one listing batch's new files, in listing order, and how many headers it read.
+        A file's id is a function of its uri, so the files some unit holds are dropped by uri."""
         paths = batch.column("path").to_pylist()
         uris = [storage.to_url(fs, p) for p in paths]
-        ids = pa.array([source_id(u) for u in uris], pa.string())
-        fresh = pc.invert(pc.is_in(ids, value_set=known)).to_numpy(zero_copy_only=False)
-        keep = np.flatnonzero(fresh)
+        keep = np.flatnonzero(~known.held(pa.array(uris, pa.string())))
+        ids = pa.array([source_id(uris[i]) for i in keep], pa.string())
         sizes = batch.column("size").to_pylist()
         errors = batch.column("error").to_pylist()
-        where = pc.index_in(ids.take(keep), value_set=cache.column("id")).to_numpy(zero_copy_only=False) \
+        where = pc.index_in(ids, value_set=cache.column("id")).to_numpy(zero_copy_only=False) \
             if cache.num_rows else np.full(len(keep), np.nan)
         rows: list[Optional[dict]] = [None] * len(keep)
         todo = []

@@ -14,6 +14,7 @@ import bisect
 import threading
 from typing import Iterable, Iterator, Optional
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -73,6 +74,47 @@ def known_ids(output: str) -> pa.Array:
     for url in _parts(output):
         chunks += _read_table(url[: -len(".parquet")] + FILES, UNIT_FILE_SCHEMA, ["id"]).column("id").chunks
     return pc.unique(pa.chunked_array(chunks, pa.string()))
+
+
+class Known:
+    """Which uris of a sorted listing some unit already holds, without holding every known id: each
+    files part is in uri order (units are cut in uri order), so one pass over each part's `uri`
+    column, a row group at a time, serves a whole listing read in uri order."""
+
+    def __init__(self, output: str):
+        legacy = sorted(f.uri for u in read_json_units(output) for f in u.files)
+        self.sources: list[Iterator[pa.Array]] = [iter([pa.array(legacy, pa.string())])]
+        self.sources += [self._uris(url[: -len(".parquet")] + FILES) for url in _parts(output)]
+        self.buffers = [pa.array([], pa.string()) for _ in self.sources]
+        self.count = 0  # listed uris found held so far
+
+    @staticmethod
+    def _uris(url: str) -> Iterator[pa.Array]:
+        fs, path = storage.filesystem(url)
+        with fs.open(path, "rb") as fh:
+            for batch in pq.ParquetFile(fh).iter_batches(batch_size=ROW_GROUP, columns=["uri"]):
+                yield batch.column(0)
+
+    def held(self, uris: pa.Array) -> np.ndarray:
+        """A mask of `uris` (sorted, after every batch asked before) that some unit holds."""
+        if not len(uris):
+            return np.zeros(0, bool)
+        low, high = uris[0], uris[len(uris) - 1]
+        found = []
+        for k, source in enumerate(self.sources):
+            buffer = self.buffers[k]
+            while not len(buffer) or pc.less_equal(buffer[len(buffer) - 1], high).as_py():
+                more = next(source, None)
+                if more is None:
+                    break
+                buffer = pa.concat_arrays([buffer, more])
+            buffer = buffer.filter(pc.greater_equal(buffer, low))
+            inside = pc.less_equal(buffer, high)
+            found.append(buffer.filter(inside))
+            self.buffers[k] = buffer.filter(pc.invert(inside))
+        mask = pc.is_in(uris, value_set=pa.concat_arrays(found)).to_numpy(zero_copy_only=False)
+        self.count += int(mask.sum())
+        return mask
 
 
 def read_json_units(output: str) -> list[WorkUnit]:

@@ -94,3 +94,8 @@ def test_the_layout_is_appended_parquet_read_back_unit_by_unit_beside_an_old_jso
     assert parquet == [f"layout-{len(old):06d}.files.parquet", f"layout-{len(old):06d}.parquet",
                        f"layout-{len(units):06d}.files.parquet", f"layout-{len(units):06d}.parquet"]
     assert jobstate.claim(job, pa.concat_tables([first, later])) and len(jobstate.layout(output)) == len(again)
+    listed = sorted(set(first.column("uri").to_pylist() + later.column("uri").to_pylist() + [f"/a/{i}.new" for i in range(50)]))
+    known, held = layout.Known(output), []
+    for start in range(0, len(listed), 37):  # a listing read in batches, in uri order
+        held += known.held(pa.array(listed[start:start + 37])).tolist()
+    assert [uri for uri, h in zip(listed, held) if not h] == [f"/a/{i}.new" for i in sorted(range(50), key=str)]
