@@ -35,7 +35,7 @@ from pipelines.plan.planning import (
 )
 from pipelines.preflight import check_model, check_store
 from pipelines.progress import ProgressLines
-from pipelines.stages.discover import InputError
+from pipelines.stages.discover import Discovery, InputError
 from pipelines.state import jobstate
 from pipelines.state.compaction import compact_output
 from pipelines.state.lease import LeaseHeld, LeaseLost, OutputLease
@@ -148,7 +148,7 @@ def run(
         plan, manifest = (None, None) if skip_plan else plan_job(job)
         if plan is not None:
             _print_plan(plan)
-            check_limits(job, plan)
+            _within_limits(job, plan, manifest)
         summary = _run_with_progress(job, manifest, plan.model_dump(mode="json") if plan else None, restart)
     except (InputError, StorageError, LimitExceeded, jobstate.ConfigChanged, LeaseHeld, LeaseLost) as err:
         _print_error(err)
@@ -422,8 +422,10 @@ def plan(
         table = None
         if manifest:
             table = manifest_batches(str(manifest)) if calibration else load_manifest(str(manifest))
-        result, _ = plan_job(job, table, cpus=cpus, gpus=gpus, calibration=calibration, recalibrate=recalibrate,
-                             deadline_seconds=parse_duration(deadline) if deadline else None)
+        with tempfile.TemporaryDirectory(prefix="voxmill-plan-") as scratch:  # the listing: no output to keep it in
+            result, _ = plan_job(job.model_copy(update={"output": scratch}), table, cpus=cpus, gpus=gpus,
+                                 calibration=calibration, recalibrate=recalibrate,
+                                 deadline_seconds=parse_duration(deadline) if deadline else None)
     except (InputError, LimitExceeded, FileNotFoundError, ValueError) as err:
         _print_error(err)
         raise typer.Exit(2)
@@ -431,6 +433,16 @@ def plan(
         sys.stdout.write(result.model_dump_json(indent=2) + "\n")
     else:
         _print_plan(result)
+
+
+def _within_limits(job, plan, listed) -> None:
+    """`check_limits`; a refused run leaves nothing in the output (not even the plan's listing)."""
+    try:
+        check_limits(job, plan)
+    except LimitExceeded:
+        if isinstance(listed, Discovery):
+            listed.remove()
+        raise
 
 
 def _print_plan(plan) -> None:
