@@ -27,11 +27,10 @@ from collections import Counter
 from datetime import datetime, timezone
 from typing import Callable, Iterable, Mapping, Optional
 
-import pyarrow.parquet as pq
 import yaml
 from pydantic import ValidationError
 
-from pipelines.io import storage
+from pipelines.io import storage, tables
 from pipelines.sinks.base import open_sink
 from pipelines.sinks.card import write_card
 from pipelines.stages.commit import UnitCommitter, decide
@@ -210,9 +209,8 @@ def _read_unit(output: str, unit: WorkUnit) -> tuple[list[dict], list[dict], lis
 
 def _read_part(output: str, folder: str, unit: int):
     url = storage.join(output, folder, f"part-{unit:06d}.parquet")
-    fs, path = storage.filesystem(url)
     try:
-        return pq.read_table(path, filesystem=fs)
+        return tables.unit_rows(output, folder, unit)  # its part, or the compacted file that holds it
     except FileNotFoundError as err:
         raise RefilterError(f"{url} is missing although unit {unit} has a ledger record: the output is damaged; "
                             "delete that unit's _ledger/unit-*.json and rerun `voxmill run` on it first") from err

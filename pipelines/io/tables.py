@@ -56,6 +56,25 @@ def open_parts(output: str, folder: str, storage_options: Optional[dict] = None)
     return ds.dataset(view.paths, schema=view.schema, filesystem=fs, format="parquet")
 
 
+def unit_rows(output: str, folder: str, unit: int, storage_options: Optional[dict] = None) -> pa.Table:
+    """One unit's rows, in the order its part held them: from its part, or from the compacted file
+    that covers it (pushed down to its row groups). FileNotFoundError when neither holds it."""
+    fs, path = storage.filesystem(storage.join(output, folder), storage_options)
+    for attempt in range(READ_ATTEMPTS):
+        manifest = _read_manifest(fs, path)
+        covering = [f["name"] for f in (manifest or {}).get("files", [])
+                    if any(first <= unit <= last for first, last in f["units"])]
+        name = covering[0] if covering else f"{PART_PREFIX}{unit:06d}{PART_SUFFIX}"
+        try:
+            table = pq.read_table(f"{path.rstrip('/')}/{name}", filesystem=fs)
+        except FileNotFoundError:
+            if not covering or attempt == READ_ATTEMPTS - 1:
+                raise
+            continue  # compacted again meanwhile: read the new manifest
+        return table.filter(pc.equal(table["unit"], unit)) if covering else table
+    raise AssertionError("unreachable")
+
+
 def read_retrying(output: str, folder: str, read: Callable[[ds.Dataset], pa.Table],
                   storage_options: Optional[dict] = None) -> pa.Table:
     """`read(open_parts(...))`, opened again when a compaction deleted a file it was reading."""

@@ -73,8 +73,12 @@ def small_blocks(monkeypatch):
 def test_compaction_is_exact_and_leaves_few_files(tmp_path):
     out = _output(tmp_path)
     before = {folder: _rows(out, folder) for folder in ("index", "rejects")}
+    parts = {u: pq.read_table(out / "index" / f"part-{u:06d}.parquet") for u in (0, 5, 6)}
     records = Ledger(str(out)).done()
     assert compact_output(str(out)) == {"index": 9, "rejects": 9, "ledger": 9}
+    for unit, part in parts.items():  # one unit's rows (refilter reads them), from its block or its part
+        rows = tables.unit_rows(str(out), "index", unit).select(part.column_names)
+        assert rows.to_pylist() == part.to_pylist()
     assert {folder: _rows(out, folder) for folder in ("index", "rejects")} == before
     assert Ledger(str(out)).done() == records and sorted(records) == [u for u in range(UNITS) if u != 6]
     names = sorted(p.name for p in (out / "index").iterdir())
