@@ -28,6 +28,7 @@ from pipelines.stages.commit import UnitCommitter
 from pipelines.stages.discover import Discover
 from pipelines.stages.prepare import Preparer
 from pipelines.state import jobstate
+from pipelines.state.compaction import compact_output
 from pipelines.state.lease import OutputLease
 from pipelines.state.ledger import Ledger
 from schemas.config import load_job_config
@@ -201,6 +202,17 @@ def test_stricter_threshold_moves_a_sample_to_rejects(prepared, base, tmp_path):
     again = refiltering.refilter(str(base), {"min_dnsmos_ovrl": 3.2}, str(out))  # a rerun: nothing to do
     assert again["refilter"]["units_refiltered"] == 0 and again["refilter"]["units_resumed"] == 2
     assert contents(out) == contents(tmp_path / "fresh")
+
+
+def test_a_compacted_source_refilters_as_its_parts_do(base, tmp_path):
+    compacted = tmp_path / "compacted"
+    shutil.copytree(base, compacted)
+    compact_output(str(compacted))
+    assert not list((compacted / "index").glob("part-*"))
+    summary = refiltering.refilter(str(compacted), {"min_dnsmos_ovrl": 3.2}, str(tmp_path / "from-compacted"))
+    assert summary["refilter"]["dropped"] == 1
+    refiltering.refilter(str(base), {"min_dnsmos_ovrl": 3.2}, str(tmp_path / "from-parts"))
+    assert contents(tmp_path / "from-compacted") == contents(tmp_path / "from-parts")
 
 
 def test_an_interrupted_refilter_resumes_to_the_same_output(prepared, base, tmp_path, monkeypatch):
