@@ -269,3 +269,45 @@ def test_a_busier_machine_than_at_calibration_slows_the_cpu_stages_and_says_so(c
 def test_load_is_read_from_this_machine():
     reading = read_load()
     assert reading.cores > 0 and reading.load >= 0 and 0 < reading.cpu_share <= 1
+
+
+def test_a_run_moves_the_profile_costs_by_the_audio_it_measured():
+    """refine: the run's per-unit costs blend in by audio (the profile's older audio capped), busy
+    seconds measured at another CPU share are converted to the profile's, and on a GPU profile no
+    contention is taken out."""
+    from pipelines.plan.learn import refine
+
+    quiet, busy = LoadReading(load=0.0, cores=2, cpu_share=1.0), LoadReading(load=6.0, cores=2, cpu_share=0.25)
+    profile = _hardware(measured_on_seconds=300.0, load=quiet, asr_seconds_per_speech_second=0.02,
+                        asr_probe_segments=10, dnsmos_seconds_per_window=0.3, quality_seconds_per_input_second=0.005)
+    summary = {"this_run": {"input_seconds": 900.0, "speech_seconds": 450.0, "segments": 120, "units": 3},
+               "counts": {"units_processed": 3}, "resources": {"cpus": 9, "gpus": 2, "prep_workers": 7, "asr_actors": 2},
+               "stage_seconds": {"decode": 30.0, "vad": 6.0, "quality": 54.0, "asr": 36.0, "write": 6.0},
+               "startup_seconds": 15.0}
+    plan = {"load": busy.model_dump(), "data": {"dnsmos_windows_per_input_second": 0.2}}
+    learned = refine(profile, summary, plan)
+    weight, share = 900 / 1200, 0.5  # 900 s new against 300 s old; sqrt of the shares 0.25 / 1.0
+    assert learned.prep_seconds_per_input_second == pytest.approx(0.01 + weight * (90 * share / 900 - 0.01))
+    assert learned.asr_seconds_per_speech_second == pytest.approx(0.02 + weight * (36 * share / 450 - 0.02))
+    assert learned.dnsmos_seconds_per_window == pytest.approx(0.3 + weight * (54 * share / 900 / 0.2 - 0.3))
+    assert learned.write_seconds_per_unit == pytest.approx(1.0 + weight * (2.0 - 1.0))
+    assert (learned.learned_runs, learned.learned_seconds, learned.asr_probe_segments) == (1, 900.0, 130)
+    assert learned.load == quiet and learned.measured_on_seconds == 300.0
+    nothing = {**summary, "this_run": {"input_seconds": 0.0, "units": 0}, "counts": {"units_processed": 0}}
+    assert refine(profile, nothing, plan) is None
+
+
+def test_without_gpus_the_contention_the_estimator_adds_is_taken_out_of_a_runs_seconds(config):
+    """The estimator stretches each CPU stage by the other's busy time x prep workers / cores; a
+    run's busy seconds hold that stretch, so learning takes it out: pricing the learned costs again
+    gives back the run's stage times, not more."""
+    from pipelines.plan.learn import _own_busy
+
+    resources = {"cpus": 2, "gpus": 0, "prep_workers": 1, "asr_actors": 1}
+    stages = {"decode": 40.0, "quality": 60.0, "asr": 100.0, "write": 4.0}
+    own = _own_busy(stages, resources, units=10)
+    overlap = 0.9  # all but one unit's worth runs beside the other stage
+    assert own["prep"] + overlap * own["asr"] / 2 == pytest.approx(100.0)
+    assert own["asr"] + overlap * (own["prep"] + own["write"]) / 2 == pytest.approx(100.0)
+    assert _own_busy(stages, {**resources, "gpus": 1}, units=10) == {"prep": 100.0, "asr": 100.0, "write": 4.0}
+    assert _own_busy(stages, resources, units=1) == {"prep": 100.0, "asr": 100.0, "write": 4.0}  # nothing overlaps
