@@ -105,6 +105,8 @@ def measure(n_files: int, work: Path = WORK) -> dict:
     config.write_text(json.dumps(CONFIG))
     run = ["run", "--input", str(inputs), "--output", str(output), "--config", str(config), "--no-plan", "--json"]
     wall, rss, text = voxmill(*run)
+    if not (output / "summary.json").exists():
+        raise SystemExit(f"the run over {n_files} files wrote no summary:\n{text[-3000:]}")
     summary = json.loads((output / "summary.json").read_text())
     rerun_wall, rerun_rss, _ = voxmill(*run)
     status_wall, _, _ = voxmill("status", str(output))

@@ -70,7 +70,7 @@ class Discover:
         committed as a manifest part: known files are dropped by id in Arrow before any read, and
         a file whose header a killed run already read (same id, same size) is not read again."""
         known = layout.Known(discovery.output)
-        cache = discovery.cache()
+        cache = [layout.InOrder(layout.parquet_batches(parts)) for parts in discovery.cached_parts()]
         discovery.parts, discovery.new_files, discovery.seconds, discovery.headers_read = [], 0, 0.0, 0
         for n, batch in enumerate(read_listing(discovery.listing)):
             rows, read = self._batch(discovery.fs, batch, known, cache)
@@ -87,13 +87,16 @@ class Discover:
         return discovery
 
     def _batch(self, fs: fsspec.AbstractFileSystem, batch: pa.RecordBatch, known: layout.Known,
-               cache: pa.Table) -> tuple[pa.Table, int]:
+               cached: list[layout.InOrder]) -> tuple[pa.Table, int]:
         """Manifest rows of one listing batch's new files, in listing order, and how many headers it read.
         A file's id is a function of its uri, so the files some unit holds are dropped by uri."""
         paths = batch.column("path").to_pylist()
         uris = [storage.to_url(fs, p) for p in paths]
-        keep = np.flatnonzero(~known.held(pa.array(uris, pa.string())))
+        listed = pa.array(uris, pa.string())
+        keep = np.flatnonzero(~known.held(listed))
         ids = pa.array([source_id(uris[i]) for i in keep], pa.string())
+        found = [t for t in (c.between(listed[0], listed[len(listed) - 1]) for c in cached) if t is not None]
+        cache = pa.concat_tables(found) if found else MANIFEST_SCHEMA.empty_table()
         sizes = batch.column("size").to_pylist()
         errors = batch.column("error").to_pylist()
         where = pc.index_in(ids, value_set=cache.column("id")).to_numpy(zero_copy_only=False) \
@@ -188,15 +191,9 @@ class Discovery:
         return [storage.to_url(fs, p) for p in sorted(names)
                 if p.rsplit("/", 1)[-1].startswith(FOLDER_PREFIX) and p.rstrip("/") != own]
 
-    def cache(self) -> pa.Table:
-        """Headers other (killed) runs read into their manifest parts."""
-        tables = []
-        for folder in self.others():
-            for url in storage.list_files(folder, ".parquet", prefix="manifest-"):
-                fs, path = storage.filesystem(url)
-                with fs.open(path, "rb") as fh:
-                    tables.append(pq.read_table(fh, schema=MANIFEST_SCHEMA))
-        return pa.concat_tables(tables) if tables else MANIFEST_SCHEMA.empty_table()
+    def cached_parts(self) -> list[list[str]]:
+        """The manifest parts other (killed) runs committed, per run, each run's in uri order."""
+        return [storage.list_files(folder, ".parquet", prefix="manifest-") for folder in self.others()]
 
     def remove(self, others: bool = False) -> None:
         """Delete this run's folder (its units are committed), and with `others` the killed runs' too."""

@@ -76,6 +76,39 @@ def known_ids(output: str) -> pa.Array:
     return pc.unique(pa.chunked_array(chunks, pa.string()))
 
 
+class InOrder:
+    """Rows of tables that come in `uri` order, served for ranges of uris asked in increasing order:
+    a row group is read once, and only the rows not yet passed are held."""
+
+    def __init__(self, batches: Iterator[pa.RecordBatch | pa.Table]):
+        self.batches = batches
+        self.buffer: Optional[pa.Table] = None
+
+    def between(self, low: pa.Scalar, high: pa.Scalar) -> Optional[pa.Table]:
+        """The rows with `low <= uri <= high`; later calls ask for higher ranges."""
+        buffer = self.buffer
+        while buffer is None or not buffer.num_rows or pc.less_equal(buffer["uri"][-1], high).as_py():
+            more = next(self.batches, None)
+            if more is None:
+                break
+            more = pa.Table.from_batches([more]) if isinstance(more, pa.RecordBatch) else more
+            buffer = more if buffer is None else pa.concat_tables([buffer, more])
+        if buffer is None:
+            return None
+        buffer = buffer.filter(pc.greater_equal(buffer["uri"], low))
+        inside = pc.less_equal(buffer["uri"], high)
+        self.buffer = buffer.filter(pc.invert(inside))
+        return buffer.filter(inside)
+
+
+def parquet_batches(urls: list[str], columns: Optional[list[str]] = None) -> Iterator[pa.RecordBatch]:
+    """The batches of Parquet files, one file after the other, a row group at a time."""
+    for url in urls:
+        fs, path = storage.filesystem(url)
+        with fs.open(path, "rb") as fh:
+            yield from pq.ParquetFile(fh).iter_batches(batch_size=ROW_GROUP, columns=columns)
+
+
 class Known:
     """Which uris of a sorted listing some unit already holds, without holding every known id: each
     files part is in uri order (units are cut in uri order), so one pass over each part's `uri`
@@ -83,38 +116,16 @@ class Known:
 
     def __init__(self, output: str):
         legacy = sorted(f.uri for u in read_json_units(output) for f in u.files)
-        self.sources: list[Iterator[pa.Array]] = [iter([pa.array(legacy, pa.string())])]
-        self.sources += [self._uris(url[: -len(".parquet")] + FILES) for url in _parts(output)]
-        self.buffers = [pa.array([], pa.string()) for _ in self.sources]
-        self.count = 0  # listed uris found held so far
-
-    @staticmethod
-    def _uris(url: str) -> Iterator[pa.Array]:
-        fs, path = storage.filesystem(url)
-        with fs.open(path, "rb") as fh:
-            for batch in pq.ParquetFile(fh).iter_batches(batch_size=ROW_GROUP, columns=["uri"]):
-                yield batch.column(0)
+        self.sources = [InOrder(iter([pa.table({"uri": pa.array(legacy, pa.string())})]))]
+        self.sources += [InOrder(parquet_batches([url[: -len(".parquet")] + FILES], ["uri"])) for url in _parts(output)]
 
     def held(self, uris: pa.Array) -> np.ndarray:
         """A mask of `uris` (sorted, after every batch asked before) that some unit holds."""
         if not len(uris):
             return np.zeros(0, bool)
-        low, high = uris[0], uris[len(uris) - 1]
-        found = []
-        for k, source in enumerate(self.sources):
-            buffer = self.buffers[k]
-            while not len(buffer) or pc.less_equal(buffer[len(buffer) - 1], high).as_py():
-                more = next(source, None)
-                if more is None:
-                    break
-                buffer = pa.concat_arrays([buffer, more])
-            buffer = buffer.filter(pc.greater_equal(buffer, low))
-            inside = pc.less_equal(buffer, high)
-            found.append(buffer.filter(inside))
-            self.buffers[k] = buffer.filter(pc.invert(inside))
-        mask = pc.is_in(uris, value_set=pa.concat_arrays(found)).to_numpy(zero_copy_only=False)
-        self.count += int(mask.sum())
-        return mask
+        found = [t["uri"] for t in (s.between(uris[0], uris[len(uris) - 1]) for s in self.sources) if t is not None]
+        values = pa.chunked_array(found, pa.string()).combine_chunks() if found else pa.array([], pa.string())
+        return pc.is_in(uris, value_set=values).to_numpy(zero_copy_only=False)
 
 
 def read_json_units(output: str) -> list[WorkUnit]:
