@@ -59,6 +59,8 @@ def _leased(config: JobConfig, executor: Executor, manifest: pa.Table | Discover
     with OutputLease(config.output, config.engine.lease_seconds, config.engine.lease_wait_seconds) as lease:
         if restart:
             jobstate.clear(config.output, keep=manifest.folder if isinstance(manifest, Discovery) else None)
+        if isinstance(manifest, Discovery) and not manifest.whole():
+            manifest = discover.list(config.input, config.output)  # a run this one waited for swept it
         if isinstance(manifest, Discovery) and (not manifest.probed or (restart and manifest.known)):
             clock_probe = time.perf_counter()
             discover.probe(manifest)  # under the lease: the units it drops are the ones this run keeps

@@ -160,6 +160,11 @@ class Discovery:
     def num_rows(self) -> int:
         return self.rows
 
+    def whole(self) -> bool:
+        """Whether its files are all still there: a run that held the output while this one waited
+        for it removes the listings of other runs once its units are laid out."""
+        return all(storage.exists(url) for url in [self.listing, *self.parts])
+
     def batches(self) -> Iterator[pa.RecordBatch]:
         """The new files' manifest, batch by batch, in uri order (what `jobstate.claim` cuts)."""
         for url in self.parts:

@@ -87,6 +87,27 @@ def test_a_rerun_reads_only_new_files_headers_and_lists_once(tmp_path, clips):
     assert not list(Path(out, "_ledger").glob("discovery-*"))
 
 
+def _noise(folder: Path, count: int) -> None:
+    """0.2 s of noise per file: VAD rejects each, so a run over them takes seconds."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(count)
+    for i in range(count):
+        sf.write(folder / f"clip-{i:02d}.flac", (rng.standard_normal(3200) * 30).astype(np.int16), 16000)
+
+
+def test_a_run_whose_listing_another_run_swept_while_it_waited_lists_again(tmp_path, local_ray):
+    raw, out = tmp_path / "raw", str(tmp_path / "out")
+    _noise(raw, 3)
+    discover = Discover(DiscoverConfig())
+    waiting = discover.probe(discover.list(str(raw), out))  # planned, then waits for the lease
+    first = discover.probe(discover.list(str(raw), out))  # the run holding the output lays out its units...
+    jobstate.claim(small_units_config(str(raw), out), first)
+    first.remove(others=True)  # ...and sweeps the other listings
+    summary = run_job(small_units_config(str(raw), out), manifest=waiting)
+    assert summary["complete"] and summary["counts"]["input_files"] == 3
+    assert summary["counts"]["rejects"] == 3 and not list(Path(out, "_ledger").glob("discovery-*"))
+
+
 CHILD = """
 import sys, time
 from pipelines.stages import discover, listing
@@ -101,10 +122,7 @@ d.probe(d.list(sys.argv[1], sys.argv[2]))
 @pytest.mark.slow
 def test_a_discovery_killed_midway_resumes_with_the_headers_it_read(tmp_path, clips, local_ray):
     raw, out = tmp_path / "raw", tmp_path / "out"
-    raw.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(12):  # 0.2 s of noise each: VAD rejects them, so the run itself takes seconds
-        sf.write(raw / f"clip-{i:02d}.flac", (rng.standard_normal(3200) * 30).astype(np.int16), 16000)
+    _noise(raw, 12)
     child = subprocess.Popen([sys.executable, "-c", CHILD, str(raw), str(out)], cwd=ROOT)
     deadline = time.monotonic() + 120
     while not list(out.glob("_ledger/discovery-*/manifest-000001.parquet")) and time.monotonic() < deadline:
