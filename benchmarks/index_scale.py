@@ -36,6 +36,9 @@ PY = str(ROOT / ".venv/bin/python")
 
 # each prints the seconds of the call itself (imports excluded: torch alone is ~0.7 GB and seconds)
 READERS = {
+    # what a user would reach for instead: pyarrow's dataset over the folder (every file in it)
+    "pyarrow_dataset": ("import pyarrow.dataset as ds",
+                        "ds.dataset(OUT + '/index', format='parquet').to_table().num_rows"),
     "read_index": ("from pipelines.loader import read_index", "read_index(OUT).num_rows"),
     "read_index_filtered": ("from pipelines.loader import read_index",
                             "read_index(OUT, 'dnsmos_ovrl >= 3.2', columns=['key', 'shard']).num_rows"),
