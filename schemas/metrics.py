@@ -204,7 +204,7 @@ METRICS = Registry(
                "GE2E speaker embedding (256 values, unit length) of the segment, for speaker-conditioned TTS and clustering"),
     ),
     check_order=("dnsmos_ovrl", "dnsmos_sig", "dnsmos_bak", "snr_db", "clipping", "loudness_lufs",
-                 "chars_per_second", "no_speech_prob", "avg_logprob", "language_prob", "wer", "cer"),
+                 "chars_per_second", "no_speech_prob", "avg_logprob", "language_prob", "wer", "cer", "speaker_purity"),
     display_order=("dnsmos_ovrl", "dnsmos_sig", "dnsmos_bak", "snr_db", "clipping", "loudness_lufs",
-                   "chars_per_second", "avg_logprob", "no_speech_prob", "language_prob", "wer", "cer"),
+                   "chars_per_second", "avg_logprob", "no_speech_prob", "language_prob", "wer", "cer", "speaker_purity"),
 )

@@ -14,6 +14,7 @@ from pipelines.io import storage
 from pipelines.report.page import distribution_rows, markdown, number, overview_rows, page
 from pipelines.report.plots import PLOTS, plots, throughput_png
 from pipelines.report.summary import (
+    SCORE_LABELS,
     DatasetSummary,
     Distribution,
     Drop,

@@ -36,6 +36,7 @@ def overview_rows(summary: DatasetSummary) -> list[tuple[str, str]]:
         ("dropped hours", f"{summary.dropped_hours:.4f} ({summary.rejects} rejects)"),
         ("trimmed hours (non-speech)", _fmt(summary.trimmed_hours, 4)),
         ("languages", ", ".join(f"{s.language} {s.samples}" for s in summary.languages) or "–"),
+        ("speakers", "not labelled (speakers.enabled)" if summary.speakers is None else str(summary.speakers)),
         ("near duplicates", "not checked" if summary.near_duplicates is None else str(summary.near_duplicates)),
         ("exact copies across units", "not checked" if summary.exact_duplicates is None
          else f"{summary.exact_duplicates} (SpeechShards(drop_duplicates=True) skips them)"),
@@ -81,6 +82,9 @@ def markdown(summary: DatasetSummary, registry: Registry = METRICS) -> str:
     lines += [f"| {n} | {missing} | | | |" if d is None else
               f"| {n} | {d.count} | {number(d.p5)} | {number(d.p50)} | {number(d.p95)} |"
               for n, d, missing in distribution_rows(summary, registry)]
+    if summary.speaker_hours:
+        lines += ["", "| speaker | samples | hours |", "| --- | --- | --- |"]
+        lines += [f"| {s.speaker} | {s.samples} | {s.hours:.4f} |" for s in summary.speaker_hours]
     if summary.report:
         lines += ["", f"Report page: `{summary.report}`"]
     return "\n".join(lines)

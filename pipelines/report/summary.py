@@ -30,7 +30,9 @@ from schemas.metrics import METRICS, Registry
 # their display order. Any of them may be missing (older outputs) or null (a part left unscored).
 SCORE_LABELS = METRICS.labels()
 SAMPLE_SCORES = ("dnsmos_ovrl", "snr_db", "chars_per_second", "avg_logprob")  # columns of the sample table
-BASE_COLUMNS = ("key", "shard", "source_id", "duration", "language", "near_duplicate_of", "audio_hash", "text")
+BASE_COLUMNS = ("key", "shard", "source_id", "duration", "language", "near_duplicate_of", "audio_hash", "text",
+                "speaker")
+TOP_SPEAKERS = 20  # speakers listed by hours on the page; the count covers all
 REJECT_COLUMNS = ("key", "shard", "stage", "reason", "duration", "metric", "value", "threshold", "text", "language")
 MAX_THROUGHPUT_POINTS = 1000  # a plot cannot show more; 100k units would make summary.json 100k points long
 
@@ -60,6 +62,12 @@ class Drop(BaseModel):
 
 class LanguageShare(BaseModel):
     language: str
+    samples: int
+    hours: float
+
+
+class SpeakerShare(BaseModel):
+    speaker: str
     samples: int
     hours: float
 
@@ -106,6 +114,8 @@ class DatasetSummary(BaseModel):
     sample_rows: list[SampleRow]
     rejected_audio: int = 0  # rejects whose audio a `rejected/` shard keeps
     rejected_rows: list[SampleRow] = []  # some of those, to listen to, each with its reason
+    speakers: Optional[int] = None  # distinct speaker ids (speakers.enabled); None: not labelled
+    speaker_hours: list[SpeakerShare] = []  # the TOP_SPEAKERS with the most hours
     report: Optional[str] = None  # URL of index.html once written
 
 
@@ -293,6 +303,18 @@ def _later_copies(index: pa.Table) -> Optional[int]:
     return len(hashes) - hashes.null_count - pc.count_distinct(hashes).as_py()
 
 
+def speakers(index: pa.Table) -> tuple[Optional[int], list[SpeakerShare]]:
+    """(how many speakers, the ones with the most hours) of a speaker-labelled index; (None, []) without."""
+    if "speaker" not in index.column_names or index.num_rows == index["speaker"].null_count:
+        return None, []
+    grouped = index.filter(pc.is_valid(index["speaker"])).group_by("speaker").aggregate(
+        [("duration", "sum"), ("duration", "count")])
+    top = grouped.sort_by([("duration_sum", "descending"), ("speaker", "ascending")]).slice(0, TOP_SPEAKERS)
+    shares = [SpeakerShare(speaker=name, samples=n, hours=seconds / 3600) for name, seconds, n in
+              zip(top["speaker"].to_pylist(), top["duration_sum"].to_pylist(), top["duration_count"].to_pylist())]
+    return grouped.num_rows, shares
+
+
 def _finite(value: Any) -> Optional[float]:
     return float(value) if value is not None and math.isfinite(value) else None
 
@@ -314,6 +336,7 @@ def gather_with_index(output: str, samples: int = 20, registry: Registry = METRI
     duplicates = (index.num_rows - index["near_duplicate_of"].null_count
                   if "near_duplicate_of" in index.column_names else None)
     heard = heard_rejects(rejects)
+    speaker_count, speaker_hours = speakers(index)
     found = DatasetSummary(
         output=output,
         samples=index.num_rows,
@@ -337,5 +360,7 @@ def gather_with_index(output: str, samples: int = 20, registry: Registry = METRI
         sample_rows=sample_rows(index, samples),
         rejected_audio=heard.num_rows,
         rejected_rows=rejected_rows(heard, rejected),
+        speakers=speaker_count,
+        speaker_hours=speaker_hours,
     )
     return found, index

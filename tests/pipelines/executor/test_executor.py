@@ -1,6 +1,6 @@
 """The executor plug-in point: the shared loop (failures, a failing output, a lost lease, progress)
 on a stub executor, the registry, and a whole job on another executor named in the config: one
-class below plus `engine.executor: tests.test_executor:SerialExecutor`, and Ray never imported."""
+class below plus `engine.executor: tests.pipelines.executor.test_executor:SerialExecutor`, and Ray never imported."""
 from __future__ import annotations
 
 import json
@@ -110,13 +110,13 @@ def test_a_lost_lease_ends_the_run_and_releases_the_workers():
 
 def test_executors_are_named_in_the_config():
     assert EXECUTORS["ray"] == "pipelines.executor.ray:RayExecutor"
-    assert executor_class("tests.test_executor:SerialExecutor") is SerialExecutor
-    config = load_job_config("/in", "/out", overrides={"engine.executor": "tests.test_executor:SerialExecutor"})
+    assert executor_class("tests.pipelines.executor.test_executor:SerialExecutor") is SerialExecutor
+    config = load_job_config("/in", "/out", overrides={"engine.executor": "tests.pipelines.executor.test_executor:SerialExecutor"})
     assert isinstance(open_executor(config), SerialExecutor)
     with pytest.raises(ValueError, match="engine.executor 'dask': not one of ray"):
         executor_class("dask")
     with pytest.raises(ValueError, match="cannot import"):
-        executor_class("tests.test_executor:Nope")
+        executor_class("tests.pipelines.executor.test_executor:Nope")
 
 
 def test_a_job_on_another_executor_never_imports_ray(clips, tmp_path):
@@ -126,7 +126,7 @@ def test_a_job_on_another_executor_never_imports_ray(clips, tmp_path):
         from schemas.config import load_job_config
         config = load_job_config({str(clips)!r}, {str(tmp_path / 'out')!r}, overrides={{
             "engine.unit_minutes": 0.25, "asr.backend": {FAKE_ASR!r},
-            "engine.executor": "tests.test_executor:SerialExecutor"}})
+            "engine.executor": "tests.pipelines.executor.test_executor:SerialExecutor"}})
         summary = run_job(config)
         print(json.dumps({{"ray": "ray" in sys.modules, "summary": summary}}))
     """)

@@ -37,8 +37,10 @@ INDEX_BEFORE = [
     ("loudness_lufs", F32, True), ("chars_per_second", F32, True), ("audio_hash", STR, True),
     ("near_duplicate_of", STR, True),
 ]
-# added later (issue 17), after those: error rates against a reference transcript, the reference, the words
-INDEX_ADDED = [("wer", F32, True), ("cer", F32, True), ("reference", STR, True),
+# added later (issues 17, 20), after those: error rates against a reference transcript, the speaker columns,
+# the reference, the words
+INDEX_ADDED = [("wer", F32, True), ("cer", F32, True), ("speaker", STR, True), ("speaker_purity", F32, True),
+               ("speaker_embedding", pa.list_(pa.float16()), True), ("reference", STR, True),
                ("words", pa.list_(WORD_TYPE), True)]
 # (config field, default, ge, le) in the order QualityConfig declared them
 THRESHOLDS_BEFORE = [
@@ -47,15 +49,16 @@ THRESHOLDS_BEFORE = [
     ("max_loudness_lufs", -5.0, None, None), ("min_chars_per_second", 2.0, 0, None),
     ("max_chars_per_second", 30.0, 0, None), ("min_avg_logprob", -1.0, None, 0),
     ("max_no_speech_prob", 0.6, 0, 1), ("min_language_prob", None, 0, 1), ("max_wer", None, 0, None),
-    ("max_cer", None, 0, None),
+    ("max_cer", None, 0, None), ("min_speaker_purity", None, 0, 1),
 ]
 CHECKS_BEFORE = ["dnsmos_ovrl", "dnsmos_sig", "dnsmos_bak", "snr_db", "clipping", "loudness_lufs",
-                 "chars_per_second", "no_speech_prob", "avg_logprob", "language_prob", "wer", "cer"]
+                 "chars_per_second", "no_speech_prob", "avg_logprob", "language_prob", "wer", "cer", "speaker_purity"]
 LABELS_BEFORE = {
     "dnsmos_ovrl": "DNSMOS overall", "dnsmos_sig": "DNSMOS signal", "dnsmos_bak": "DNSMOS background",
     "snr_db": "SNR (dB)", "clipping": "clipping (fraction)", "loudness_lufs": "loudness (LUFS)",
     "chars_per_second": "characters per second", "avg_logprob": "ASR avg log-prob",
     "no_speech_prob": "ASR no-speech prob", "wer": "WER vs reference", "cer": "CER vs reference",
+    "speaker_purity": "speaker purity",
 }
 
 
@@ -106,7 +109,9 @@ def test_filters_check_in_the_old_order_and_the_report_shows_the_old_rows():
 
 
 def test_every_metric_has_its_computation():
-    assert set(m.name for m in METRICS.at("prep")) - set(ACOUSTIC) == {"audio_hash"}  # stages.prepare hashes
+    # stages.prepare hashes the stored bytes and sets the speaker columns (stages.speakers)
+    assert set(m.name for m in METRICS.at("prep")) - set(ACOUSTIC) == {"audio_hash", "speaker", "speaker_purity",
+                                                                       "speaker_embedding"}
     assert set(m.name for m in METRICS.at("commit")) - set(TEXT) == {"near_duplicate_of"}  # commit.decide flags
     assert set(ACOUSTIC) <= set(m.name for m in METRICS.at("prep"))
     assert set(TEXT) <= set(m.name for m in METRICS.at("commit"))

@@ -1,5 +1,5 @@
 """The output-format plug-in point: a second format is one class (`FilesSink` below) plus one line
-of config (`shards.format: tests.test_sinks:FilesSink`). The same job in both formats holds the
+of config (`shards.format: tests.pipelines.sinks.test_sinks:FilesSink`). The same job in both formats holds the
 same samples, byte for byte, and every reader (loader, random access, report clips, refilter) and
 `--restart` go through the output's own sink."""
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pipelines.state import jobstate
 from schemas.config import ShardConfig, load_job_config
 from tests.fakes import FAKE_ASR
 
-FILES_SINK = "tests.test_sinks:FilesSink"
+FILES_SINK = "tests.pipelines.sinks.test_sinks:FilesSink"
 
 
 class FilesSink:
@@ -56,7 +56,7 @@ class FilesSink:
 def _config(clips: Path, output: Path, **overrides):
     return load_job_config(str(clips), str(output), overrides={
         "engine.unit_minutes": 0.25, "asr.backend": FAKE_ASR,
-        "engine.executor": "tests.test_executor:SerialExecutor", **overrides})
+        "engine.executor": "tests.pipelines.executor.test_executor:SerialExecutor", **overrides})
 
 
 @pytest.fixture(scope="module")

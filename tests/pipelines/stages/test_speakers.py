@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 
+from pipelines import report
 from pipelines.export import export
 from pipelines.job import run_job
 from pipelines.loader import read_index
@@ -113,12 +114,17 @@ def test_job_labels_samples_with_speakers(clips, local_ray, tmp_path):
     schema = pq.read_schema(next((tmp_path / "out" / "index").glob("*.parquet")))
     assert str(schema.field("speaker_embedding").type) == "list<element: halffloat>"
 
-    rows = {row["key"]: row for row in index}
     shard = sorted((tmp_path / "out").glob("shards/*.tar"))[0]
     with tarfile.open(shard) as tar:
         meta = [json.load(tar.extractfile(m)) for m in tar.getmembers() if m.name.endswith(".json")]
     assert meta and all("speaker_purity" in m and "speaker_embedding" not in m for m in meta)
     assert {m["speaker"] for m in meta} <= {row["speaker"] for row in index}
+
+    # the report counts them and lists hours per speaker
+    summary = report.gather(str(tmp_path / "out"))
+    assert summary.speakers == 3 and len(summary.speaker_hours) == 3
+    assert sum(s.hours for s in summary.speaker_hours) == pytest.approx(summary.kept_hours)
+    assert all(f"<td data-label=\"speaker\">{s.speaker}</td>" in report.page(summary) for s in summary.speaker_hours)
 
     # a trainer picks one speaker's samples with the loader's filter, and Lhotse supervisions carry it
     one = sorted(by_source["two-readers.flac"])[1]
