@@ -123,10 +123,21 @@ def thrown_away(trace: Path, ledgered: set[int]) -> dict[str, float]:
     for line in trace.read_text().splitlines() if trace.exists() else []:
         work = json.loads(line)
         unit = int(work["journal"].rstrip("/").rsplit("/", 1)[-1].split("-")[1])
-        saved = Path(work["result"].removeprefix("file://"))
-        if unit not in ledgered and not saved.exists():
+        if unit not in ledgered and not _saved(work["result"]):
             lost[work["stage"]] += work["seconds"]
     return lost
+
+
+def _saved(result: str) -> bool:
+    """Whether a traced result was saved: a file, or `FILE#KEY` (a chunk's entry in the journal's
+    one scores file, `journal.SCORES`)."""
+    path, _, key = result.removeprefix("file://").partition("#")
+    if not Path(path).exists():
+        return False
+    try:
+        return not key or key in json.loads(Path(path).read_text())
+    except ValueError:
+        return False
 
 
 def _ledgered(output: Path) -> set[int]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from dataclasses import asdict
 from typing import Optional
 
@@ -30,7 +31,9 @@ log = logging.getLogger("voxmill")
 FOLDER = "asr"  # under OUTPUT/_ledger/
 TRACE_ENV = "VOXMILL_ASR_TRACE"  # a local file: one line per journaled step started (benchmarks/resume.py)
 SEGMENTED = "segmented.arrow"  # a unit's segments before scoring: OUTPUT/_ledger/asr/unit-.../segmented.arrow
-SCORES_PREFIX = "scores-"  # ...and its scores, one file per chunk of segments: scores-NNNNNN.json
+SCORES = "scores.json"  # ...and its scores so far, by chunk ({"first segment": [scores, ...]}), one file
+SCORES_SAVE_SECONDS = 60.0  # saved again once this long after the last save: at most this much scoring lost
+SCORES_PREFIX = "scores-"  # one file per chunk (scores-NNNNNN.json), as journals written before SCORES were
 
 
 def journal_name(unit: int, digest: str) -> str:
@@ -86,18 +89,23 @@ class AsrJournal:
 
 class PrepJournal:
     """A unit's prep in two saved steps: its segments (`segmented.arrow`: segment audio, ASR input,
-    rejects) once decoded and cut, then its quality scores chunk by chunk (`scores-NNNNNN.json`).
+    rejects) once decoded and cut, then its quality scores, chunk by chunk, in one file (`scores.json`)
+    saved again whenever SCORES_SAVE_SECONDS have passed since it last was.
 
-    Decoding and cutting are a few % of prep and scoring the rest, so a kill during scoring loses
-    only the chunk being scored, and a unit read back is neither decoded nor scored again. Each file
-    is committed atomically, so it is there complete or not at all; floats and audio bytes are kept
-    exactly, so a unit read back gives the shards, scores and transcripts preparing it again would.
+    Decoding and cutting are a few % of prep and scoring the rest, so a kill during scoring loses at
+    most SCORES_SAVE_SECONDS of scoring (and the chunk in progress), and a unit read back is neither
+    decoded nor scored again. One file saved now and then, not one per 30 s chunk: a 30-minute unit
+    wrote ~40 objects (PUTs, then listings and deletes), now a handful. Each file is committed
+    atomically, so it is there complete or not at all; floats and audio bytes are kept exactly, so a
+    unit read back gives the shards, scores and transcripts preparing it again would.
     No url = a journal that keeps nothing."""
 
     def __init__(self, url: Optional[str] = None):
         self.url = url
         names = storage.list_files(url) if url else []
         self.saved = {name.rsplit("/", 1)[-1] for name in names}  # one listing
+        self._chunks: Optional[dict[int, list]] = None  # the scores by chunk, read on first use
+        self._saved_at = time.monotonic()
 
     def segmented(self) -> Optional[tuple[list[np.ndarray], PreparedUnit]]:
         """The saved (ASR audio, segmented unit), or None when there is none or it cannot be read."""
@@ -120,23 +128,41 @@ class PrepJournal:
 
     def scores(self, first: int, count: int) -> Optional[list[dict | str]]:
         """The saved scores of segments first..first+count-1 (a dict, or why scoring failed)."""
-        name = scores_name(first)
-        if name not in self.saved:
-            return None
-        try:
-            saved = storage.read_json(storage.join(self.url, name))
-        except (OSError, ValueError) as err:
-            log.warning("ignoring unreadable score journal %s/%s: %s", self.url, name, err)
-            return None
+        saved = self._scores().get(first)
+        if saved is None and scores_name(first) in self.saved:  # a journal written one file per chunk
+            saved = self._read(scores_name(first))
         return saved if isinstance(saved, list) and len(saved) == count else None
 
     def put_scores(self, first: int, scores: list[dict | str]) -> None:
-        if self.url:
-            self._best_effort(scores_name(first), lambda url: storage.write_json(url, scores))
+        """Keep a chunk's scores; save them all once SCORES_SAVE_SECONDS have passed since the last save."""
+        if not self.url:
+            return
+        chunks = self._scores()
+        chunks[first] = scores
+        if time.monotonic() - self._saved_at >= SCORES_SAVE_SECONDS:
+            payload = {str(k): v for k, v in sorted(chunks.items())}
+            self._best_effort(SCORES, lambda url: storage.write_json(url, payload))
+            self._saved_at = time.monotonic()
+
+    def _scores(self) -> dict[int, list]:
+        if self._chunks is None:
+            saved = self._read(SCORES) if SCORES in self.saved else None
+            self._chunks = {int(k): v for k, v in saved.items()} if isinstance(saved, dict) else {}
+        return self._chunks
+
+    def _read(self, name: str) -> object:
+        try:
+            return storage.read_json(storage.join(self.url, name))
+        except (OSError, ValueError) as err:
+            log.warning("ignoring unreadable score journal %s/%s: %s", self.url, name, err)
+            return None
 
     def started(self, stage: str, name: str, seconds: float) -> None:
-        """Note a step about to start (see `trace`): "segment" (`name` SEGMENTED) or "quality"."""
+        """Note a step about to start (see `trace`): "segment" (`name` SEGMENTED) or "quality"
+        (`name` its chunk's `scores_name`: the result is that chunk's entry in SCORES, `SCORES#first`)."""
         if self.url:
+            if name.startswith(SCORES_PREFIX):
+                name = f"{SCORES}#{int(name[len(SCORES_PREFIX):-len('.json')])}"
             trace(self.url, stage, storage.join(self.url, name), seconds)
 
     def _best_effort(self, name: str, write) -> None:
@@ -191,9 +217,10 @@ def _unit_from_table(table: pa.Table) -> tuple[list[np.ndarray], PreparedUnit]:
 
 def trace(journal: str, stage: str, result: str, seconds: float) -> None:
     """Note work about to start, when VOXMILL_ASR_TRACE names a file. Work that was started but
-    whose `result` file was never written is what a kill threw away: that is how the resume
-    benchmark measures it, exactly, from outside the job (seconds: speech for an ASR batch,
-    planned input audio for cutting a unit, segment audio for a chunk of scoring)."""
+    whose `result` file was never written (`FILE#KEY`: whose KEY is not in the JSON object FILE)
+    is what a kill threw away: that is how the resume benchmark measures it, exactly, from outside
+    the job (seconds: speech for an ASR batch, planned input audio for cutting a unit, segment
+    audio for a chunk of scoring)."""
     path = os.environ.get(TRACE_ENV)
     if path:
         line = json.dumps({"journal": journal, "stage": stage, "result": result, "seconds": seconds})

@@ -1,7 +1,9 @@
 """The prep journal: what a killed run had prepared is read back by the rerun, exactly, instead of
-being decoded, cut and scored again; a kill mid-scoring costs only the chunk being scored."""
+being decoded, cut and scored again; a kill mid-scoring costs only the scoring since the scores were
+last saved (one file, saved again every journal.SCORES_SAVE_SECONDS)."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +13,8 @@ from pipelines.executor.ray import _prepare
 from pipelines.metrics.scorer import QualityScorer
 from pipelines.records import SourceFile
 from pipelines.stages.prepare import SCORE_CHUNK_SECONDS, Preparer, score_chunks
-from pipelines.state.journal import SEGMENTED, PrepJournal, journal_url
+from pipelines.state import journal as journal_module
+from pipelines.state.journal import SCORES, SEGMENTED, PrepJournal, journal_url
 from schemas.config import load_job_config
 from tests.conftest import DEMO
 
@@ -50,21 +53,25 @@ def _counting_scorer(monkeypatch) -> list[int]:
 def test_a_prepared_unit_is_read_back_instead_of_prepared_again(local_ray, tmp_path, monkeypatch):
     config = load_job_config(str(DEMO), str(tmp_path / "out"))
     journal = Path(journal_url(config.output, 0, "0" * 40))
+    monkeypatch.setattr(journal_module, "SCORES_SAVE_SECONDS", 0.0)  # saved after every chunk
     first = _prepare(config, 0, _files(tmp_path), str(journal))
     audio, unit = first
     chunks = score_chunks(audio)
     assert len(chunks) >= 2, "too little speech to test chunks"
-    assert sorted(p.name for p in journal.iterdir()) == sorted(
-        [SEGMENTED] + [f"scores-{a:06d}.json" for a, _ in chunks])
+    assert sorted(p.name for p in journal.iterdir()) == sorted([SEGMENTED, SCORES])  # one scores file
+    saved = json.loads((journal / SCORES).read_text())
+    assert sorted(map(int, saved)) == [a for a, _ in chunks]
     assert unit.segments[0].scores["dnsmos_ovrl"] > 3 and [r["stage"] for r in unit.rejects] == ["decode"]
 
     monkeypatch.setattr(Preparer, "_segment_unit", lambda *args: pytest.fail("decoded again"))
     calls = _counting_scorer(monkeypatch)
     again = _prepare(config, 0, _files(tmp_path), str(journal))
     _same(first, again)
-    assert calls == [] and set(again[1].stage_seconds) <= {"journal", "quality"}
+    # "decode" here is only the reference transcripts beside the audio, read again (not journaled)
+    assert calls == [] and set(again[1].stage_seconds) <= {"journal", "quality", "decode"}
 
-    (journal / f"scores-{chunks[-1][0]:06d}.json").unlink()  # the chunk a kill interrupted
+    del saved[str(chunks[-1][0])]  # the chunk a kill interrupted before the scores were saved again
+    (journal / SCORES).write_text(json.dumps(saved))
     _same(first, _prepare(config, 0, _files(tmp_path), str(journal)))
     assert calls == [chunks[-1][1] - chunks[-1][0]]  # only that chunk was scored again
 
@@ -80,9 +87,12 @@ def test_an_unreadable_journal_is_ignored_and_the_unit_prepared_again(tmp_path):
     journal = PrepJournal(str(tmp_path / "unit"))
     journal.put_segmented(*prepared)
     journal.put_scores(0, [{"snr_db": 1.0}])
+    assert not (tmp_path / "unit" / SCORES).exists()  # within SCORES_SAVE_SECONDS: kept, not saved yet
     _same(prepared, PrepJournal(str(tmp_path / "unit")).segmented())
+    (tmp_path / "unit" / "scores-000004.json").write_text(json.dumps([{"snr_db": 2.0}]))  # an older journal's
+    assert PrepJournal(str(tmp_path / "unit")).scores(4, 1) == [{"snr_db": 2.0}]
     (tmp_path / "unit" / SEGMENTED).write_bytes(b"ARROW1 cut short by a full disk")
-    (tmp_path / "unit" / "scores-000000.json").write_text("[{")
+    (tmp_path / "unit" / SCORES).write_text("{")
     again = PrepJournal(str(tmp_path / "unit"))
     assert again.segmented() is None and again.scores(0, 1) is None
     assert PrepJournal(str(tmp_path / "unit")).scores(0, 2) is None  # a chunk of another size: not ours
