@@ -103,6 +103,17 @@ def test_references_from_the_users_manifest_win_and_bad_ones_are_named(tmp_path)
         read_manifest(DiscoverConfig(reference_manifest=str(tmp_path / "missing.jsonl")))
 
 
+def test_a_job_with_an_unreadable_reference_manifest_stops_before_any_work(tmp_path):
+    from pipelines.job import run_job
+
+    _copies(tmp_path, ["jfk.flac"])
+    config = load_job_config(str(tmp_path / "corpus"), str(tmp_path / "out"),
+                             overrides={"discover.reference_manifest": str(tmp_path / "refs.csv")})
+    with pytest.raises(ReferenceError, match="refs.csv: not found"):
+        run_job(config)
+    assert not (tmp_path / "out").exists()
+
+
 def test_wer_and_cer_reach_the_index_and_json_and_the_filter_records_its_reason(tmp_path):
     config = load_job_config(str(tmp_path), str(tmp_path / "out"),
                              overrides={"quality.max_wer": 0.5, "quality.min_dnsmos_ovrl": None})
