@@ -229,7 +229,7 @@ def plan_job(config: JobConfig, manifest: Optional[pa.Table | Iterable[pa.Record
     if note is not None:
         notes.append(note)
         if todo.num_rows == 0:  # every file listed is in a unit, and every unit is done
-            return _nothing_to_do(config, size, load, notes, calibration), everything
+            return _nothing_to_do(config, size, load, notes, calibration), discovery or everything
         size, manifest = size_from_manifest(todo), todo
     if size.audio_seconds <= 0:
         raise InputError(f"no readable audio in {config.input}")
