@@ -19,18 +19,19 @@ from pipelines.export import ExportError, export
 from pipelines.io import tables
 from pipelines.job import run_job
 from pipelines.loader import IndexedShards, read_index
-from tests.conftest import S3_PORT, small_units_config
+from tests.conftest import S3_PORT, references, small_units_config
 
 FILTER = "dnsmos_ovrl >= 3.3"
 
 
 @pytest.fixture(scope="module")
-def out(referenced_clips, local_ray, tmp_path_factory) -> str:
-    """The clips (references beside them) in units of ~15 s, word timestamps stored, with a DNSMOS floor
-    that drops some segments into rejected/."""
+def out(clips, local_ray, tmp_path_factory) -> str:
+    """The clips in units of ~15 s, their references from the manifest they ship with (a column the user
+    names), word timestamps stored, with a DNSMOS floor that drops some segments into rejected/."""
     output = str(tmp_path_factory.mktemp("export") / "out")
-    summary = run_job(small_units_config(str(referenced_clips), output, **{"quality.min_dnsmos_ovrl": 3.0,
-                                                                          "asr.word_timestamps": True}))
+    summary = run_job(small_units_config(str(clips), output, **{
+        "quality.min_dnsmos_ovrl": 3.0, "asr.word_timestamps": True,
+        "discover.reference_manifest": str(clips / "references.jsonl"), "discover.reference_path_column": "file"}))
     assert summary["complete"] and summary["counts"]["shards"] >= 3
     return output
 
@@ -142,6 +143,8 @@ def test_nemo_manifest_meets_nemos_reader_contract(out, index, rejected, tmp_pat
         assert line["wer"] == (None if row["wer"] is None else pytest.approx(row["wer"], abs=1e-3))
         assert [(w["word"], w["start"], w["end"]) for w in line["words"]] == _words(row)
     assert any(line["reference"] for line in lines) and not all(line["reference"] for line in lines)
+    refs = references()  # from the manifest: a sample has a reference exactly when its file has one
+    assert all((line["reference"] is None) == (refs[Path(line["source_uri"]).name]["text"] is None) for line in lines)
 
 
 def _words(row: dict) -> list[tuple]:
