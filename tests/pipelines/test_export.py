@@ -155,6 +155,17 @@ def _words(row: dict) -> list[tuple]:
     return words
 
 
+def test_hf_dataset_carries_the_reference_and_the_words(out, index, tmp_path):
+    """The card declares `words` (a list of structs) and `reference`: datasets reads them from every shard."""
+    from pipelines.loader import hf_dataset
+
+    data = hf_dataset(out, decode=False, cache_dir=str(tmp_path / "hf"))
+    assert sorted(data["key"]) == sorted(index)
+    for row in data:
+        assert row["reference"] == index[row["key"]]["reference"]
+        assert [(w["word"], round(w["start"], 3)) for w in row["words"]] == [(w, s) for w, s, _ in _words(index[row["key"]])]
+
+
 def test_nemo_filtered_export_removes_the_audio_it_no_longer_lists(out, index, tmp_path):
     dest = tmp_path / "nemo"
     export(out, "nemo", str(dest))
