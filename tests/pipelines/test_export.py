@@ -163,7 +163,8 @@ def test_hf_dataset_carries_the_reference_and_the_words(out, index, tmp_path):
     assert sorted(data["key"]) == sorted(index)
     for row in data:
         assert row["reference"] == index[row["key"]]["reference"]
-        assert [(w["word"], round(w["start"], 3)) for w in row["words"]] == [(w, s) for w, s, _ in _words(index[row["key"]])]
+        expected = [(word, start) for word, start, _ in _words(index[row["key"]])]
+        assert [(w["word"], round(w["start"], 3)) for w in row["words"]] == expected
 
 
 def test_nemo_filtered_export_removes_the_audio_it_no_longer_lists(out, index, tmp_path):

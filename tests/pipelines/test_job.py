@@ -77,7 +77,8 @@ def test_references_beside_the_clips_are_kept_split_and_scored(real_job):
         for row in rows:
             assert row["wer"] == pytest.approx(jiwer.wer(_norm(row["reference"]), _norm(row["text"])), abs=1e-3)
     assert [r["reference"] for r in by_clip["jfk.flac"]] == [  # three segments: the reference split at the pauses
-        "AND SO MY FELLOW AMERICANS", "ASK NOT", "WHAT YOUR COUNTRY CAN DO FOR YOU ASK WHAT YOU CAN DO FOR YOUR COUNTRY"]
+        "AND SO MY FELLOW AMERICANS", "ASK NOT",
+        "WHAT YOUR COUNTRY CAN DO FOR YOU ASK WHAT YOU CAN DO FOR YOUR COUNTRY"]
     assert [r["reference"] for r in by_clip["2412-153948-0000.flac"]] == [refs["2412-153948-0000.flac"]["text"]]
     assert max(r["wer"] for r in by_clip["2412-153948-0000.flac"] + by_clip["jfk.flac"]) < 0.2
     sample = _shard_samples(config.output)[by_clip["jfk.flac"][0]["key"]]
