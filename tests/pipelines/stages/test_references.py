@@ -8,6 +8,7 @@ import tarfile
 
 import pyarrow.parquet as pq
 import pytest
+import s3fs
 
 from pipelines.metrics.text import error_rate
 from pipelines.records import AsrResult, PreparedSegment, PreparedUnit, SourceFile
@@ -21,7 +22,7 @@ from pipelines.stages.references import (
     split_reference,
 )
 from schemas.config import DiscoverConfig, load_job_config
-from tests.conftest import DEMO, references
+from tests.conftest import DEMO, S3_PORT, references
 
 AMI = "I'M ABIGAIL CLAFLIN YOU CAN CALL ME ABBIE"
 
@@ -101,6 +102,32 @@ def test_references_from_the_users_manifest_win_and_bad_ones_are_named(tmp_path)
         read_manifest(DiscoverConfig(reference_manifest=str(manifest)))
     with pytest.raises(ReferenceError, match="not found"):
         read_manifest(DiscoverConfig(reference_manifest=str(tmp_path / "missing.jsonl")))
+
+
+@pytest.fixture
+def bucket():
+    """A bucket on the loopback moto server the environment names (conftest), for this test only."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=S3_PORT)
+    server.start()
+    try:
+        fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": f"http://127.0.0.1:{S3_PORT}"})
+        fs.mkdir("refs")
+        yield fs
+    finally:
+        server.stop()
+
+
+def test_references_beside_audio_and_in_a_manifest_on_s3(bucket):
+    for name in ("jfk.flac", "LJ002-0035.wav", "LJ002-0020.wav"):
+        bucket.pipe(f"refs/corpus/{name}", b"audio")  # never read here: only its name counts
+    bucket.pipe("refs/corpus/jfk.txt", b"AND SO\n")
+    bucket.pipe("refs/corpus/LJ002-0035.lab", b"EIGHT THE PRESS YARD\n")
+    bucket.pipe("refs/lists/refs.jsonl", b'{"audio_filepath": "s3://refs/corpus/LJ002-0020.wav", "text": "IN 1813"}\n')
+    files = [SourceFile(name, f"s3://refs/corpus/{name}") for name in ("jfk.flac", "LJ002-0035.wav", "LJ002-0020.wav")]
+    assert References(DiscoverConfig(reference_manifest="s3://refs/lists/refs.jsonl"))(files) == {
+        "jfk.flac": "AND SO", "LJ002-0035.wav": "EIGHT THE PRESS YARD", "LJ002-0020.wav": "IN 1813"}
 
 
 def test_a_job_with_an_unreadable_reference_manifest_stops_before_any_work(tmp_path):
