@@ -12,6 +12,7 @@ multilingual base of the test extra): random weights at forced length against th
 decoding freely, interleaved, medians; the method passes within 10%.
 
     python benchmarks/model_costs.py --validate --models tiny.en base small ... --out profiles.json
+    python benchmarks/model_costs.py combine profiles.json large.json both.json  # two runs, one tiny.en scale
     python -m pipelines.plan.models merge profiles.json   # into the shipped model_profiles.json
 """
 from __future__ import annotations
@@ -341,7 +342,23 @@ def price(name: str, workdir: Path, windows, tokens: list[int], batch: int, warm
             "cpu_seconds": round(clock.cpu, 3), "wall_seconds": round(clock.wall, 3), "engine": engine, **machine()}
 
 
+def combine(main_path: Path, other_path: Path) -> dict:
+    """Two runs as one: the other run's models (on other windows) rescaled by the ratio of the
+    two runs' tiny.en figures, so every model keeps its ratio to tiny.en (which plans use)."""
+    main, other = json.loads(main_path.read_text()), json.loads(other_path.read_text())
+    scale = main["models"]["tiny.en"]["seconds_per_speech_second"] / other["models"]["tiny.en"]["seconds_per_speech_second"]
+    for name, cost in other["models"].items():
+        if name != "tiny.en":
+            main["models"][name] = {**cost, "seconds_per_speech_second": cost["seconds_per_speech_second"] * scale,
+                                    "rescaled_by_tiny_en": round(scale, 4)}
+    main["command"] += f" + {other['command']} (rescaled to the first run's tiny.en)"
+    return main
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["combine"]:  # combine MAIN.json OTHER.json OUT.json
+        Path(sys.argv[4]).write_text(json.dumps(combine(Path(sys.argv[2]), Path(sys.argv[3])), indent=2))
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=MODELS, choices=MODELS)
     parser.add_argument("--windows", type=int, default=4, help="windows priced per model (of the corpus's)")
