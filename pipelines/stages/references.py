@@ -2,8 +2,9 @@
 
 Where they come from (`discover:` settings, looked up by the prep task for its unit's files):
 - a file beside the audio with its stem and one of `reference_extensions` (LibriTTS
-  `X.normalized.txt`, LibriSpeech-style `X.txt`, MFA `X.lab`): one listing per folder of a unit,
-  then one concurrent read of the files found, so an input without them costs one listing per folder;
+  `X.normalized.txt`, LibriSpeech-style `X.txt`, MFA `X.lab`): on an object store one listing per
+  folder (the filesystem caches it), on a local disk a stat per candidate, then one concurrent read
+  of the files found;
 - a manifest of the user's (`reference_manifest`: JSON lines, CSV or Parquet; NeMo's `manifest.json`
   works as is), its `reference_path_column` naming the audio (relative to the manifest's folder, as
   NeMo resolves it, or absolute) and `reference_text_column` the text; it wins over a file beside the
@@ -136,13 +137,13 @@ class References:
         for folder, group in folders.items():
             fs, path = storage.filesystem(folder)
             try:
-                names = {p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)}
+                present = _present(fs, path.rstrip("/"), group, self.extensions)
             except (FileNotFoundError, NotADirectoryError, PermissionError):
                 continue
             wanted = {}
             for f in group:
                 stem = f.uri.rsplit("/", 1)[-1].rsplit(".", 1)[0]
-                name = next((f"{stem}.{ext}" for ext in self.extensions if f"{stem}.{ext}" in names), None)
+                name = next((f"{stem}.{ext}" for ext in self.extensions if f"{stem}.{ext}" in present), None)
                 if name:
                     wanted[f.id] = f"{path.rstrip('/')}/{name}"
             if not wanted:
@@ -157,6 +158,16 @@ class References:
                 if text is not None:
                     found[source_id] = text
         return found
+
+
+def _present(fs, folder: str, files: list[SourceFile], extensions: tuple[str, ...]) -> set[str]:
+    """Which candidate names exist in `folder`: on a local disk a stat each (a folder of a million
+    files is not listed per unit), on an object store one listing (cached by the filesystem, so
+    a folder is listed once per worker, not once per file)."""
+    if storage.is_local(fs):
+        stems = {f.uri.rsplit("/", 1)[-1].rsplit(".", 1)[0] for f in files}
+        return {f"{stem}.{ext}" for stem in stems for ext in extensions if os.path.isfile(f"{folder}/{stem}.{ext}")}
+    return {p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(folder, detail=False)}
 
 
 def segment_references(references: dict[str, str], segments: Sequence[tuple[str, str]]) -> list[Optional[str]]:
