@@ -234,3 +234,24 @@ def test_job_example_is_the_cli_defaults():
         if ours != theirs:
             said = yaml.safe_dump(theirs, default_flow_style=True).strip().removesuffix("...").strip()
             assert f"not the default ({said})" in comments[key], (key, ours, theirs, comments[key])
+
+
+def test_compact_folds_an_output_and_waits_for_no_running_job(invoke, finished_job, tmp_path):
+    """`voxmill compact OUTPUT`: the parts and records fold, status and rows stay; a held output and a
+    folder with no job are one line, exit 2."""
+    import shutil
+
+    from pipelines.io import tables
+    from pipelines.state.lease import OutputLease
+
+    out = tmp_path / "out"
+    shutil.copytree(finished_job[0].output, out)
+    rows = tables.read_parts(str(out), "index").sort_by("key")
+    done = invoke("compact", str(out))
+    assert done.exit_code == 0 and "compacted" in done.stdout, done.output
+    assert not list((out / "index").glob("part-*")) and (out / "index" / tables.MANIFEST).exists()
+    assert tables.read_parts(str(out), "index").sort_by("key").equals(rows)
+    assert invoke("status", str(out)).exit_code == 0  # complete, from the compacted ledger
+    with OutputLease(str(out)):
+        assert "another voxmill run holds" in _error_line(invoke("compact", str(out)))
+    assert "no voxmill job" in _error_line(invoke("compact", str(tmp_path / "nothing")))
