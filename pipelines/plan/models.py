@@ -141,8 +141,10 @@ def _measured_model(calibration: Calibration) -> str:
 
 def merge(result: dict, path: Optional[Path] = None) -> ModelProfiles:
     """A benchmark's output (`kind`: cpu or gpu, `models`: name -> AsrCost fields) into the profiles."""
+    if result.get("kind") not in ("cpu", "gpu"):  # a --cpu-rehearsal's figures price nothing
+        raise ValueError(f"not a measurement to ship: kind {result.get('kind')!r} (cpu or gpu)")
     profiles = load(path)
-    slot = "gpu" if result["kind"] == "gpu" else "cpu"
+    slot = result["kind"]
     for name, fields in result["models"].items():
         if name not in profiles.models:
             raise KeyError(f"{name} is not a shipped model ({', '.join(profiles.models)})")

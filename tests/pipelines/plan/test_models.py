@@ -65,6 +65,8 @@ def test_gpu_session_output_merges_and_prices_a_gpu_plan(shipped_copy):
     hardware = calibration.hardware
     assert (hardware.gpus, hardware.device, hardware.gpu_name) == (8, "cuda", "NVIDIA H200")
     assert hardware.asr_seconds_per_speech_second == 0.002 and hardware.asr_model == "large-v3-turbo"
+    with pytest.raises(ValueError, match="not a measurement to ship"):
+        models.merge({**GPU_RESULT, "kind": "cpu-rehearsal"})
     with pytest.raises(KeyError, match="not a shipped model"):
         models.merge({"kind": "gpu", "models": {"whisper-huge": GPU_RESULT["models"]["large-v3-turbo"]}})
 
