@@ -185,10 +185,15 @@ def measure(args) -> None:
             report["skipped"].append(name)
             continue
         clock = time.perf_counter()
-        if name in WHISPER:
-            result = session.time_whisper(name)
-        else:
-            result = session.time_parakeet(name, layers=2 if rehearsal else None)
+        try:
+            if name in WHISPER:
+                result = session.time_whisper(name)
+            else:
+                result = session.time_parakeet(name, layers=2 if rehearsal else None)
+        except Exception as err:  # noqa: BLE001 - one model failing there must not cost the others' lease
+            report.setdefault("failed", {})[name] = f"{type(err).__name__}: {err}"[:500]
+            print(name, "failed:", report["failed"][name], flush=True)
+            continue
         result["build_and_time_seconds"] = round(time.perf_counter() - clock, 1)
         report["models"][name] = result
         print(name, json.dumps(result), flush=True)
