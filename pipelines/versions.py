@@ -1,10 +1,10 @@
 """Versions of the parts that decide what the output holds, recorded in every summary."""
+import platform
 from functools import lru_cache
 from importlib.metadata import PackageNotFoundError, version
-import platform
 
 PACKAGES = ("voxmill", "faster-whisper", "ctranslate2", "torch", "torchaudio", "ray", "pyarrow",
-            "webdataset", "soundfile", "soxr", "av", "fsspec")
+            "webdataset", "soundfile", "soxr", "av", "fsspec", "resemblyzer")
 
 
 @lru_cache(maxsize=1)
