@@ -417,7 +417,7 @@ def plan(
         return
     try:
         calibration = load_profile(job, profile) if (manifest and profile) else None
-        if calibration is None and not models.shipped(job.asr.model):
+        if not models.check_priced(job.asr.model, gpus) and calibration is None:
             check_model(job.asr)  # calibration runs the model: a bad --model fails here first
         table = None
         if manifest:

@@ -53,6 +53,9 @@ class ModelProfile(BaseModel):
     cpu: Optional[AsrCost] = None
     gpu: Optional[AsrCost] = None
 
+    def measured(self, gpu: bool) -> bool:
+        return (self.gpu if gpu else self.cpu) is not None
+
     def cost(self, gpu: bool) -> AsrCost:
         found = self.gpu if gpu else self.cpu
         if found is None:
@@ -63,7 +66,8 @@ class ModelProfile(BaseModel):
                 f"{self.name}: its {where} ASR cost is not measured yet{has}; "
                 + ("benchmarks/gpu_session.py measures it on a GPU machine, then "
                    "`python -m pipelines.plan.models merge` ships it" if gpu else
-                   "benchmarks/model_costs.py measures it") + ", or plan where the model can be loaded")
+                   "benchmarks/model_costs.py measures it") + "; where the model is in the local cache, "
+                "the plan calibrates it instead")
         return found
 
 
@@ -124,10 +128,9 @@ def costs_for(config: JobConfig, gpus: Callable[[], int], measure: Callable[[Job
     profile, they are measured with the bundled model (no download, no load of the named one) and
     ASR is priced by the profile for `gpus()` GPUs (the what-if's, else this machine's)."""
     profile = shipped(config.asr.model)
-    if profile is None:
+    count = gpus() if profile is not None else 0
+    if profile is None or not profile.measured(count > 0):  # `voxmill run` calibrates the model it has
         return given or measure(config)
-    count = gpus()
-    profile.cost(count > 0)  # unmeasured: say so before any calibration
     bundled = config.model_copy(update={"asr": config.asr.model_copy(update={"model": None})})
     base = given or measure(bundled)
     return priced(base, profile, count, shipped(_measured_model(base)))
@@ -137,6 +140,36 @@ def _measured_model(calibration: Calibration) -> str:
     """The model the base profile's ASR rate was measured with ("bundled tiny.en" is tiny.en)."""
     name = calibration.hardware.asr_model
     return BUNDLED if name in ("", "bundled tiny.en") else name
+
+
+def check_priced(name: Optional[str], gpus: Optional[int]) -> bool:
+    """For `voxmill plan`: True when a shipped profile prices `name` on `gpus` GPUs (None: this
+    machine's), so the model need not be loadable here. False for other models, and for one with a
+    profile but no figure for that device that is in the local cache (calibrated as before); not
+    cached, an UnmeasuredModel: a plan downloads nothing to find out."""
+    profile = shipped(name)
+    if profile is None:
+        return False
+    gpu = (gpus if gpus is not None else _gpus_here()) > 0
+    if profile.measured(gpu):
+        return True
+    try:
+        from faster_whisper.utils import download_model
+
+        download_model(name, local_files_only=True)  # a lookup in the local cache, no fetch
+        return False
+    except Exception:  # noqa: BLE001 - not cached, or no faster-whisper
+        profile.cost(gpu)  # raises, saying what is missing
+        raise
+
+
+def _gpus_here() -> int:
+    try:
+        import torch
+
+        return torch.cuda.device_count()
+    except Exception:  # noqa: BLE001 - no torch, no driver: no GPU
+        return 0
 
 
 def merge(result: dict, path: Optional[Path] = None) -> ModelProfiles:

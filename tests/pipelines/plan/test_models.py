@@ -103,9 +103,11 @@ def test_cpu_figures_travel_as_ratios_to_the_tiny_en_calibrated_here(shipped_cop
     assert seen == [None]  # measured with the bundled model: large-v3-turbo was never loaded
     assert calibration.hardware.asr_seconds_per_speech_second == pytest.approx(0.04 * 1.5 / 0.1)
     assert calibration.hardware.gpus == 0
-    with pytest.raises(models.UnmeasuredModel):
-        models.costs_for(config, lambda: 8, measure)
-    assert seen == [None]  # refused before any calibration
+    models.costs_for(config, lambda: 8, measure)  # no GPU figure: `voxmill run` calibrates the model itself
+    assert seen == [None, "large-v3-turbo"]
+    with pytest.raises(models.UnmeasuredModel):  # `voxmill plan` says so first, and loads nothing
+        models.check_priced("large-v3-turbo", 8)
+    assert models.check_priced("large-v3-turbo", 0) and not models.check_priced("/models/mine", 8)
 
 
 def test_voxmill_plan_prices_a_model_it_never_downloads(clips, tmp_path, monkeypatch):
