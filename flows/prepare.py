@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-import pyarrow as pa
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
@@ -18,7 +17,7 @@ from pipelines.job import run_job
 from pipelines.plan.planning import LimitExceeded, check_limits, plan_job
 from pipelines.preflight import check_model, check_store
 from pipelines.progress import ProgressLines
-from pipelines.stages.discover import Discover, InputError, manifest_hours
+from pipelines.stages.discover import Discover, Discovery, InputError, manifest_hours
 from pipelines.state import jobstate
 from schemas.config import JobConfig, load_job_config
 from schemas.plan import JobPlan
@@ -44,19 +43,23 @@ PERMANENT = (InputError, ValidationError, ValueError, LimitExceeded, jobstate.Co
 
 
 @task(retries=2, retry_delay_seconds=[10, 60], retry_condition_fn=transient, cache_policy=NO_CACHE)
-def discover_inputs(config: JobConfig) -> pa.Table:
+def discover_inputs(config: JobConfig) -> Discovery:
+    """The input listed once (streamed into the output's `_ledger/`) and its new files' headers read;
+    the plan and the run both use it."""
     check_store(config.input, "input", InputError)  # an unreachable store or no credentials: seconds
-    manifest = Discover(config.discover, exclude=config.output)(config.input)
-    get_run_logger().info("found %d audio files, %.3f h", manifest.num_rows, manifest_hours(manifest))
+    discover = Discover(config.discover, exclude=config.output)
+    manifest = discover.probe(discover.list(config.input, config.output))
+    get_run_logger().info("found %d audio files (%d new), %.3f h new", manifest.num_rows, manifest.new_files,
+                          manifest_hours(manifest))
     return manifest
 
 
 @task(cache_policy=NO_CACHE)
-def plan_run(config: JobConfig, manifest: pa.Table) -> dict:
+def plan_run(config: JobConfig, manifest: Discovery) -> dict:
     """Estimate before any compute is spent; publish it; stop here if it breaks a limit."""
     storage.ensure_writable(config.output)  # a bad bucket or key fails before calibration runs
     check_model(config.asr)  # calibration runs the model: a bad one fails here, not in a Ray actor
-    plan, _ = plan_job(config, manifest)
+    plan, _ = plan_job(config, manifest.table())
     create_markdown_artifact(markdown=plan_markdown(plan), key="voxmill-plan",
                              description=f"voxmill plan for {config.input}")
     get_run_logger().info("plan: %.0f s wall (%.0f-%.0f), bottleneck %s, cost %.2f", plan.wall_seconds,
@@ -80,7 +83,7 @@ def plan_markdown(plan: JobPlan) -> str:
 
 
 @task(retries=1, retry_delay_seconds=[30], retry_condition_fn=transient, cache_policy=NO_CACHE)
-def run_units(config: JobConfig, manifest: pa.Table, plan: Optional[dict] = None) -> dict:
+def run_units(config: JobConfig, manifest: Discovery, plan: Optional[dict] = None) -> dict:
     """The job, with a progress line (hours, x realtime, ETA) in the run log every
     engine.progress_seconds while it runs: the UI shows it live, not only at the end."""
     planned = plan["wall_seconds"] if plan else None  # the ETA until a unit has finished
