@@ -16,7 +16,8 @@ file's transcript the runner's pieces joined in time order, text normalised the 
 (``pipelines.metrics.text.normalise_text``); a file a runner drops counts as all deletions.
 
 CLI: ``python benchmarks/peers.py --minutes 30 [--rounds 2] [--workdir /tmp/voxmill-peers]``
-(or ``--corpus DIR`` for a corpus already built); writes ``WORKDIR/peers.json``.
+(or ``--corpus DIR`` for a corpus already built; ``--runners voxmill,batched`` for a subset;
+``--voxmill-set vad.max_seconds=30`` to try a setting); writes ``WORKDIR/peers.json``.
 """
 from __future__ import annotations
 
