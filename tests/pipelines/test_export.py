@@ -9,9 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import s3fs
 import soundfile as sf
-from moto.server import ThreadedMotoServer
 from typer.testing import CliRunner
 
 from flows.cli import app
@@ -19,7 +17,7 @@ from pipelines.export import ExportError, export
 from pipelines.io import tables
 from pipelines.job import run_job
 from pipelines.loader import IndexedShards, read_index
-from tests.conftest import S3_PORT, references, small_units_config
+from tests.conftest import moto_s3, references, small_units_config
 
 FILTER = "dnsmos_ovrl >= 3.3"
 
@@ -192,15 +190,12 @@ def test_export_refuses_a_foreign_dest_and_an_unknown_format(out, tmp_path):
 @pytest.fixture(scope="module")
 def s3(out):
     """The output copied into a bucket on the loopback moto server the environment names (conftest)."""
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=S3_PORT)
-    server.start()
-    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": f"http://127.0.0.1:{S3_PORT}"})
-    fs.mkdir("export-corpus")
-    for path in Path(out).glob("*/*"):
-        if path.parent.name in ("shards", "index") or path.name == "job.json":
-            fs.put_file(str(path), f"export-corpus/v1/{path.parent.name}/{path.name}")
-    yield fs
-    server.stop()
+    with moto_s3() as fs:
+        fs.mkdir("export-corpus")
+        for path in Path(out).glob("*/*"):
+            if path.parent.name in ("shards", "index") or path.name == "job.json":
+                fs.put_file(str(path), f"export-corpus/v1/{path.parent.name}/{path.name}")
+        yield fs
 
 
 def test_exports_from_and_to_s3(s3, index, tmp_path):

@@ -7,28 +7,23 @@ import tarfile
 
 import pyarrow.dataset as ds
 import pytest
-import s3fs
 import soundfile as sf
-from moto.server import ThreadedMotoServer
 
 from pipelines.io.storage import OutputError
 from pipelines.job import run_job
 from pipelines.stages.discover import Discover, InputError
 from schemas.config import DiscoverConfig
-from tests.conftest import NO_SPEECH, S3_PORT, small_units_config
+from tests.conftest import NO_SPEECH, moto_s3, small_units_config
 
 
 @pytest.fixture(scope="module")
 def s3(clips):
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=S3_PORT)
-    server.start()
-    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": f"http://127.0.0.1:{S3_PORT}"})
-    fs.mkdir("raw-audio")
-    fs.mkdir("corpus")
-    for path in clips.iterdir():
-        fs.put_file(str(path), f"raw-audio/incoming/{path.name}")
-    yield fs
-    server.stop()
+    with moto_s3() as fs:
+        fs.mkdir("raw-audio")
+        fs.mkdir("corpus")
+        for path in clips.iterdir():
+            fs.put_file(str(path), f"raw-audio/incoming/{path.name}")
+        yield fs
 
 
 def test_job_reads_and_writes_buckets(s3, local_ray):

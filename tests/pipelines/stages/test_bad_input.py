@@ -27,12 +27,11 @@ import requests
 import s3fs
 import soundfile as sf
 import soxr
-from moto.server import ThreadedMotoServer
 from typer.testing import CliRunner
 
 from flows.cli import app
 from pipelines.job import run_job
-from tests.conftest import DEMO, REAL_ASR, S3_PORT, small_units_config
+from tests.conftest import DEMO, REAL_ASR, S3_PORT, moto_s3, small_units_config
 from tests.fakes import FAKE_ASR
 
 SAFE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -271,14 +270,11 @@ SECRET = f"wrong-secret-{uuid.uuid4().hex}"
 @pytest.fixture(scope="module")
 def s3(bad_input):
     """moto's S3 where conftest points s3://, with one readable speech file in `badin-raw/in/`."""
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=S3_PORT)
-    server.start()
-    fs = s3fs.S3FileSystem(skip_instance_cache=True)
-    for bucket in ("badin-raw", "badin-out"):
-        fs.mkdir(bucket)
-    fs.put_file(str(bad_input / "speech-8k-8bit.wav"), "badin-raw/in/speech.wav")
-    yield fs
-    server.stop()
+    with moto_s3(skip_instance_cache=True) as fs:
+        for bucket in ("badin-raw", "badin-out"):
+            fs.mkdir(bucket)
+        fs.put_file(str(bad_input / "speech-8k-8bit.wav"), "badin-raw/in/speech.wav")
+        yield fs
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ import tarfile
 
 import pyarrow.parquet as pq
 import pytest
-import s3fs
 
 from pipelines.metrics.text import error_rate
 from pipelines.records import AsrResult, PreparedSegment, PreparedUnit, SourceFile
@@ -22,7 +21,7 @@ from pipelines.stages.references import (
     split_reference,
 )
 from schemas.config import DiscoverConfig, load_job_config
-from tests.conftest import DEMO, S3_PORT, references
+from tests.conftest import DEMO, moto_s3, references
 
 AMI = "I'M ABIGAIL CLAFLIN YOU CAN CALL ME ABBIE"
 
@@ -107,16 +106,9 @@ def test_references_from_the_users_manifest_win_and_bad_ones_are_named(tmp_path)
 @pytest.fixture
 def bucket():
     """A bucket on the loopback moto server the environment names (conftest), for this test only."""
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=S3_PORT)
-    server.start()
-    try:
-        fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": f"http://127.0.0.1:{S3_PORT}"})
+    with moto_s3() as fs:
         fs.mkdir("refs")
         yield fs
-    finally:
-        server.stop()
 
 
 def test_references_beside_audio_and_in_a_manifest_on_s3(bucket):

@@ -11,13 +11,11 @@ import threading
 import time
 
 import pytest
-import s3fs
-from moto.server import ThreadedMotoServer
 from typer.testing import CliRunner
 
 from flows.cli import app
 from pipelines.state.lease import LeaseHeld, OutputLease
-from tests.conftest import DEMO, S3_PORT
+from tests.conftest import DEMO, moto_s3
 from tests.fakes import ROOT
 
 
@@ -88,12 +86,9 @@ def _race(out: str, runs: int) -> tuple[int, int]:
 
 @pytest.fixture(scope="module")
 def s3_bucket():
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=S3_PORT)
-    server.start()
-    fs = s3fs.S3FileSystem(skip_instance_cache=True)
-    fs.mkdir("lease-test")
-    yield "s3://lease-test"
-    server.stop()
+    with moto_s3(skip_instance_cache=True) as fs:
+        fs.mkdir("lease-test")
+        yield "s3://lease-test"
 
 
 def test_on_s3_a_conditional_create_lets_exactly_one_run_win(s3_bucket):
