@@ -87,7 +87,7 @@ class SpeakerSplitter:
             cuts.append(self._boundary(windows, mine, labels, k, smooth))
         cuts.append(span.end)
         turns, first = [], 0
-        for n, (start, end) in enumerate(zip(cuts, cuts[1:])):
+        for start, end in zip(cuts, cuts[1:]):
             last = first + 1
             while last < len(smooth) and smooth[last] == smooth[first]:
                 last += 1
