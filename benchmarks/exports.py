@@ -15,7 +15,6 @@ import argparse
 import io
 import json
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -28,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])  # Ray workers: tests.fakes
 
 from benchmarks.loader import reshard  # noqa: E402
-from benchmarks.readers import measure  # noqa: E402
+from benchmarks.readers import time_passes  # noqa: E402
 from pipelines.export import export  # noqa: E402
 from pipelines.loader import read_index  # noqa: E402
 from pipelines.state import jobstate  # noqa: E402
@@ -94,15 +93,7 @@ def main() -> None:
             lambda: nemo_pass(args.workdir / "export-nemo" / "manifest.json"),
         "voxmill shards (baseline): sink.read(shard) + soundfile": lambda: shards_pass(out),
     }
-    runs: dict[str, list[tuple[float, int, float]]] = {name: [] for name in loops}
-    for _ in range(args.repeats):
-        for name, loop in loops.items():
-            runs[name].append(measure(loop))
-    rows = {name: {"wall_s": statistics.median(r[0] for r in rs), "min_wall_s": min(r[0] for r in rs),
-                   "samples": rs[0][1], "audio_s": rs[0][2]} for name, rs in runs.items()}
-    for row in rows.values():
-        row["samples_per_s"] = row["samples"] / row["wall_s"]
-        row["audio_s_per_s"] = row["audio_s"] / row["wall_s"]
+    rows = time_passes(loops, args.repeats)
     result = {"shards": written["lhotse"]["shards"], "exports": written, "reads": rows}
     (args.workdir / "exports.json").write_text(json.dumps(result, indent=2))
     print(f"{result['shards']} shards, {rows[next(iter(rows))]['samples']} samples, "

@@ -77,6 +77,21 @@ def measure(loop: Callable[[], Iterable[float]]) -> tuple[float, int, float]:
     return time.perf_counter() - started, samples, seconds
 
 
+def time_passes(loops: dict[str, Callable[[], Iterable[float]]], repeats: int) -> dict[str, dict]:
+    """Each full pass `repeats` times, interleaved (a noisy machine slows every reader alike):
+    median and best wall, samples and audio seconds, and the rates from the median."""
+    runs: dict[str, list[tuple[float, int, float]]] = {name: [] for name in loops}
+    for _ in range(repeats):
+        for name, loop in loops.items():
+            runs[name].append(measure(loop))
+    rows = {name: {"wall_s": statistics.median(r[0] for r in rs), "min_wall_s": min(r[0] for r in rs),
+                   "samples": rs[0][1], "audio_s": rs[0][2]} for name, rs in runs.items()}
+    for row in rows.values():
+        row["samples_per_s"] = row["samples"] / row["wall_s"]
+        row["audio_s_per_s"] = row["audio_s"] / row["wall_s"]
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/voxmill-bench-readers"))
@@ -109,15 +124,7 @@ def main() -> None:
         f"webdataset: WebDataset(urls) + read_audio, DataLoader({w} workers)": lambda: webdataset_pass(urls, w),
         f"voxmill: SpeechShards(OUTPUT), DataLoader({w} workers)": lambda: speechshards_pass(out, w),
     }
-    runs: dict[str, list[tuple[float, int, float]]] = {name: [] for name in loops}
-    for _ in range(args.repeats):
-        for name, loop in loops.items():
-            runs[name].append(measure(loop))
-    rows = {name: {"wall_s": statistics.median(r[0] for r in rs), "min_wall_s": min(r[0] for r in rs),
-                   "samples": rs[0][1], "audio_s": rs[0][2]} for name, rs in runs.items()}
-    for row in rows.values():
-        row["samples_per_s"] = row["samples"] / row["wall_s"]
-        row["audio_s_per_s"] = row["audio_s"] / row["wall_s"]
+    rows = time_passes(loops, args.repeats)
     counts = {row["samples"] for row in rows.values()}
     assert len(counts) == 1, f"readers disagree on the sample count: {rows}"
     result = {"shards": len(urls), "hf_prepare_s": prepare_s, "reads": rows}
