@@ -121,8 +121,13 @@ def _cluster(embeddings: np.ndarray, same_speaker: float) -> np.ndarray:
 
     tree = linkage(embeddings.astype(np.float64), method="average", metric="cosine")
     found = fcluster(tree, t=1.0 - same_speaker, criterion="distance")
-    order = {label: n for n, label in enumerate(dict.fromkeys(found.tolist()))}
-    return np.asarray([order[label] for label in found.tolist()])
+    return _by_first_appearance(found)
+
+
+def _by_first_appearance(labels: np.ndarray) -> np.ndarray:
+    """The same grouping, numbered 0, 1, ... in the order the labels are first met."""
+    order = {label: n for n, label in enumerate(dict.fromkeys(labels.tolist()))}
+    return np.asarray([order[label] for label in labels.tolist()])
 
 
 def _in_context(embeddings: np.ndarray, span_index: np.ndarray) -> np.ndarray:
@@ -146,8 +151,7 @@ def _absorb_brief(labels: np.ndarray, embeddings: np.ndarray, min_windows: float
     out = labels.copy()
     brief = ~np.isin(labels, keep)
     out[brief] = np.asarray(keep)[np.argmax(embeddings[brief] @ centroids.T, axis=1)]
-    order = {label: n for n, label in enumerate(dict.fromkeys(out.tolist()))}
-    return np.asarray([order[label] for label in out.tolist()])
+    return _by_first_appearance(out)
 
 
 def _smoothed(labels: np.ndarray) -> np.ndarray:
