@@ -44,7 +44,7 @@ def main() -> None:
         budget = sample_budget(config, size.audio_seconds)
         for seed in args.seeds:
             sample = stratified_sample(manifest, budget, config.plan.excerpt_seconds, seed=seed)
-            rate, redecoded, segments, _ = asr_probe(config, sample, threads=2)
+            rate, redecoded, segments, *_ = asr_probe(config, sample, threads=2)
             rows.append({"shape": shape, "seed": seed, "segments": segments, "probe_rate": rate,
                          "run_rate": actual, "error": rate / actual - 1, "redecoded": redecoded})
             print(f"{shape:6s} seed {seed}: {segments:3d} segments, probe {rate:.4f} s/s, run {actual:.4f} s/s, "

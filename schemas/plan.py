@@ -41,12 +41,14 @@ class HardwareProfile(BaseModel):
     prep_seconds_per_input_second: float  # decode + resample + VAD + encode + quality, per CPU worker
     quality_seconds_per_input_second: Optional[float] = None  # the quality scores' part of it (None: not measured)
     dnsmos_seconds_per_window: Optional[float] = None  # one 9.01 s DNSMOS window on one core: prices quality per input
+    speakers_seconds_per_input_second: Optional[float] = None  # the speaker stage's part of prep (None: not measured)
+    speaker_seconds_per_window: Optional[float] = None  # one 1.6 s speaker window on one core: prices the stage per input
     asr_seconds_per_segment: float  # one ASR actor (a GPU, or the CPU pool), in the calibration run
     asr_seconds_per_speech_second: Optional[float] = None  # one ASR actor at full batches (the probe)
     asr_probe_segments: Optional[int] = None  # distinct segments the probe saw: how far to trust it
     write_seconds_per_unit: float  # shards + index + rejects + ledger: mostly per-commit overhead
     ray_start_seconds: float  # ray.init of a local instance (0 when attaching to a running one)
-    model_load_seconds: float  # until every ASR actor has its model loaded
+    model_load_seconds: float  # until every ASR actor has its model loaded and every prep worker its models
     measured_on_seconds: float
     measured_at: str
     source: str = "calibration"
@@ -63,6 +65,7 @@ class DataProfile(BaseModel):
     kept_fraction: float  # samples / segments after ASR
     fallback_fraction: float = 0.0  # packed segments ASR had to decode again on their own
     dnsmos_windows_per_input_second: Optional[float] = None  # from the VAD segments' lengths (quality's cost)
+    speaker_windows_per_input_second: Optional[float] = None  # 1.6 s speaker windows (the speaker stage's cost)
     output_bytes_per_output_second: float
     sample_seconds: float
     sample_files: int

@@ -78,15 +78,8 @@ class SpeakerEncoder:
         import torch
 
         mel = self.frames(audio)
-        hop = max(1, round(hop_seconds * RATE / FRAME_HOP))
-        if len(mel) <= WINDOW_FRAMES:
-            starts = [0]
-            batch = mel[None]
-        else:
-            starts = list(range(0, len(mel) - WINDOW_FRAMES + 1, hop))
-            if starts[-1] + WINDOW_FRAMES < len(mel):  # the tail gets a window of its own
-                starts.append(len(mel) - WINDOW_FRAMES)
-            batch = torch.stack([mel[s: s + WINDOW_FRAMES] for s in starts])
+        starts = window_starts(len(mel), hop_seconds)
+        batch = mel[None] if len(mel) <= WINDOW_FRAMES else torch.stack([mel[s: s + WINDOW_FRAMES] for s in starts])
         with torch.inference_mode():
             embeddings = self._model(batch).cpu().numpy()
         return np.asarray(starts, dtype=np.float64) * FRAME_HOP / RATE, embeddings
@@ -95,6 +88,24 @@ class SpeakerEncoder:
         """One embedding of a whole utterance: the normalised mean of its windows (half overlapping)."""
         _, embeddings = self.windows(audio, hop_seconds=WINDOW_FRAMES * FRAME_HOP / RATE / 2)
         return unit(embeddings.mean(axis=0))
+
+
+def window_starts(frames: int, hop_seconds: float) -> list[int]:
+    """First mel frame of each 1.6 s window `hop_seconds` apart over `frames` frames; the tail gets a
+    window of its own, and audio shorter than a window is one window of all of it. The plan counts
+    windows with it too (`stages.speakers.speaker_windows`): the stage's cost follows them."""
+    if frames <= WINDOW_FRAMES:
+        return [0]
+    hop = max(1, round(hop_seconds * RATE / FRAME_HOP))
+    starts = list(range(0, frames - WINDOW_FRAMES + 1, hop))
+    if starts[-1] + WINDOW_FRAMES < frames:
+        starts.append(frames - WINDOW_FRAMES)
+    return starts
+
+
+def mel_frames(samples: int) -> int:
+    """Frames of `SpeakerEncoder.frames` for this many samples (centred frames)."""
+    return samples // FRAME_HOP + 1
 
 
 def resolve_device(device: str) -> str:

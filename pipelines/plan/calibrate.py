@@ -17,7 +17,7 @@ import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -31,6 +31,7 @@ from pipelines.records import SourceFile
 from pipelines.sinks.base import TRAINING, open_sink
 from pipelines.stages.audio import ASR_RATE
 from pipelines.stages.prepare import Preparer
+from pipelines.stages.speakers import speaker_window_seconds, speaker_windows
 from pipelines.state.units import EXCERPT_CONTEXT, WorkUnit
 from schemas.config import AsrConfig, JobConfig
 from schemas.plan import Calibration, DataProfile, HardwareProfile, LoadReading
@@ -113,10 +114,14 @@ def calibrate(config: JobConfig, sample: list[SourceFile]) -> Calibration:
     total = lambda name: sum(r[name] for r in reports)  # noqa: E731
     input_s, segments, samples = total("input_seconds"), total("segments"), total("samples")
     output_s, speech_s = total("output_seconds"), total("speech_seconds")
-    asr_rate, fallback, probed, windows = asr_probe(config, sample, max(1, resources.cpus // resources.asr_actors))
+    probe = asr_probe(config, sample, max(1, resources.cpus // resources.asr_actors))
     per_window = dnsmos_window_seconds(config)
-    quality_rate = windows * per_window if per_window else 0.0
-    prep_rate = sum(stage(s) for s in PREP_STAGES if s != "quality") / max(input_s, 1e-9) + quality_rate
+    quality_rate = probe.dnsmos_windows * per_window if per_window else 0.0
+    per_speaker_window = speaker_window_seconds(config.speakers) if config.speakers.enabled else None
+    speakers_rate = probe.speaker_windows * per_speaker_window if per_speaker_window else 0.0
+    windowed = ("quality", "speakers")  # priced per window below, not by the calibration run's own seconds
+    prep_rate = (sum(stage(s) for s in PREP_STAGES if s not in windowed) / max(input_s, 1e-9)
+                 + quality_rate + speakers_rate)
     hardware = HardwareProfile(
         name=machine_key(config, resources.gpus), cpu_model=cpu_model(), cpus=resources.cpus,
         gpu_name=gpu_name() if resources.gpus else None, gpus=resources.gpus,
@@ -124,8 +129,10 @@ def calibrate(config: JobConfig, sample: list[SourceFile]) -> Calibration:
         device="cuda" if resources.gpus else "cpu", batch_size=config.asr.batch_size,
         prep_seconds_per_input_second=prep_rate, quality_seconds_per_input_second=quality_rate,
         dnsmos_seconds_per_window=per_window,
+        speakers_seconds_per_input_second=speakers_rate if per_speaker_window else None,
+        speaker_seconds_per_window=per_speaker_window,
         asr_seconds_per_segment=stage("asr") / max(segments, 1),
-        asr_seconds_per_speech_second=asr_rate, asr_probe_segments=probed,
+        asr_seconds_per_speech_second=probe.rate, asr_probe_segments=probe.segments,
         write_seconds_per_unit=stage("write") / max(len(reports), 1),
         ray_start_seconds=ray_start, model_load_seconds=result.startup_seconds,
         measured_on_seconds=input_s, measured_at=datetime.now(timezone.utc).isoformat(), load=load,
@@ -134,32 +141,39 @@ def calibrate(config: JobConfig, sample: list[SourceFile]) -> Calibration:
         speech_fraction=total("speech_seconds") / max(input_s, 1e-9),
         segments_per_speech_second=segments / max(speech_s, 1e-9),
         kept_fraction=samples / max(segments, 1),
-        fallback_fraction=fallback, dnsmos_windows_per_input_second=windows,
+        fallback_fraction=probe.redecoded, dnsmos_windows_per_input_second=probe.dnsmos_windows,
+        speaker_windows_per_input_second=probe.speaker_windows,
         output_bytes_per_output_second=shard_bytes / max(output_s, 1e-9),
         sample_seconds=input_s, sample_files=len(sample),
     )
     return Calibration(hardware=hardware, data=data)
 
 
-def asr_probe(config: JobConfig, sample: list[SourceFile], threads: int) -> tuple[float, float, int, float]:
+class Probe(NamedTuple):
+    rate: float  # ASR seconds per second of speech, full batches
+    redecoded: float  # share of segments decoded again alone
+    segments: int  # distinct segments probed: how far to trust `rate` (see `estimator.PROBE_SPREAD`)
+    dnsmos_windows: float  # per input second: quality's cost follows them
+    speaker_windows: float  # per input second: the speaker stage's cost follows them
+
+
+def asr_probe(config: JobConfig, sample: list[SourceFile], threads: int) -> Probe:
     """ASR seconds per second of speech with full batches of packed windows, as long units run
     them (calibration units are too small to fill a batch), and the share of segments decoded
-    again alone; and how many DNSMOS windows those segments hold per input second.
+    again alone; and how many DNSMOS and speaker windows those segments hold per input second.
 
     Two things make the probe see what a run sees: excerpts are decoded with context, so no
     segment holds a word clipped at a random cut (the alignment cannot place those, and each
     one costs a solo re-decode a run never pays); and segments keep their input order, so a
     window's neighbours come from the same recording, as in a unit. The sequence is repeated
-    until it fills `batch_size` windows. Returns (rate, re-decoded share, distinct segments,
-    DNSMOS windows per input second): the third says how far to trust the rate (see
-    `estimator.PROBE_SPREAD`)."""
+    until it fills `batch_size` windows."""
     preparer = Preparer(_unscored(config))
     preparer.setup()
     audios, prepared = preparer(0, [_with_context(piece) for piece in sample])
     speech = sum(len(a) for a in audios) / ASR_RATE
     if not audios:
-        return 0.0, 0.0, 0, 0.0
-    windows = dnsmos_windows(config, audios) / max(prepared.input_seconds, 1e-9)
+        return Probe(0.0, 0.0, 0, 0.0, 0.0)
+    input_s = max(prepared.input_seconds, 1e-9)
     per_window = max(config.asr.pack_seconds, speech / len(audios))
     repeats = max(1, math.ceil(config.asr.batch_size * per_window / speech))
     transcriber = build_backend(config.asr, threads)
@@ -167,7 +181,8 @@ def asr_probe(config: JobConfig, sample: list[SourceFile], threads: int) -> tupl
     started = time.perf_counter()
     transcriber(audios * repeats)
     seconds = time.perf_counter() - started
-    return seconds / (speech * repeats), transcriber.counts["fallback"] / (len(audios) * repeats), len(audios), windows
+    return Probe(seconds / (speech * repeats), transcriber.counts["fallback"] / (len(audios) * repeats), len(audios),
+                 dnsmos_windows(config, audios) / input_s, speaker_windows(config.speakers, audios) / input_s)
 
 
 def dnsmos_windows(config: JobConfig, audios: list[np.ndarray]) -> int:
@@ -188,9 +203,11 @@ def dnsmos_window_seconds(config: JobConfig) -> Optional[float]:
 
 
 def _unscored(config: JobConfig) -> JobConfig:
-    """The config without quality scoring: the probe and the speech measure need the segments only
-    (scoring does not change them), and DNSMOS would cost the plan more than decode and VAD do."""
-    return config.model_copy(update={"quality": config.quality.model_copy(update={"enabled": False})})
+    """The config without quality scoring and speakers: the probe and the speech measure need the
+    VAD segments only (the speaker stage only splits them), and DNSMOS would cost the plan more
+    than decode and VAD do."""
+    return config.model_copy(update={"quality": config.quality.model_copy(update={"enabled": False}),
+                                     "speakers": config.speakers.model_copy(update={"enabled": False})})
 
 
 def _with_context(piece: SourceFile) -> SourceFile:
@@ -214,6 +231,7 @@ def measure_data(config: JobConfig, sample: list[SourceFile], kept_fraction: flo
         kept_fraction=kept_fraction,
         fallback_fraction=fallback,
         dnsmos_windows_per_input_second=dnsmos_windows(config, audios) / max(prepared.input_seconds, 1e-9),
+        speaker_windows_per_input_second=speaker_windows(config.speakers, audios) / max(prepared.input_seconds, 1e-9),
         output_bytes_per_output_second=encoded / max(speech, 1e-9) * 1.01,  # + tar headers
         sample_seconds=prepared.input_seconds, sample_files=len(sample),
     )
@@ -257,13 +275,15 @@ def _cpu_count() -> int:
     return os.cpu_count() or 1
 
 
-# Costs of the bundled tiny.en (int8, batch 16) on one core of a 2-core x86 server, per stage, from
-# this repository's accuracy runs (benchmarks/RESULTS.md); with a GPU, ASR at about 20x that.
-# Only a bound: the interval of a plan on it is wide (estimator.QUICK_SPREAD).
-QUICK_COSTS = dict(prep_seconds_per_input_second=0.07, quality_seconds_per_input_second=0.06,
-                   dnsmos_seconds_per_window=0.36,
-                   asr_seconds_per_speech_second=0.045, write_seconds_per_unit=1.0,
-                   ray_start_seconds=6.0, model_load_seconds=4.0)
+# Costs of the bundled tiny.en (int8, batch 16) on one core of a 2-core x86 server (AMD EPYC), per
+# stage: the profile four runs taught on a quiet machine (load ~1, CPU share 100%), the newcomer
+# sequence of benchmarks/estimator_accuracy.py (990 s of audio); with a GPU, ASR at about 20x that.
+# Only a bound: the interval of a plan on it is wide (estimator.QUICK_SPREAD), and the plan scales
+# these to the CPU share it reads.
+QUICK_COSTS = dict(prep_seconds_per_input_second=0.033, quality_seconds_per_input_second=0.030,
+                   dnsmos_seconds_per_window=0.165,
+                   asr_seconds_per_speech_second=0.032, write_seconds_per_unit=0.03,
+                   ray_start_seconds=1.9, model_load_seconds=3.5)
 QUIET = LoadReading(load=0.0, cores=2.0, cpu_share=1.0)  # the machine QUICK_COSTS were measured on
 
 
@@ -283,6 +303,7 @@ def quick_bound(config: JobConfig, gpus: int) -> HardwareProfile:
 
 
 WEIGHTED = ("prep_seconds_per_input_second", "quality_seconds_per_input_second", "dnsmos_seconds_per_window",
+            "speakers_seconds_per_input_second", "speaker_seconds_per_window",
             "asr_seconds_per_segment", "asr_seconds_per_speech_second", "write_seconds_per_unit",
             "ray_start_seconds", "model_load_seconds")
 

@@ -26,6 +26,7 @@ QUICK_BOUND = "quick bound"  # a profile's source when no measurement of this ma
 TRUSTED_SECONDS = 120.0  # audio a profile must be measured on (calibration + runs) to be trusted
 UNTRUSTED_SPREAD = 0.5  # extra log-sd of an untrusted profile
 QUICK_SPREAD = 0.8  # extra log-sd of a quick bound (costs of another machine)
+SPEAKER_WINDOW_SECONDS = 0.003  # one speaker window on one core of a 2-core x86 server, for profiles without it
 MAX_SLOWDOWN = 2.0  # the load rescaling is bounded to this factor either way
 LOAD_DAMPING = 0.5  # exponent on the ratio of CPU shares: half its log (benchmarks/RESULTS.md, newcomer sequence)
 BUSY_SPREAD = 0.25  # extra log-sd per unit of -log(CPU share now): 0 on a quiet machine, 0.5 at a share of 13%
@@ -162,7 +163,8 @@ def predict(config: JobConfig, size: InputSize, hardware: HardwareProfile, data:
         cost=gpu_hours * prices["gpu_hour"] + cpu_hours * prices["cpu_hour"], prices=prices,
         output_bytes=output_bytes,
         shards=max(units, math.ceil(output_bytes / config.shards.max_bytes)),
-        correction=correction, history_runs=history_runs, load=load, notes=_notes(hardware, slowdown, load),
+        correction=correction, history_runs=history_runs, load=load,
+        notes=_notes(hardware, slowdown, load) + _speaker_notes(config, hardware),
     )
 
 
@@ -170,20 +172,33 @@ STAGE_ORDER = ("prep", "asr", "write")
 
 
 def _priced_for(config: JobConfig, hardware: HardwareProfile, data: DataProfile) -> HardwareProfile:
-    """The profile's prep cost for this config and input. Quality scoring (DNSMOS mostly) is part
-    of every prep task: its cost follows the DNSMOS windows the input's segments hold, so a
-    profile that knows its seconds per window prices this input's windows per second; without
-    scoring (`quality.enabled: false`) the measured share comes out."""
+    """The profile's prep cost for this config and input. Quality scoring (DNSMOS mostly) and the
+    speaker stage are parts of every prep task whose cost follows windows: DNSMOS windows of the
+    input's segments, and 1.6 s speaker windows of its speech. A profile that knows a window's
+    seconds prices this input's windows per second; a part this config turns off comes out."""
     quality = hardware.quality_seconds_per_input_second or 0.0
-    base = max(0.0, hardware.prep_seconds_per_input_second - quality)
-    if not config.quality.enabled:
-        priced = 0.0
-    elif hardware.dnsmos_seconds_per_window and data.dnsmos_windows_per_input_second is not None:
-        priced = hardware.dnsmos_seconds_per_window * data.dnsmos_windows_per_input_second
-    else:
-        priced = quality
-    return hardware.model_copy(update={"prep_seconds_per_input_second": base + priced,
-                                       "quality_seconds_per_input_second": priced})
+    speakers = hardware.speakers_seconds_per_input_second or 0.0
+    base = max(0.0, hardware.prep_seconds_per_input_second - quality - speakers)
+    quality = _windows_priced(config.quality.enabled, quality, hardware.dnsmos_seconds_per_window,
+                              data.dnsmos_windows_per_input_second)
+    speaker_windows = data.speaker_windows_per_input_second
+    if speaker_windows is None:  # a data profile from before the stage: its speech at the configured hop
+        speaker_windows = data.speech_fraction / config.speakers.hop_seconds
+    speakers = _windows_priced(config.speakers.enabled, speakers,
+                               hardware.speaker_seconds_per_window or SPEAKER_WINDOW_SECONDS, speaker_windows)
+    return hardware.model_copy(update={"prep_seconds_per_input_second": base + quality + speakers,
+                                       "quality_seconds_per_input_second": quality,
+                                       "speakers_seconds_per_input_second": speakers})
+
+
+def _windows_priced(enabled: bool, measured: float, per_window: Optional[float], windows: Optional[float]) -> float:
+    """A windowed part of prep, per input second: per window x this input's windows, else the
+    profile's measured share; nothing when the config turns it off."""
+    if not enabled:
+        return 0.0
+    if per_window and windows is not None:
+        return per_window * windows
+    return measured
 
 
 def _stage_work(input_seconds: float, units: int, hardware: HardwareProfile, data: DataProfile) -> dict[str, float]:
@@ -266,7 +281,8 @@ def _at_share(hardware: HardwareProfile, slowdown: float) -> HardwareProfile:
     """CPU costs (prep, scoring, CPU ASR) at the share of the machine the run will get."""
     if slowdown == 1.0:
         return hardware
-    cpu = ["prep_seconds_per_input_second", "quality_seconds_per_input_second", "dnsmos_seconds_per_window"]
+    cpu = ["prep_seconds_per_input_second", "quality_seconds_per_input_second", "dnsmos_seconds_per_window",
+           "speakers_seconds_per_input_second", "speaker_seconds_per_window"]
     if not hardware.gpus:
         cpu += ["asr_seconds_per_segment", "asr_seconds_per_speech_second"]
     return hardware.model_copy(update={k: getattr(hardware, k) * slowdown for k in cpu
@@ -286,6 +302,13 @@ def _notes(hardware: HardwareProfile, slowdown: float, load: Optional[LoadReadin
                      f"{hardware.load.cpu_share:.0%} then, {load.cpu_share:.0%} now; "
                      f"CPU costs scaled x{slowdown:.2f}")
     return notes
+
+
+def _speaker_notes(config: JobConfig, hardware: HardwareProfile) -> list[str]:
+    if config.speakers.enabled and not hardware.speaker_seconds_per_window:
+        return [f"speakers priced at {SPEAKER_WINDOW_SECONDS * 1000:.0f} ms per window (a 2-core x86 server's): "
+                "this profile was measured without the stage (`voxmill plan --recalibrate` measures it)"]
+    return []
 
 
 def _probe_error(hardware: HardwareProfile, seconds: dict[str, float], bottleneck: str) -> float:

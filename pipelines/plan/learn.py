@@ -39,6 +39,7 @@ def refine(hardware: HardwareProfile, summary: dict, plan: dict) -> Optional[Har
     share = 1 / load_slowdown(hardware.load, LoadReading.model_validate(run_load)) if run_load else 1.0
     prep = busy["prep"] * share / input_s
     quality = summary["stage_seconds"].get("quality", 0.0) * share / input_s
+    speakers = summary["stage_seconds"].get("speakers", 0.0) * share / input_s
     asr = busy["asr"] * share / max(speech_s, 1e-9) if speech_s > 0 else None
     old = min(hardware.measured_on_seconds + hardware.learned_seconds, MEMORY_SECONDS)
     weight = input_s / (old + input_s)
@@ -50,9 +51,14 @@ def refine(hardware: HardwareProfile, summary: dict, plan: dict) -> Optional[Har
         "learned_runs": hardware.learned_runs + 1,
         "learned_seconds": hardware.learned_seconds + input_s,
     }
-    windows = (plan.get("data") or {}).get("dnsmos_windows_per_input_second")
+    data = plan.get("data") or {}
+    windows = data.get("dnsmos_windows_per_input_second")
     if windows and quality:  # quality priced per DNSMOS window: it follows the input's segments
         update["dnsmos_seconds_per_window"] = blend(hardware.dnsmos_seconds_per_window, quality / windows)
+    windows = data.get("speaker_windows_per_input_second")
+    if windows and speakers:  # the speaker stage priced per 1.6 s window: it follows the speech
+        update["speakers_seconds_per_input_second"] = blend(hardware.speakers_seconds_per_input_second, speakers)
+        update["speaker_seconds_per_window"] = blend(hardware.speaker_seconds_per_window, speakers / windows)
     if asr is not None:
         update["asr_seconds_per_speech_second"] = blend(hardware.asr_seconds_per_speech_second, asr)
         update["asr_probe_segments"] = (hardware.asr_probe_segments or 0) + run.get("segments", 0)

@@ -13,17 +13,19 @@ voice heard. Linking speakers across recordings is not done here.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import numpy as np
 
-from pipelines.metrics.speaker import FRAME_HOP, RATE, WINDOW_FRAMES, SpeakerEncoder, unit
+from pipelines.metrics.speaker import FRAME_HOP, RATE, WINDOW_FRAMES, SpeakerEncoder, mel_frames, unit, window_starts
 from pipelines.stages.vad import Span
 from schemas.config import SpeakersConfig
 
 WINDOW_SECONDS = WINDOW_FRAMES * FRAME_HOP / RATE
 MAX_WINDOWS = 4000  # windows clustered at once per recording: the linkage's memory grows with the square
+PROBE_SECONDS = 60.0  # speech embedded and clustered to time one window (~1 s on one core)
 
 
 @dataclass
@@ -65,7 +67,7 @@ class SpeakerSplitter:
         return turns
 
     def _hop(self, spans: Sequence[Span]) -> float:
-        return max(self.config.hop_seconds, sum(s.seconds for s in spans) / MAX_WINDOWS)
+        return _recording_hop(self.config, sum(s.seconds for s in spans))
 
     def _windows(self, audio: np.ndarray, spans: Sequence[Span]) -> _Windows:
         hop = self._hop(spans)
@@ -111,6 +113,32 @@ class SpeakerSplitter:
         if d0 > 0 > d1:
             return float(centres[k] + (centres[k + 1] - centres[k]) * d0 / (d0 - d1))
         return float((centres[k] + centres[k + 1]) / 2)
+
+
+def _recording_hop(config: SpeakersConfig, speech_seconds: float) -> float:
+    """The configured hop, widened for a recording so long its windows would pass `MAX_WINDOWS`."""
+    return max(config.hop_seconds, speech_seconds / MAX_WINDOWS)
+
+
+def speaker_windows(config: SpeakersConfig, speech: Sequence[np.ndarray]) -> int:
+    """Windows the splitter embeds for these 16 kHz segments, taken as one recording's: the stage's
+    cost follows them (`voxmill plan` prices it per window, as it prices DNSMOS)."""
+    hop = _recording_hop(config, sum(len(a) for a in speech) / RATE)
+    return sum(len(window_starts(mel_frames(len(a)), hop)) for a in speech)
+
+
+def speaker_window_seconds(config: SpeakersConfig, encoder: Optional[SpeakerEncoder] = None) -> float:
+    """Seconds one window costs on one core: the mel, the encoder and the clustering of a minute of
+    speech in 10 s segments, timed after a first pass that loads the weights. A constant of the
+    machine; the plan multiplies it by the input's windows per second (`speaker_windows`)."""
+    splitter = SpeakerSplitter(config, encoder)
+    audio = np.random.default_rng(0).normal(0.0, 0.05, round(PROBE_SECONDS * RATE)).astype(np.float32)
+    spans = [Span(t, t + 10.0) for t in np.arange(0.0, PROBE_SECONDS, 10.0)]
+    splitter(audio[: 2 * RATE], [Span(0.0, 2.0)])  # the weights load and the first batch allocates
+    started = time.perf_counter()
+    splitter(audio, spans)
+    seconds = time.perf_counter() - started
+    return seconds / speaker_windows(config, [audio[round(s.start * RATE): round(s.end * RATE)] for s in spans])
 
 
 def _cluster(embeddings: np.ndarray, same_speaker: float) -> np.ndarray:

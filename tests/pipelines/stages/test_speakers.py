@@ -16,7 +16,7 @@ from pipelines.job import run_job
 from pipelines.loader import read_index
 from pipelines.metrics.speaker import SpeakerEncoder
 from pipelines.stages.audio import ASR_RATE, Resampler, Waveform
-from pipelines.stages.speakers import SpeakerSplitter
+from pipelines.stages.speakers import SpeakerSplitter, speaker_windows
 from pipelines.stages.vad import Segmenter, Span
 from schemas.config import AudioConfig, SpeakersConfig, VadConfig
 from tests.conftest import DEMO, small_units_config
@@ -134,3 +134,52 @@ def test_job_labels_samples_with_speakers(clips, local_ray, tmp_path):
     dest = export(str(tmp_path / "out"), "lhotse", str(tmp_path / "shar"))["dest"]
     speakers = {cut.id: cut.supervisions[0].speaker for cut in CutSet.from_shar(in_dir=dest)}
     assert speakers == {row["key"]: row["speaker"] for row in index}
+
+
+def test_the_plan_counts_the_windows_the_stage_embeds(splitter):
+    """`speaker_windows`, which prices the stage in a plan, counts the windows the splitter embeds
+    on real speech (short segments, long ones, and the tail window of each)."""
+    audio = np.concatenate([_speech(SPEAKER_A[0]), _speech(SPEAKER_B), _speech(LJ[0])])
+    spans = _vad_spans(audio)
+    embedded = len(splitter._windows(audio, spans).centres)
+    pieces = [audio[round(s.start * ASR_RATE): round(s.end * ASR_RATE)] for s in spans]
+    assert embedded > 2 * len(spans) and speaker_windows(splitter.config, pieces) == embedded
+
+
+def _prep_seconds(plan) -> float:
+    return next(s.seconds for s in plan.stages if s.name == "prep")
+
+
+def test_a_plan_prices_the_stage_per_window_and_a_run_teaches_its_cost(clips, local_ray, tmp_path):
+    """A job with speakers on (fake ASR): the quick bound prices the stage at a default cost per window
+    and says so; the run measures it, and the next plan prices this input's windows at the learned
+    cost, which a plan with the stage off leaves out."""
+    from pipelines.plan.estimator import SPEAKER_WINDOW_SECONDS
+    from pipelines.plan.planning import plan_job
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    sf.write(folder / "two-readers.flac", np.concatenate([_speech(SPEAKER_A[0]), _speech(SPEAKER_B)]), ASR_RATE)
+    state = {"plan.profiles_dir": str(tmp_path / "profiles"), "plan.history_path": str(tmp_path / "h.jsonl")}
+    config = small_units_config(str(folder), str(tmp_path / "out"), **{"speakers.enabled": True, **state})
+    quick, manifest = plan_job(config)
+    windows = quick.data.speaker_windows_per_input_second
+    assert 1.5 < windows < 3.0  # 1.6 s windows every 0.4 s over ~85% speech, plus each segment's tail
+    assert quick.hardware.speakers_seconds_per_input_second == pytest.approx(SPEAKER_WINDOW_SECONDS * windows)
+    assert any("speakers priced at 3 ms per window" in note for note in quick.notes), quick.notes
+
+    summary = run_job(config, manifest=manifest, plan=quick.model_dump(mode="json"))
+    spent = summary["stage_seconds"]["speakers"]
+    assert spent > 0
+    (tmp_path / "more").mkdir()
+    sf.write(tmp_path / "more" / "lj.flac", np.concatenate([_speech(n) for n in LJ]), ASR_RATE)
+    more = {"input": str(tmp_path / "more"), "output": str(tmp_path / "out2")}
+    learned, _ = plan_job(config.model_copy(update=more))
+    per_window = learned.hardware.speaker_seconds_per_window
+    assert per_window == pytest.approx(spent / summary["this_run"]["input_seconds"] / windows, rel=0.5)
+    assert learned.hardware.speakers_seconds_per_input_second == pytest.approx(
+        per_window * learned.data.speaker_windows_per_input_second)
+    assert not any("speakers priced at" in note for note in learned.notes)
+    off, _ = plan_job(config.model_copy(update={**more, "speakers": config.speakers.model_copy(update={"enabled": False})}))
+    assert off.hardware.speakers_seconds_per_input_second == 0.0
+    assert _prep_seconds(off) < _prep_seconds(learned)
