@@ -170,6 +170,12 @@ def _prepare(config: JobConfig, unit: int, files: list[SourceFile], journal: Opt
     return audios, prepared
 
 
+def _warm(config: JobConfig) -> None:
+    """Builds this worker's Preparer (~2 s of model sessions and first calls) while the ASR models
+    load, so a small job does not pay the two one after the other; later prep tasks reuse the worker."""
+    _preparer(config)
+
+
 class _AsrWorker:
     """Ray actor: builds the `asr.backend` and loads its model once, then transcribes batches of segments."""
 
@@ -261,7 +267,9 @@ class _Scheduler:
         threads = max(1, resources.cpus // resources.asr_actors)
         self.actors = [actor.remote(config.asr, threads) for _ in range(resources.asr_actors)]
         self.load = Counter({i: 0 for i in range(len(self.actors))})
-        ray.get([a.ready.remote() for a in self.actors])  # model loads count as start-up
+        warm = ray.remote(_warm).options(num_cpus=PREP.cpus, num_gpus=prep_gpu)
+        # model loads and the prep workers' set-up count as start-up
+        ray.get([a.ready.remote() for a in self.actors] + [warm.remote(config) for _ in range(resources.prep_workers)])
 
     def submit(self, unit: WorkUnit):
         """The unit's parts (`unit_parts`) as prep tasks, each transcribed by one actor as soon as it
