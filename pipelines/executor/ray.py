@@ -28,12 +28,10 @@ from pipelines.stages.commit import UnitCommitter
 from pipelines.stages.prepare import Preparer
 from pipelines.stages.resources import ASR, COMMIT, PREP
 from pipelines.state.journal import AsrJournal, PrepJournal, journal_url
-from pipelines.state.units import WorkUnit
+from pipelines.state.units import PART_SECONDS, WorkUnit
 from schemas.config import AsrConfig, EngineConfig, JobConfig
 
 log = logging.getLogger("voxmill")
-
-PART_SECONDS = 300.0  # audio per prep task within a unit: ASR starts once the first part is cut
 
 
 def connect_ray(config: EngineConfig) -> None:

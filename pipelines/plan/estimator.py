@@ -1,7 +1,8 @@
 """The estimator: input size + measured stage costs -> wall time, resources and cost, before any work.
 
-Stages run as a pipeline over work units, so the wall time is start-up, plus the slowest stage
-at its worker count, plus the fill (first unit through prep) and the tail (last unit through
+Stages run as a pipeline over the pieces of work units (parts of ~5 min, `units.PART_SECONDS`,
+each transcribed as soon as it is prepared), so the wall time is start-up, plus the slowest stage
+at its worker count, plus the fill (first piece through prep) and the tail (last piece through
 ASR and write). Stage costs come from a calibration run of the real stages (`calibrate.py`);
 past runs correct the result through `history.py`.
 """
@@ -18,7 +19,7 @@ from pipelines.executor.base import resources_for
 from pipelines.plan.load import differs
 from pipelines.records import Resources
 from pipelines.stages.resources import ASR, PREP
-from pipelines.state.units import FALLBACK_BYTES_PER_SECOND
+from pipelines.state.units import FALLBACK_BYTES_PER_SECOND, PART_SECONDS
 from schemas.config import JobConfig
 from schemas.plan import DataProfile, HardwareProfile, InputSize, JobPlan, LoadReading, StagePlan
 
@@ -134,18 +135,17 @@ def predict(config: JobConfig, size: InputSize, hardware: HardwareProfile, data:
     slowdown = load_slowdown(hardware.load, load)
     hardware = _priced_for(config, _at_share(hardware, slowdown), data)
     work = _stage_work(size.audio_seconds, units, hardware, data)
-    one_unit = _stage_work(size.audio_seconds / units, 1, hardware, data)
-    # while prep runs, ASR has all but the last unit to do (that one is the tail), and the reverse
-    asr_beside_prep = max(0.0, work["asr"] - one_unit["asr"]) / resources.asr_actors
-    prep_beside_asr = max(0.0, work["prep"] + work["write"] - one_unit["prep"]) / resources.prep_workers
+    one_piece = _stage_work(size.audio_seconds / pieces(size.audio_seconds, units), 1, hardware, data)
+    # while prep runs, ASR has all but the last piece to do (that one is the tail)
+    prep_beside_asr = max(0.0, work["prep"] + work["write"] - one_piece["prep"]) / resources.prep_workers
     seconds = {
-        "prep": work["prep"] / resources.prep_workers + _cores_taken(asr_beside_prep, resources),
+        "prep": work["prep"] / resources.prep_workers,
         "asr": work["asr"] / resources.asr_actors + _cores_taken(prep_beside_asr, resources),
         "write": work["write"] / resources.prep_workers,
     }
     bottleneck = max(seconds, key=seconds.get)
     startup = (0.0 if ray_running else hardware.ray_start_seconds) + hardware.model_load_seconds
-    raw = startup + discover_seconds + seconds[bottleneck] + _fill_and_tail(bottleneck, one_unit)
+    raw = startup + discover_seconds + seconds[bottleneck] + _fill_and_tail(bottleneck, one_piece)
     wall = raw * correction
     sigma = _log_spread(size, history_error, _probe_error(hardware, seconds, bottleneck),
                         _unknowns(hardware, slowdown, load))
@@ -219,21 +219,27 @@ def _asr_seconds_per_speech_second(hardware: HardwareProfile, data: DataProfile)
     return hardware.asr_seconds_per_speech_second
 
 
+def pieces(audio_seconds: float, units: int) -> int:
+    """What flows through the stages: each unit's parts of about PART_SECONDS of audio."""
+    return max(units, math.ceil(audio_seconds / PART_SECONDS))
+
+
 def _cores_taken(other_busy_seconds: float, resources: Resources) -> float:
     """Without GPUs, an ASR actor runs a thread on every core of its node next to the node's prep
-    workers: while both are busy, cores - actors + cores threads share the cores, so each stage
-    runs at cores / (2 cores - actors) of its speed. Over the other stage's busy time beside it
-    (not its fill or tail) that stretches a stage by busy x (1/speed - 1) = busy x prep_workers /
-    cpus. (Calibration's probes time ASR and scoring alone, so this is not counted twice.)"""
+    workers, one thread each. While prep is busy the ASR actor loses the cores the workers hold, by
+    busy x prep_workers / cpus over prep's busy time beside it (not its fill or tail). The prep
+    workers keep their speed: scoring ran as fast beside ASR as alone in the accuracy runs
+    (benchmarks/RESULTS.md), so prep is not stretched. (Calibration's probes time ASR and scoring
+    alone, so this is not counted twice.)"""
     if resources.gpus:
         return 0.0
     return other_busy_seconds * resources.prep_workers / max(1, resources.cpus)
 
 
-def _fill_and_tail(bottleneck: str, one_unit: dict[str, float]) -> float:
-    """Before the bottleneck sees its first unit, that unit passes the stages ahead of it; after the
-    bottleneck's last unit, that unit passes the stages behind it."""
-    return sum(one_unit[name] for name in STAGE_ORDER if name != bottleneck)
+def _fill_and_tail(bottleneck: str, one_piece: dict[str, float]) -> float:
+    """Before the bottleneck sees its first piece, that piece passes the stages ahead of it; after the
+    bottleneck's last piece, that piece passes the stages behind it."""
+    return sum(one_piece[name] for name in STAGE_ORDER if name != bottleneck)
 
 
 def _unit_count(config: JobConfig, size: InputSize) -> int:

@@ -15,7 +15,7 @@ import logging
 from typing import Optional
 
 from pipelines.plan.calibrate import PREP_STAGES
-from pipelines.plan.estimator import QUICK_BOUND, load_slowdown
+from pipelines.plan.estimator import QUICK_BOUND, load_slowdown, pieces
 from pipelines.plan.planning import ProfileError, load_profile, profile_path, save_profile
 from schemas.config import JobConfig
 from schemas.plan import Calibration, HardwareProfile, JobPlan, LoadReading
@@ -34,7 +34,7 @@ def refine(hardware: HardwareProfile, summary: dict, plan: dict) -> Optional[Har
     units = run.get("units", summary["counts"].get("units_processed", 0))
     if input_s < MIN_LEARN_SECONDS or not units:
         return None
-    busy = _own_busy(summary["stage_seconds"], summary["resources"], units)
+    busy = _own_busy(summary["stage_seconds"], summary["resources"], units, input_s)
     run_load = plan.get("load")
     share = 1 / load_slowdown(hardware.load, LoadReading.model_validate(run_load)) if run_load else 1.0
     prep = busy["prep"] * share / input_s
@@ -66,22 +66,20 @@ def refine(hardware: HardwareProfile, summary: dict, plan: dict) -> Optional[Har
     return hardware.model_copy(update=update)
 
 
-def _own_busy(stage_seconds: dict, resources: dict, units: int) -> dict[str, float]:
-    """Worker-seconds each stage would have taken alone. The estimator stretches each CPU stage by
-    the other's busy time beside it x prep workers / cores (all but one unit's worth overlaps):
-    measured = own + k x other's own, solved for own."""
+def _own_busy(stage_seconds: dict, resources: dict, units: int, input_seconds: float) -> dict[str, float]:
+    """Worker-seconds each stage would have taken alone. The estimator stretches ASR by prep's busy
+    time beside it x prep workers / cores (all but one piece's worth overlaps) and leaves prep as it
+    is: measured ASR = own + k x prep's, solved for own."""
     prep = sum(stage_seconds.get(name, 0.0) for name in PREP_STAGES)
     asr, write = stage_seconds.get("asr", 0.0), stage_seconds.get("write", 0.0)
-    if resources.get("gpus") or units < 2:
+    count = pieces(input_seconds, units)
+    if resources.get("gpus") or count < 2:
         return {"prep": prep, "asr": asr, "write": write}
-    overlap = (units - 1) / units
-    cpus, workers, actors = max(1, resources["cpus"]), resources["prep_workers"], max(1, resources["asr_actors"])
-    k_prep = overlap * workers**2 / (cpus * actors)  # prep's extra busy seconds per ASR second
+    overlap = (count - 1) / count
+    cpus, actors = max(1, resources["cpus"]), max(1, resources["asr_actors"])
     k_asr = overlap * actors / cpus  # ASR's extra busy seconds per prep (+ write) second
-    own_asr = (asr - k_asr * (prep + write)) / (1 - k_asr * k_prep)
-    own_asr = max(own_asr, 0.25 * asr)  # the model's contention is coarse: never strip most of a stage
-    own_prep = max(prep - k_prep * own_asr, 0.25 * prep)
-    return {"prep": own_prep, "asr": own_asr, "write": write}
+    own_asr = max(asr - k_asr * (prep + write), 0.25 * asr)  # the model is coarse: never strip most of a stage
+    return {"prep": prep, "asr": own_asr, "write": write}
 
 
 def _startup(hardware: HardwareProfile, summary: dict, fresh: bool) -> dict:

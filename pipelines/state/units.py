@@ -22,6 +22,7 @@ from pipelines.records import SourceFile
 from schemas.config import EngineConfig
 from schemas.tables import UNIT_FILE_SCHEMA, UNIT_SCHEMA
 
+PART_SECONDS = 300.0  # audio per prep task within a unit (executor/ray.py): ASR starts once the first part is cut
 FALLBACK_BYTES_PER_SECOND = 32000  # 16 kHz 16-bit mono: a guess when a header gave no duration
 VAD_STEP = 0.032  # Silero reads 512-sample windows at 16 kHz: excerpt edges sit on that grid
 EXCERPT_CONTEXT = 32.0  # seconds decoded past each excerpt edge (> the longest segment, on the grid)

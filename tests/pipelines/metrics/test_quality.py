@@ -221,19 +221,15 @@ def test_plan_prices_quality_as_part_of_prep(tmp_path):
         config = load_job_config("/in", "/out", overrides={"quality.enabled": enabled})
         plan = predict(config, size, hardware, data, resources_for(4, 0, config.engine))
         prep[enabled] = next(s.seconds for s in plan.stages if s.name == "prep")
-    asr_busy = 36000 * 0.5 * 0.25 * 0.5  # speech x segments per second x seconds per segment, 1 actor
-    # the actor's threads share the 4 cores with 3 prep workers beside all but the last of 20 units' ASR
-    contention = asr_busy * 19 / 20 * 3 / 4
-    assert prep[True] == pytest.approx(36000 * 0.03 / 3 + contention)
-    assert prep[False] == pytest.approx(36000 * 0.01 / 3 + contention)
+    assert prep[True] == pytest.approx(36000 * 0.03 / 3)  # 3 prep workers beside the ASR actor
+    assert prep[False] == pytest.approx(36000 * 0.01 / 3)
 
     # a profile that knows a DNSMOS window's cost prices this input's windows, not the sample's seconds
     per_window = hardware.model_copy(update={"dnsmos_seconds_per_window": 0.4})
     few_windows = data.model_copy(update={"dnsmos_windows_per_input_second": 0.1})
     config = load_job_config("/in", "/out")
     plan = predict(config, size, per_window, few_windows, resources_for(4, 0, config.engine))
-    assert next(s.seconds for s in plan.stages if s.name == "prep") == pytest.approx(
-        36000 * (0.01 + 0.4 * 0.1) / 3 + contention)
+    assert next(s.seconds for s in plan.stages if s.name == "prep") == pytest.approx(36000 * (0.01 + 0.4 * 0.1) / 3)
 
 
 @pytest.fixture(scope="module")
