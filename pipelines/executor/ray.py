@@ -14,6 +14,7 @@ import math
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from typing import Iterable, Iterator, Optional
@@ -169,9 +170,13 @@ def _prepare(config: JobConfig, unit: int, files: list[SourceFile], journal: Opt
 
 
 def _warm(config: JobConfig) -> None:
-    """Builds this worker's Preparer (~2 s of model sessions and first calls) while the ASR models
-    load, so a small job does not pay the two one after the other; later prep tasks reuse the worker."""
+    """Builds this worker's Preparer (~2 s of model sessions and first calls) and writes a prep journal
+    once (its first write pays lazy imports), while the ASR models load: a small job does not pay
+    them one after the other, and calibration's small units do not price them as prep. Later prep
+    tasks reuse the worker."""
     _preparer(config)
+    with tempfile.TemporaryDirectory(prefix="voxmill-warm-") as scratch:
+        PrepJournal(scratch).put_segmented([], PreparedUnit(0))
 
 
 class _AsrWorker:

@@ -219,9 +219,10 @@ def _asr_seconds_per_speech_second(hardware: HardwareProfile, data: DataProfile)
     return hardware.asr_seconds_per_speech_second
 
 
-def pieces(audio_seconds: float, units: int) -> int:
-    """What flows through the stages: each unit's parts of about PART_SECONDS of audio."""
-    return max(units, math.ceil(audio_seconds / PART_SECONDS))
+def pieces(audio_seconds: float, units: int) -> float:
+    """What flows through the stages: each unit's parts of up to PART_SECONDS of audio. A unit of
+    301 s is cut 300 + 1, so the first piece is a whole part: the count is not rounded up."""
+    return max(float(units), audio_seconds / PART_SECONDS, 1.0)
 
 
 def _cores_taken(other_busy_seconds: float, resources: Resources) -> float:

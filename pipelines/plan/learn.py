@@ -73,7 +73,7 @@ def _own_busy(stage_seconds: dict, resources: dict, units: int, input_seconds: f
     prep = sum(stage_seconds.get(name, 0.0) for name in PREP_STAGES)
     asr, write = stage_seconds.get("asr", 0.0), stage_seconds.get("write", 0.0)
     count = pieces(input_seconds, units)
-    if resources.get("gpus") or count < 2:
+    if resources.get("gpus") or count <= 1:
         return {"prep": prep, "asr": asr, "write": write}
     overlap = (count - 1) / count
     cpus, actors = max(1, resources["cpus"]), max(1, resources["asr_actors"])
