@@ -46,6 +46,7 @@ class HardwareProfile(BaseModel):
     asr_seconds_per_segment: float  # one ASR actor (a GPU, or the CPU pool), in the calibration run
     asr_seconds_per_speech_second: Optional[float] = None  # one ASR actor at full batches (the probe)
     asr_probe_segments: Optional[int] = None  # distinct segments the probe saw: how far to trust it
+    asr_speed_beside_prep: Optional[float] = None  # CPU ASR on the cores busy prep workers leave it / alone (probe)
     write_seconds_per_unit: float  # shards + index + rejects + ledger: mostly per-commit overhead
     ray_start_seconds: float  # ray.init of a local instance (0 when attaching to a running one)
     model_load_seconds: float  # until every ASR actor has its model loaded and every prep worker its models

@@ -114,7 +114,9 @@ def calibrate(config: JobConfig, sample: list[SourceFile]) -> Calibration:
     total = lambda name: sum(r[name] for r in reports)  # noqa: E731
     input_s, segments, samples = total("input_seconds"), total("segments"), total("samples")
     output_s, speech_s = total("output_seconds"), total("speech_seconds")
-    probe = asr_probe(config, sample, max(1, resources.cpus // resources.asr_actors))
+    threads = max(1, resources.cpus // resources.asr_actors)
+    beside = None if resources.gpus else max(1, threads * (resources.cpus - resources.prep_workers) // resources.cpus)
+    probe = asr_probe(config, sample, threads, beside)
     per_window = dnsmos_window_seconds(config)
     quality_rate = probe.dnsmos_windows * per_window if per_window else 0.0
     per_speaker_window = speaker_window_seconds(config.speakers) if config.speakers.enabled else None
@@ -133,6 +135,7 @@ def calibrate(config: JobConfig, sample: list[SourceFile]) -> Calibration:
         speaker_seconds_per_window=per_speaker_window,
         asr_seconds_per_segment=stage("asr") / max(segments, 1),
         asr_seconds_per_speech_second=probe.rate, asr_probe_segments=probe.segments,
+        asr_speed_beside_prep=probe.speed_beside_prep,
         write_seconds_per_unit=stage("write") / max(len(reports), 1),
         ray_start_seconds=ray_start, model_load_seconds=result.startup_seconds,
         measured_on_seconds=input_s, measured_at=datetime.now(timezone.utc).isoformat(), load=load,
@@ -155,9 +158,10 @@ class Probe(NamedTuple):
     segments: int  # distinct segments probed: how far to trust `rate` (see `estimator.PROBE_SPREAD`)
     dnsmos_windows: float  # per input second: quality's cost follows them
     speaker_windows: float  # per input second: the speaker stage's cost follows them
+    speed_beside_prep: Optional[float] = None  # on `beside` threads / on all: ASR while prep workers are busy
 
 
-def asr_probe(config: JobConfig, sample: list[SourceFile], threads: int) -> Probe:
+def asr_probe(config: JobConfig, sample: list[SourceFile], threads: int, beside: Optional[int] = None) -> Probe:
     """ASR seconds per second of speech with full batches of packed windows, as long units run
     them (calibration units are too small to fill a batch), and the share of segments decoded
     again alone; and how many DNSMOS and speaker windows those segments hold per input second.
@@ -166,7 +170,9 @@ def asr_probe(config: JobConfig, sample: list[SourceFile], threads: int) -> Prob
     segment holds a word clipped at a random cut (the alignment cannot place those, and each
     one costs a solo re-decode a run never pays); and segments keep their input order, so a
     window's neighbours come from the same recording, as in a unit. The sequence is repeated
-    until it fills `batch_size` windows."""
+    until it fills `batch_size` windows. With `beside` (CPU only: the threads' worth of cores busy
+    prep workers leave the ASR actor), the same batches are timed again on that many threads: how
+    much of its speed ASR keeps while prep runs beside it (CTranslate2 does not scale linearly)."""
     preparer = Preparer(_unscored(config))
     preparer.setup()
     audios, prepared = preparer(0, [_with_context(piece) for piece in sample])
@@ -178,11 +184,20 @@ def asr_probe(config: JobConfig, sample: list[SourceFile], threads: int) -> Prob
     repeats = max(1, math.ceil(config.asr.batch_size * per_window / speech))
     transcriber = build_backend(config.asr, threads)
     transcriber.setup()
-    started = time.perf_counter()
-    transcriber(audios * repeats)
-    seconds = time.perf_counter() - started
+    seconds = _timed(transcriber, audios * repeats)
+    speed = None
+    if beside is not None and beside < threads:
+        fewer = build_backend(config.asr, beside)
+        fewer.setup()
+        speed = seconds / _timed(fewer, audios * repeats)
     return Probe(seconds / (speech * repeats), transcriber.counts["fallback"] / (len(audios) * repeats), len(audios),
-                 dnsmos_windows(config, audios) / input_s, speaker_windows(config.speakers, audios) / input_s)
+                 dnsmos_windows(config, audios) / input_s, speaker_windows(config.speakers, audios) / input_s, speed)
+
+
+def _timed(transcriber, audios: list[np.ndarray]) -> float:
+    started = time.perf_counter()
+    transcriber(audios)
+    return time.perf_counter() - started
 
 
 def dnsmos_windows(config: JobConfig, audios: list[np.ndarray]) -> int:
@@ -196,8 +211,8 @@ def dnsmos_window_seconds(config: JobConfig) -> Optional[float]:
     machine. The plan multiplies it by the input's windows per second (`dnsmos_windows`), so a
     saved profile prices inputs of other segment lengths right. (The calibration run's own
     scoring time is not used: it shares the cores with an ASR actor far busier on calibration's
-    small units than in a run, and came out 50% dear; the estimator adds the cores a run's
-    ASR takes from prep itself, `estimator._cores_taken`.)"""
+    small units than in a run, and came out 50% dear. In a run, scoring ran as fast beside ASR
+    as alone: see `estimator.asr_loss_beside_prep`.)"""
     model = priced(config.quality, DNSMOS_COST)
     return model.unit_seconds(config.quality) if model else None
 
@@ -303,6 +318,7 @@ def quick_bound(config: JobConfig, gpus: int) -> HardwareProfile:
 
 
 WEIGHTED = ("prep_seconds_per_input_second", "quality_seconds_per_input_second", "dnsmos_seconds_per_window",
+            "asr_speed_beside_prep",
             "speakers_seconds_per_input_second", "speaker_seconds_per_window",
             "asr_seconds_per_segment", "asr_seconds_per_speech_second", "write_seconds_per_unit",
             "ray_start_seconds", "model_load_seconds")

@@ -140,7 +140,7 @@ def predict(config: JobConfig, size: InputSize, hardware: HardwareProfile, data:
     prep_beside_asr = max(0.0, work["prep"] + work["write"] - one_piece["prep"]) / resources.prep_workers
     seconds = {
         "prep": work["prep"] / resources.prep_workers,
-        "asr": work["asr"] / resources.asr_actors + _cores_taken(prep_beside_asr, resources),
+        "asr": work["asr"] / resources.asr_actors + prep_beside_asr * asr_loss_beside_prep(hardware, vars(resources)),
         "write": work["write"] / resources.prep_workers,
     }
     bottleneck = max(seconds, key=seconds.get)
@@ -225,16 +225,19 @@ def pieces(audio_seconds: float, units: int) -> float:
     return max(float(units), audio_seconds / PART_SECONDS, 1.0)
 
 
-def _cores_taken(other_busy_seconds: float, resources: Resources) -> float:
-    """Without GPUs, an ASR actor runs a thread on every core of its node next to the node's prep
-    workers, one thread each. While prep is busy the ASR actor loses the cores the workers hold, by
-    busy x prep_workers / cpus over prep's busy time beside it (not its fill or tail). The prep
-    workers keep their speed: scoring ran as fast beside ASR as alone in the accuracy runs
-    (benchmarks/RESULTS.md), so prep is not stretched. (Calibration's probes time ASR and scoring
-    alone, so this is not counted twice.)"""
-    if resources.gpus:
+def asr_loss_beside_prep(hardware: HardwareProfile, resources: dict) -> float:
+    """The share of its speed a CPU ASR actor loses while prep is busy. The actor runs a thread on
+    every core of its node; the prep workers hold a core each, so while they are busy the actor
+    has the rest: over prep's busy time beside it (not its fill or tail) ASR is stretched by that
+    time x this share. The probe measures the actor's speed on the cores left (`asr_speed_beside_prep`:
+    CTranslate2 does not scale linearly, so losing half the cores costs it ~30%, not 50%); without
+    that measurement, prep workers / cores. The prep workers keep their speed: scoring ran as fast
+    beside ASR as alone in the accuracy runs (benchmarks/RESULTS.md). With GPUs, nothing."""
+    if resources.get("gpus"):
         return 0.0
-    return other_busy_seconds * resources.prep_workers / max(1, resources.cpus)
+    if hardware.asr_speed_beside_prep is not None:
+        return max(0.0, 1.0 - hardware.asr_speed_beside_prep)
+    return resources["prep_workers"] / max(1, resources["cpus"])
 
 
 def _fill_and_tail(bottleneck: str, one_piece: dict[str, float]) -> float:

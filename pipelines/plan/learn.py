@@ -6,7 +6,7 @@ what the run measured (weighted by audio), and the plans after it rest on more t
 
 The run's busy seconds are converted to the profile's terms first: without GPUs the ASR actor and
 the prep workers share the cores while both are busy, and the estimator adds that slowdown itself
-(`estimator._cores_taken`), so it is taken out here; and a run on a busier (or quieter) machine
+(`estimator.asr_loss_beside_prep`), so it is taken out here; and a run on a busier (or quieter) machine
 than the profile's is rescaled to the profile's CPU share, as the estimator scales the other way.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ import logging
 from typing import Optional
 
 from pipelines.plan.calibrate import PREP_STAGES
-from pipelines.plan.estimator import QUICK_BOUND, load_slowdown, pieces
+from pipelines.plan.estimator import QUICK_BOUND, asr_loss_beside_prep, load_slowdown, pieces
 from pipelines.plan.planning import ProfileError, load_profile, profile_path, save_profile
 from schemas.config import JobConfig
 from schemas.plan import Calibration, HardwareProfile, JobPlan, LoadReading
@@ -34,7 +34,8 @@ def refine(hardware: HardwareProfile, summary: dict, plan: dict) -> Optional[Har
     units = run.get("units", summary["counts"].get("units_processed", 0))
     if input_s < MIN_LEARN_SECONDS or not units:
         return None
-    busy = _own_busy(summary["stage_seconds"], summary["resources"], units, input_s)
+    busy = _own_busy(summary["stage_seconds"], summary["resources"], units, input_s,
+                     asr_loss_beside_prep(hardware, summary["resources"]))
     run_load = plan.get("load")
     share = 1 / load_slowdown(hardware.load, LoadReading.model_validate(run_load)) if run_load else 1.0
     prep = busy["prep"] * share / input_s
@@ -66,18 +67,22 @@ def refine(hardware: HardwareProfile, summary: dict, plan: dict) -> Optional[Har
     return hardware.model_copy(update=update)
 
 
-def _own_busy(stage_seconds: dict, resources: dict, units: int, input_seconds: float) -> dict[str, float]:
+def _own_busy(stage_seconds: dict, resources: dict, units: int, input_seconds: float,
+              loss: Optional[float] = None) -> dict[str, float]:
     """Worker-seconds each stage would have taken alone. The estimator stretches ASR by prep's busy
-    time beside it x prep workers / cores (all but one piece's worth overlaps) and leaves prep as it
-    is: measured ASR = own + k x prep's, solved for own."""
+    time beside it (all but one piece's worth) x the share of speed ASR loses beside prep (`loss`,
+    `estimator.asr_loss_beside_prep`) and leaves prep as it is: measured ASR = own + k x prep's,
+    solved for own."""
     prep = sum(stage_seconds.get(name, 0.0) for name in PREP_STAGES)
     asr, write = stage_seconds.get("asr", 0.0), stage_seconds.get("write", 0.0)
     count = pieces(input_seconds, units)
     if resources.get("gpus") or count <= 1:
         return {"prep": prep, "asr": asr, "write": write}
     overlap = (count - 1) / count
-    cpus, actors = max(1, resources["cpus"]), max(1, resources["asr_actors"])
-    k_asr = overlap * actors / cpus  # ASR's extra busy seconds per prep (+ write) second
+    workers, actors = max(1, resources["prep_workers"]), max(1, resources["asr_actors"])
+    if loss is None:
+        loss = workers / max(1, resources["cpus"])
+    k_asr = overlap * actors * loss / workers  # ASR's extra busy seconds per prep (+ write) second
     own_asr = max(asr - k_asr * (prep + write), 0.25 * asr)  # the model is coarse: never strip most of a stage
     return {"prep": prep, "asr": own_asr, "write": write}
 

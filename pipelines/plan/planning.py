@@ -54,13 +54,14 @@ class LimitExceeded(RuntimeError):
     """The plan breaks `max_wall_hours` or `max_cost`: stop before any compute is spent."""
 
 
-def discover_for_plan(config: JobConfig) -> tuple[InputSize, pa.Table, float, Discovery]:
+def discover_for_plan(config: JobConfig, scratch: Optional[str] = None) -> tuple[InputSize, pa.Table, float, Discovery]:
     """Size the input: the headers of its new files when it is small enough (the run reuses them),
-    else a random sample of headers; the listing is written once, for the run too."""
+    else a random sample of headers; the listing is written once, for the run too (into `scratch`
+    instead of the output for `voxmill plan`, which only reads the output)."""
     clock = time.perf_counter()
     discover = Discover(config.discover, exclude=config.output)
     check_store(config.input, "input", InputError)  # an unreachable store fails in seconds, not minutes
-    discovery = discover.list(config.input, config.output)
+    discovery = discover.list(config.input, config.output, scratch)
     if discovery.rows <= config.plan.header_sample_above:
         manifest = discover.probe(discovery).table()
         return size_from_manifest(manifest), manifest, time.perf_counter() - clock, discovery
@@ -216,12 +217,14 @@ def plan_job(config: JobConfig, manifest: Optional[pa.Table | Iterable[pa.Record
              cpus: Optional[int] = None,
              gpus: Optional[int] = None, deadline_seconds: Optional[float] = None,
              calibration: Optional[Calibration] = None,
-             recalibrate: bool = False) -> tuple[JobPlan, Optional[pa.Table]]:
-    """The plan, and the full manifest when every header was read (None when sizing sampled them)."""
+             recalibrate: bool = False, scratch: Optional[str] = None) -> tuple[JobPlan, Optional[pa.Table]]:
+    """The plan, and the full manifest when every header was read (None when sizing sampled them).
+    Only what a run on `config.output` has left is priced; `scratch`: where the input's listing goes
+    when the output must not be written (`voxmill plan`)."""
     load = read_load()  # the machine before this plan's own work: the run's share of it
     discovery = None
     if manifest is None:
-        size, manifest, discover_seconds, discovery = discover_for_plan(config)
+        size, manifest, discover_seconds, discovery = discover_for_plan(config, scratch)
     else:
         size, discover_seconds = size_from_manifest(manifest), 0.0
     notes: list[str] = []

@@ -212,6 +212,10 @@ def test_cpu_asr_shares_its_cores_with_prep(config):
     assert stages["asr"].seconds == pytest.approx(asr_alone + taken)
     gpu = predict(config, size, _hardware(), DATA, resources_for(cpus=4, gpus=1, config=config.engine))
     assert {s.name: s for s in gpu.stages}["asr"].seconds == pytest.approx(asr_alone)
+    # measured: the probe found ASR keeps 80% of its speed on the cores 3 prep workers leave it
+    measured = predict(config, size, cpu.model_copy(update={"asr_speed_beside_prep": 0.8}), DATA,
+                       resources_for(cpus=4, gpus=0, config=config.engine))
+    assert {s.name: s for s in measured.stages}["asr"].seconds == pytest.approx(asr_alone + taken * 4 / 3 * 0.2)
 
 
 def test_a_small_asr_probe_widens_the_interval_until_history_narrows_it(config):
