@@ -392,6 +392,8 @@ def _setup_logging() -> None:
 @app.command()
 def plan(
     input: Optional[str] = INPUT_OPTION,
+    output: Optional[str] = typer.Option(None, "--output", "-o", metavar="URL", help="price only what a run on this "
+                                         "output has left (new files, unfinished units); it is read, not written"),
     config: Optional[Path] = CONFIG_OPTION,
     settings: list[str] = SET_OPTION,
     manifest: Optional[Path] = typer.Option(None, metavar="PATH", help="plan from a saved manifest (Parquet) instead"),
@@ -410,7 +412,7 @@ def plan(
     """Estimate wall time, resources and cost of a job before it starts."""
     _setup_logging()
     source = input or (str(manifest) if manifest else None) or ("history-only" if history_view else None)
-    job = _job_config(source, "plan-only", config,  # --history needs no input, only plan.history_path
+    job = _job_config(source, output or "plan-only", config,  # --history needs no input, only plan.history_path
                       {"plan.profile": profile, "asr.model": model}, settings)
     if history_view:
         _print_history(history.read(job.plan.history_path))
@@ -422,8 +424,9 @@ def plan(
         table = None
         if manifest:
             table = manifest_batches(str(manifest)) if calibration else load_manifest(str(manifest))
-        with tempfile.TemporaryDirectory(prefix="voxmill-plan-") as scratch:  # the listing: no output to keep it in
-            result, _ = plan_job(job.model_copy(update={"output": scratch}), table, cpus=cpus, gpus=gpus,
+        with tempfile.TemporaryDirectory(prefix="voxmill-plan-") as scratch:  # the listing: not into the output
+            planned = job if output else job.model_copy(update={"output": scratch})
+            result, _ = plan_job(planned, table, cpus=cpus, gpus=gpus, scratch=scratch,
                                  calibration=calibration, recalibrate=recalibrate,
                                  deadline_seconds=parse_duration(deadline) if deadline else None)
     except (InputError, LimitExceeded, FileNotFoundError, ValueError) as err:

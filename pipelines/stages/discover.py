@@ -55,9 +55,10 @@ class Discover:
     def __call__(self, input_url: str) -> pa.Table:
         return self.manifest(*self.list_audio(input_url))
 
-    def list(self, input_url: str, output: str) -> "Discovery":
-        """List the input once, streaming, into `OUTPUT/_ledger/discovery-<token>/listing.parquet`."""
-        folder = storage.join(output, "_ledger", f"{FOLDER_PREFIX}{uuid.uuid4().hex[:12]}")
+    def list(self, input_url: str, output: str, scratch: Optional[str] = None) -> "Discovery":
+        """List the input once, streaming, into `OUTPUT/_ledger/discovery-<token>/listing.parquet`
+        (under `scratch` instead for a plan that must not write into the output)."""
+        folder = storage.join(scratch or output, "_ledger", f"{FOLDER_PREFIX}{uuid.uuid4().hex[:12]}")
         fs, rows = write_listing(input_url, self.extensions, self.exclude, storage.join(folder, "listing.parquet"))
         discovery = Discovery(fs, output, folder, rows)
         if not rows:

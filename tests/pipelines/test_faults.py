@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -225,6 +226,24 @@ def _kill_workers(driver: subprocess.Popen, log: Path, titles: tuple[str, ...]) 
     return killed
 
 
+def _assert_plan_prices_what_is_left(clips: Path, out: Path, tmp_path: Path, units: int) -> None:
+    """`voxmill plan --output` on the killed run's output prices its unfinished units only (no new
+    files: the input is unchanged) and writes no listing into it."""
+    listings = lambda: set(out.glob("_ledger/discovery-*"))  # noqa: E731
+    before = listings()
+    done = _run([str(VOXMILL), "plan", "--input", str(clips), "--output", str(out), "--config", str(tmp_path / "job.yaml"),
+                 "--set", f"plan.profiles_dir={tmp_path / 'profiles'}", "--set", f"plan.history_path={tmp_path / 'h'}",
+                 "--json"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    plan = json.loads(done.stdout)
+    note = next(n for n in plan["notes"] if "only pending work is priced" in n)
+    finished, listed, new, unfinished = map(int, re.search(
+        r"(\d+) of (\d+) units done .*\((\d+) new files, (\d+) unfinished units\)", note).groups())
+    assert listed == units and new == 0 and unfinished >= 1 and finished + unfinished == units, note
+    assert 0 < plan["pending_files"] < len(_inputs(clips)) and plan["input"]["files"] == plan["pending_files"]
+    assert listings() == before
+
+
 def test_kill_9_of_the_driver_then_of_workers_and_the_output_equals_an_uninterrupted_run(
         clips, finished_job, tmp_path):
     """SIGKILL the driver once a unit is ledgered (its Ray may still be dying around the rerun).
@@ -248,6 +267,7 @@ def test_kill_9_of_the_driver_then_of_workers_and_the_output_equals_an_uninterru
         assert _status(str(out))[0] == 1  # incomplete
         planted = _plant_leftovers(out)
         _assert_consistent(*_local(out))  # readers skip the hidden scratch files
+        _assert_plan_prices_what_is_left(clips, out, tmp_path, units)
         rerun = _start(command, rerun_log, _env(**{DELAY_ENV: "0.5"}))  # an ASR batch lasts long enough to kill
         killed = _kill_workers(rerun, rerun_log, ("ray::_prepare", "ray::_AsrWorker.transcribe"))
         assert rerun.wait(300) == 0, rerun_log.read_text()[-3000:]
