@@ -5,7 +5,7 @@ values: each model is built from its published dimensions with random weights, c
 CTranslate2 (the faster-whisper backend's engine, int8 on CPU like the backend) and made to decode
 exactly as many tokens per window as the real tiny.en emits on the same real speech (CTranslate2
 `min_length` = `max_length`). Windows are the backend's: the real clips packed into 29 s windows
-with 1 s gaps. Parakeet (CTC: no decode loop) is timed as a transformers encoder forward + argmax.
+(`asr.pack_seconds`, `asr.pack_gap_seconds` defaults; the 11 clips fill 3 windows with gaps of 1 s or 0.4 s). Parakeet (CTC: no decode loop) is timed as a transformers encoder forward + argmax.
 
 `--validate` first checks the method where real weights exist (the bundled tiny.en, and the
 multilingual base of the test extra): random weights at forced length against the real model
@@ -31,11 +31,13 @@ from typing import Optional
 
 import numpy as np
 
+from schemas.config import AsrConfig
+
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # threads that spin while waiting would bill their wait as work
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT / "demo" / "real-speech"
-PACK_SECONDS, GAP_SECONDS = 29.0, 1.0  # the backend's asr.pack_seconds / pack_gap_seconds defaults
+PACK_SECONDS, GAP_SECONDS = AsrConfig().pack_seconds, AsrConfig().pack_gap_seconds  # the backend's defaults
 # Published dimensions (the models' config.json on the Hub): d_model, encoder layers, decoder
 # layers, attention heads, mel bins, vocabulary. The feed-forward width is 4 x d_model.
 WHISPER = {

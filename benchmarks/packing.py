@@ -1,0 +1,128 @@
+"""Packing VAD segments into shared Whisper windows: variants against each segment decoded alone.
+
+    python -m benchmarks.packing --corpus /tmp/h1/mixed30 \
+        --variant now: --variant gap0.5:asr.pack_gap_seconds=0.5
+
+The corpus's segments are cut once by the real prep stage (decode, resample, VAD; cached as .npz
+beside the results), then decoded alone, one window each: the texts packing must reproduce. Each
+variant is the `faster-whisper` backend with its settings, on the same segments, in one process:
+its windows, seconds, the segments it decoded again, and the WER of its per-segment texts against
+the lone decodes. That WER sees text given to the wrong segment of a file, which a per-file WER
+(benchmarks/peers.py) cannot: a split that is wrong shows here first.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.peers import corpus_rows, word_error_rates
+from pipelines.asr import packing, whisper
+from pipelines.io import storage
+from pipelines.asr.whisper import Transcriber
+from pipelines.metrics.text import normalise_text
+from pipelines.records import SourceFile
+from pipelines.stages.discover import Discover
+from pipelines.stages.prepare import Preparer
+from schemas.config import AsrConfig, load_job_config
+
+
+def segments(corpus: Path, cache: Path) -> tuple[list[np.ndarray], list[str]]:
+    """The corpus's kept VAD segments at 16 kHz, in input order, and the file each is from (cached)."""
+    files_cache = cache.with_suffix(".json")
+    if cache.exists() and files_cache.exists():
+        with np.load(cache) as saved:
+            return [saved[f"s{i:05d}"] for i in range(len(saved.files))], json.loads(files_cache.read_text())
+    config = load_job_config(str(corpus), "/tmp/unused", overrides={"quality.enabled": False})
+    discover = Discover(config.discover)
+    fs, found = discover.list_audio(str(corpus))
+    rows = discover.manifest(fs, found).to_pylist()
+    files = [SourceFile(r["id"], r["uri"], r["duration"], r["error"]) for r in rows]
+    preparer = Preparer(config)
+    preparer.setup()
+    audios, prepared = preparer(0, files)
+    names = [str(Path(storage.filesystem(s.source_uri)[1]).relative_to(corpus.resolve())) for s in prepared.segments]
+    np.savez(cache, **{f"s{i:05d}": a for i, a in enumerate(audios)})
+    files_cache.write_text(json.dumps(names))
+    return audios, names
+
+
+class TimestampedPrompt(Transcriber):
+    """Packed windows decoded in Whisper's timestamp mode (`_timestamps=true`): the model is trained to
+    carry on past pauses there, where in text-only mode it often stops at the first long one."""
+
+    def _prompt(self, tokenizer, language: str) -> list[int]:
+        prompt = self.model.get_prompt(tokenizer, previous_tokens=[], without_timestamps=False)
+        if self.model.model.is_multilingual:
+            prompt[prompt.index(tokenizer.language)] = tokenizer.tokenizer.token_to_id(f"<|{language}|>")
+        return prompt
+
+
+def decode(asr: AsrConfig, audios: list[np.ndarray], timestamps: bool = False, keep_neighbours: bool = False) -> dict:
+    whisper.split_words = partial(packing.split_words, beside_empty=not keep_neighbours)
+    transcriber = (TimestampedPrompt if timestamps else Transcriber)(asr)
+    transcriber.setup()
+    transcriber([audios[0]])  # first call allocates
+    transcriber.counts.clear()
+    started = time.perf_counter()
+    results = transcriber(audios)
+    return {"seconds": time.perf_counter() - started, "texts": [r.text for r in results],
+            "counts": {k: round(v, 2) for k, v in transcriber.counts.items()}}
+
+
+def wer_by_file(corpus: Path, texts: list[str], names: list[str]) -> dict:
+    """Per-file WER against the corpus's references, each file's segments joined in order (as peers.py)."""
+    joined: dict[str, list[str]] = {}
+    for text, name in zip(texts, names):
+        joined.setdefault(name, []).append(text)
+    return word_error_rates(corpus_rows(corpus), {name: " ".join(parts) for name, parts in joined.items()})
+
+
+def wer(texts: list[str], references: list[str]) -> float:
+    import jiwer
+
+    pairs = [(normalise_text(r), normalise_text(t)) for t, r in zip(texts, references)]
+    pairs = [(r, t) for r, t in pairs if r]
+    return float(jiwer.wer([r for r, _ in pairs], [t for _, t in pairs]))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--corpus", type=Path, required=True)
+    ap.add_argument("--variant", action="append", default=[], help="NAME:KEY=VALUE,KEY=VALUE (asr.* keys)")
+    ap.add_argument("--workdir", type=Path, default=Path("/tmp/voxmill-packing"))
+    args = ap.parse_args()
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    audios, names = segments(args.corpus, args.workdir / "segments.npz")
+    speech = sum(len(a) for a in audios) / 16000
+    print(f"{len(audios)} segments, {speech / 60:.1f} min of speech")
+    solo_path = args.workdir / "solo.json"
+    if not solo_path.exists():
+        solo_path.write_text(json.dumps(decode(AsrConfig(pack_seconds=0), audios)))
+    solo = json.loads(solo_path.read_text())
+    print(f"{'alone':12} {solo['seconds']:7.1f} s  windows {solo['counts'].get('windows', 0):4}  "
+          f"{wer_by_file(args.corpus, solo['texts'], names)}")
+    rows = {}
+    for spec in args.variant or ["now:"]:
+        name, _, settings = spec.partition(":")
+        changes = dict(kv.split("=", 1) for kv in settings.split(",") if kv)
+        timestamps = json.loads(changes.pop("_timestamps", "false"))
+        keep = json.loads(changes.pop("_keep_neighbours", "false"))
+        asr = AsrConfig(**{k.removeprefix("asr."): json.loads(v) for k, v in changes.items()})
+        got = decode(asr, audios, timestamps, keep)
+        got["wer_vs_alone"] = wer(got["texts"], solo["texts"])
+        got.update(wer_by_file(args.corpus, got["texts"], names))
+        rows[name] = {k: v for k, v in got.items() if k != "texts"}
+        counts = got["counts"]
+        print(f"{name:12} {got['seconds']:7.1f} s  windows {counts.get('windows', 0):4}  "
+              f"again {counts.get('fallback', 0):4}  WER vs alone {got['wer_vs_alone']:.3f}  "
+              f"WER {got['wer']} (real {got['wer_real']}, espeak {got['wer_espeak']})  {counts}")
+    (args.workdir / "packing.json").write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
