@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from pipelines.metrics.speaker import SpeakerEncoder  # noqa: E402
 from pipelines.stages.audio import ASR_RATE, Resampler, Waveform  # noqa: E402
-from pipelines.stages.speakers import SpeakerSplitter  # noqa: E402
+from pipelines.stages.speakers import SpeakerSplitter, speaker_window_seconds, speaker_windows  # noqa: E402
 from pipelines.stages.vad import Segmenter  # noqa: E402
 from schemas.config import AudioConfig, SpeakersConfig, VadConfig  # noqa: E402
 
@@ -76,8 +76,11 @@ def stage_figures(recordings: list[tuple[np.ndarray, list[float], int]]) -> dict
     splitter(recordings[0][0][: 3 * ASR_RATE], segmenter(recordings[0][0][: 3 * ASR_RATE])[0])  # load the model
     seconds = found = true = spurious = right_count = 0.0
     elapsed = 0.0
+    windows = 0
     for audio, changes, voices in recordings:
         spans, _ = segmenter(audio)
+        windows += speaker_windows(splitter.config, [audio[round(s.start * ASR_RATE): round(s.end * ASR_RATE)]
+                                                     for s in spans])
         started = time.perf_counter()
         turns = splitter(audio, spans)
         elapsed += time.perf_counter() - started
@@ -89,7 +92,11 @@ def stage_figures(recordings: list[tuple[np.ndarray, list[float], int]]) -> dict
         true += len(changes)
         spurious += sum(1 for g in guessed if not any(abs(g - c) <= TOLERANCE + 0.5 * _gap(turns, g) for c in changes))
         right_count += len({t.speaker for t in turns}) == voices
+    per_window = speaker_window_seconds(splitter.config, splitter.encoder)  # what calibration measures
     return {"recordings": len(recordings), "audio_seconds": round(seconds, 1), "stage_seconds": round(elapsed, 2),
+            "windows": windows, "probe_ms_per_window": round(per_window * 1000, 2),
+            "measured_ms_per_window": round(elapsed / windows * 1000, 2),
+            "plan_priced_s": round(per_window * windows, 2), "priced_vs_measured": round(per_window * windows / elapsed, 3),
             "x_realtime_one_thread": round(seconds / elapsed, 1), "changes": int(true),
             "found_within_0.5s": int(found), "spurious": int(spurious),
             "speaker_count_right": f"{int(right_count)}/{len(recordings)}"}
@@ -108,17 +115,21 @@ def job_figures(folder: Path, work: Path, reps: int) -> list[dict]:
             out = work / f"out-{rep}-{int(enabled)}"
             shutil.rmtree(out, ignore_errors=True)
             config = work / f"job-{int(enabled)}.yaml"
-            config.write_text(f"input: {folder}\noutput: {out}\nspeakers: {{enabled: {str(enabled).lower()}}}\n")
+            config.write_text(f"input: {folder}\noutput: {out}\nspeakers: {{enabled: {str(enabled).lower()}}}\n"
+                              f"plan: {{profiles_dir: {work / 'profiles'}, history_path: {work / 'history.jsonl'}}}\n")
             started = time.perf_counter()
-            run = subprocess.run([sys.executable, "-m", "flows.cli", "run", "--config", str(config), "--no-plan",
-                                  "--json"], cwd=ROOT, capture_output=True, text=True)
+            run = subprocess.run([sys.executable, "-m", "flows.cli", "run", "--config", str(config), "--json"],
+                                 cwd=ROOT, capture_output=True, text=True)
             wall = time.perf_counter() - started
             if run.returncode:
                 raise RuntimeError(run.stderr[-2000:])
             summary = json.loads(run.stdout)
             stages = summary.get("stage_seconds", {})
+            priced = summary["plan"]["hardware"].get("speakers_seconds_per_input_second") or 0.0
             rows.append({"speakers": enabled, "wall_s": round(wall, 1), "samples": summary["counts"]["samples"],
                          "speakers_stage_s": round(stages.get("speakers", 0.0), 2),
+                         "plan_priced_speakers_s": round(priced * summary["this_run"]["input_seconds"], 2),
+                         "plan_source": summary["plan"]["hardware"]["source"],
                          "all_stages_s": round(sum(stages.values()), 1)})
             print(json.dumps(rows[-1]), flush=True)
     return rows
