@@ -49,6 +49,14 @@ def _wait_for_nodes(address: str, count: int, env: dict[str, str], nodes: Sessio
                        f"{nodes.tail('node2')}")
 
 
+def _node_ports() -> list[str]:
+    """A node's own ports, each free now. Every port Ray would otherwise default is set too: a port
+    picked free from the ephemeral range can be a default's (the dashboard agent's 52365 was once)."""
+    return [f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}",
+            f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+            f"--metrics-export-port={free_port()}"]
+
+
 @pytest.mark.slow
 def test_cli_job_runs_on_two_nodes(clips, tmp_path):
     port = free_port()
@@ -62,11 +70,10 @@ def test_cli_job_runs_on_two_nodes(clips, tmp_path):
         # 2 logical CPUs per node: one for the node's ASR actor (SPREAD puts one on each), one for prep
         _ray_start(nodes, "head", env, "--head", f"--port={port}", "--num-cpus=2", '--resources={"head": 1}',
                    "--include-dashboard=false", f"--temp-dir={temp_dir}",
-                   f"--ray-client-server-port={free_port()}", f"--node-manager-port={free_port()}",
-                   f"--object-manager-port={free_port()}")
+                   f"--ray-client-server-port={free_port()}", *_node_ports())
         time.sleep(5)
         _ray_start(nodes, "node2", env, f"--address={address}", "--num-cpus=2", '--resources={"node2": 1}',
-                   f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}")
+                   *_node_ports())
         _wait_for_nodes(address, 2, env, nodes)
         out = tmp_path / "out"
         job = tmp_path / "job.yaml"  # ~15 s units: the 11 clips make several units to spread
