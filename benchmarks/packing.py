@@ -62,8 +62,9 @@ class TimestampedPrompt(Transcriber):
         return prompt
 
 
-def decode(asr: AsrConfig, audios: list[np.ndarray], timestamps: bool = False, keep_neighbours: bool = False) -> dict:
-    whisper.split_words = partial(packing.split_words, beside_empty=not keep_neighbours)
+def decode(asr: AsrConfig, audios: list[np.ndarray], timestamps: bool = False, keep_neighbours: bool = False,
+           across_gap: bool = True) -> dict:
+    whisper.split_words = partial(packing.split_words, beside_empty=not keep_neighbours, across_gap=across_gap)
     transcriber = (TimestampedPrompt if timestamps else Transcriber)(asr)
     transcriber.setup()
     transcriber([audios[0]])  # first call allocates
@@ -112,8 +113,9 @@ def main() -> None:
         changes = dict(kv.split("=", 1) for kv in settings.split(",") if kv)
         timestamps = json.loads(changes.pop("_timestamps", "false"))
         keep = json.loads(changes.pop("_keep_neighbours", "false"))
+        across = not json.loads(changes.pop("_trust_across_gap", "false"))
         asr = AsrConfig(**{k.removeprefix("asr."): json.loads(v) for k, v in changes.items()})
-        got = decode(asr, audios, timestamps, keep)
+        got = decode(asr, audios, timestamps, keep, across)
         got["wer_vs_alone"] = wer(got["texts"], solo["texts"])
         got.update(wer_by_file(args.corpus, got["texts"], names))
         rows[name] = {k: v for k, v in got.items() if k != "texts"}

@@ -77,7 +77,8 @@ class Split:
         self.reasons[reason] += len(new)
 
 
-def split_words(window: Window, words: Sequence[dict], slack: float, beside_empty: bool = True) -> Split:
+def split_words(window: Window, words: Sequence[dict], slack: float, beside_empty: bool = True,
+                across_gap: bool = True) -> Split:
     """Give each aligned word to the segment holding its midpoint.
 
     Punctuation follows the word before it. A word whose midpoint is more than `slack`
@@ -97,7 +98,7 @@ def split_words(window: Window, words: Sequence[dict], slack: float, beside_empt
         if ranked[0].distance(middle) > slack:
             split.unresolve((p.index for p in ranked[:2]), "stray_word")
         spanned = [p.index for p in window.placed if p.overlap(word["start"], word["end"]) > slack]
-        if len(spanned) > 1:  # one "word" across a gap: the alignment failed there
+        if across_gap and len(spanned) > 1:  # one "word" across a gap: the alignment failed there
             split.unresolve(spanned, "word_across_gap")
         previous = ranked[0].index
         split.words[previous].append(word)
