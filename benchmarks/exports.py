@@ -26,8 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])  # Ray workers: tests.fakes
 
-from benchmarks.loader import reshard  # noqa: E402
-from benchmarks.readers import time_passes  # noqa: E402
+from benchmarks.loader import reshard, time_passes  # noqa: E402
 from pipelines.export import export  # noqa: E402
 from pipelines.loader import read_index  # noqa: E402
 from pipelines.state import jobstate  # noqa: E402
@@ -46,29 +45,29 @@ def source_output(workdir: Path) -> Path:
     return out
 
 
-def lhotse_pass(dest: Path) -> Iterable[float]:
+def lhotse_pass(dest: Path) -> Iterable[tuple[int, float]]:
     from lhotse import CutSet
 
     for cut in CutSet.from_shar(in_dir=str(dest)):
-        yield cut.load_audio().shape[1] / cut.sampling_rate
+        yield 1, cut.load_audio().shape[1] / cut.sampling_rate
 
 
-def nemo_pass(manifest: Path) -> Iterable[float]:
+def nemo_pass(manifest: Path) -> Iterable[tuple[int, float]]:
     folder = manifest.parent
     with open(manifest) as fh:
         for line in fh:
             row = json.loads(line)
             wave, rate = sf.read(folder / row["audio_filepath"], dtype="float32")
-            yield len(wave) / rate
+            yield 1, len(wave) / rate
 
 
-def shards_pass(root: Path) -> Iterable[float]:
+def shards_pass(root: Path) -> Iterable[tuple[int, float]]:
     """The voxmill shards themselves, streamed by their sink, every sample's FLAC decoded with soundfile."""
     sink = jobstate.sink(str(root))
     for shard in sorted(set(read_index(str(root), columns=["shard"])["shard"].to_pylist())):
         for sample in sink.read(shard):
             wave, rate = sf.read(io.BytesIO(sample["flac"]), dtype="float32")
-            yield len(wave) / rate
+            yield 1, len(wave) / rate
 
 
 def main() -> None:

@@ -92,6 +92,22 @@ def measure(loop: Callable[[], Iterable[tuple[int, float]]]) -> tuple[float, int
     return time.perf_counter() - started, samples, seconds
 
 
+def time_passes(loops: dict[str, Callable[[], Iterable[tuple[int, float]]]], repeats: int) -> dict[str, dict]:
+    """Each full pass `repeats` times, interleaved (a noisy machine slows every reader alike):
+    median and best wall, samples and audio seconds, and the rates from the median. A loop yields
+    (samples, audio seconds) per item it reads (readers.py, exports.py use it too)."""
+    runs: dict[str, list[tuple[float, int, float]]] = {name: [] for name in loops}
+    for _ in range(repeats):
+        for name, loop in loops.items():
+            runs[name].append(measure(loop))
+    rows = {name: {"wall_s": statistics.median(r[0] for r in rs), "min_wall_s": min(r[0] for r in rs),
+                   "samples": rs[0][1], "audio_s": rs[0][2]} for name, rs in runs.items()}
+    for row in rows.values():
+        row["samples_per_s"] = row["samples"] / row["wall_s"]
+        row["audio_s_per_s"] = row["audio_s"] / row["wall_s"]
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/voxmill-bench"))
@@ -121,15 +137,7 @@ def main() -> None:
         "loader, bucketed batches, DataLoader 2 workers":
             lambda: loader(SpeechShards(root, batch_seconds=args.batch_seconds, rank=0, world_size=1), workers=2),
     }
-    runs: dict[str, list[tuple[float, int, float]]] = {name: [] for name in loops}
-    for _ in range(args.repeats):
-        for name, loop in loops.items():
-            runs[name].append(measure(loop))
-    rows = {name: {"wall_s": statistics.median(r[0] for r in rs), "min_wall_s": min(r[0] for r in rs),
-                   "samples": rs[0][1], "audio_s": rs[0][2]} for name, rs in runs.items()}
-    for row in rows.values():
-        row["samples_per_s"] = row["samples"] / row["wall_s"]
-        row["audio_s_per_s"] = row["audio_s"] / row["wall_s"]
+    rows = time_passes(loops, args.repeats)
     batches = list(SpeechShards(root, batch_seconds=args.batch_seconds, rank=0, world_size=1))
     base = rows["plain WebDataset(urls).decode(flac -> soundfile)"]["samples_per_s"]
     result = {

@@ -18,12 +18,11 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Iterable
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -44,12 +43,12 @@ def build(workdir: Path, copies: int, shard_samples: int) -> Path:
     return out
 
 
-def hf_pass(data) -> Iterable[float]:
+def hf_pass(data) -> Iterable[tuple[int, float]]:
     for row in data:
-        yield len(row["audio"]["array"]) / row["audio"]["sampling_rate"]
+        yield 1, len(row["audio"]["array"]) / row["audio"]["sampling_rate"]
 
 
-def webdataset_pass(urls: list[str], workers: int) -> Iterable[float]:
+def webdataset_pass(urls: list[str], workers: int) -> Iterable[tuple[int, float]]:
     import webdataset as wds
     from torch.utils.data import DataLoader
 
@@ -57,39 +56,17 @@ def webdataset_pass(urls: list[str], workers: int) -> Iterable[float]:
 
     data = wds.WebDataset(urls, shardshuffle=False, empty_check=False).decode(wds.handle_extension("flac wav", read_audio))
     for (wave, rate), _ in DataLoader(data.to_tuple("flac", "json"), batch_size=None, num_workers=workers):
-        yield len(wave) / rate
+        yield 1, len(wave) / rate
 
 
-def speechshards_pass(root: Path, workers: int) -> Iterable[float]:
+def speechshards_pass(root: Path, workers: int) -> Iterable[tuple[int, float]]:
     from torch.utils.data import DataLoader
 
     from pipelines.loader import SpeechShards
 
     data = SpeechShards(str(root), shuffle=0, rank=0, world_size=1)
     for item in DataLoader(data, batch_size=None, num_workers=workers):
-        yield item["waveform"].numel() / item["sample_rate"]
-
-
-def measure(loop: Callable[[], Iterable[float]]) -> tuple[float, int, float]:
-    started, samples, seconds = time.perf_counter(), 0, 0.0
-    for s in loop():
-        samples, seconds = samples + 1, seconds + s
-    return time.perf_counter() - started, samples, seconds
-
-
-def time_passes(loops: dict[str, Callable[[], Iterable[float]]], repeats: int) -> dict[str, dict]:
-    """Each full pass `repeats` times, interleaved (a noisy machine slows every reader alike):
-    median and best wall, samples and audio seconds, and the rates from the median."""
-    runs: dict[str, list[tuple[float, int, float]]] = {name: [] for name in loops}
-    for _ in range(repeats):
-        for name, loop in loops.items():
-            runs[name].append(measure(loop))
-    rows = {name: {"wall_s": statistics.median(r[0] for r in rs), "min_wall_s": min(r[0] for r in rs),
-                   "samples": rs[0][1], "audio_s": rs[0][2]} for name, rs in runs.items()}
-    for row in rows.values():
-        row["samples_per_s"] = row["samples"] / row["wall_s"]
-        row["audio_s_per_s"] = row["audio_s"] / row["wall_s"]
-    return rows
+        yield 1, item["waveform"].numel() / item["sample_rate"]
 
 
 def main() -> None:
@@ -124,6 +101,8 @@ def main() -> None:
         f"webdataset: WebDataset(urls) + read_audio, DataLoader({w} workers)": lambda: webdataset_pass(urls, w),
         f"voxmill: SpeechShards(OUTPUT), DataLoader({w} workers)": lambda: speechshards_pass(out, w),
     }
+    from benchmarks.loader import time_passes
+
     rows = time_passes(loops, args.repeats)
     counts = {row["samples"] for row in rows.values()}
     assert len(counts) == 1, f"readers disagree on the sample count: {rows}"
