@@ -89,6 +89,7 @@ class Resources:
     gpus: int
     prep_workers: int
     asr_actors: int
+    nodes: int = 1
 
     @property
     def max_in_flight(self) -> int:

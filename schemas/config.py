@@ -75,6 +75,9 @@ class AsrConfig(_Section):
         29.0, ge=0, le=30, description="share one Whisper window among segments up to this long; 0 = off"
     )
     pack_gap_seconds: float = Field(0.4, ge=0, description="silence between packed segments")
+    pack_open_windows: int = Field(
+        3, ge=1, description="a segment joins the first of the last N windows it fits in; 1 = strict input order"
+    )
     pack_slack_seconds: float = Field(
         0.2, ge=0, description="a word aligned further than this from every segment is not guessed at"
     )
@@ -191,7 +194,9 @@ class EngineConfig(_Section):
                           "until it commits, so a rerun after a crash prepares no unit twice; costs transient "
                           "writes of about 3x the unit's shard bytes")
     prep_workers: Optional[int] = Field(None, ge=1, description="unset = CPUs left after ASR")
-    asr_actors: Optional[int] = Field(None, ge=1, description="unset = one per GPU, else 1")
+    asr_actors: Optional[int] = Field(
+        None, ge=1, description="unset = one per GPU; without GPUs, one per core of each node, at most 8 a node, "
+                                "their threads sharing its cores")
     executor: str = Field(
         "ray", pattern=r"^[A-Za-z_][\w.-]*(:[A-Za-z_]\w*)?$",
         description="what runs the work units: a name in pipelines/executor/base.py EXECUTORS (ray: a local Ray "

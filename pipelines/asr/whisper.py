@@ -24,6 +24,7 @@ from schemas.config import AsrConfig
 
 HOP = 160  # samples per mel frame at 16 kHz
 N_FRAMES = 3000  # mel frames in Whisper's 30 s window
+N_SAMPLES = N_FRAMES * HOP
 COMPRESSION_RATIO_LIMIT = 2.4  # faster-whisper's compression_ratio_threshold default
 
 
@@ -41,6 +42,21 @@ def _repeats(text: str) -> bool:
     from faster_whisper.transcribe import get_compression_ratio
 
     return bool(text) and get_compression_ratio(text) > COMPRESSION_RATIO_LIMIT
+
+
+def _features(model, audio: np.ndarray) -> np.ndarray:
+    """The 30 s window's log-mel frames, the clip padded with silence *before* the transform.
+
+    faster-whisper pads the log-mel frames with zeros instead: a level well above the clip's own
+    silence floor (log-mel is normalised to the clip's loudest frame), which Whisper never saw in
+    training, where audio was zero-padded. Behind a packed window's last segment tiny.en then often
+    stopped early or skipped a segment: real silence cut the segments decoded again by 2.9x and
+    the ASR stage's time by 10% (benchmarks/RESULTS.md, "Peers on CPU").
+    """
+    from faster_whisper.audio import pad_or_trim
+
+    padded = np.pad(audio[:N_SAMPLES], (0, max(0, N_SAMPLES - len(audio))))
+    return pad_or_trim(model.feature_extractor(padded)[..., :-1])
 
 
 def _renumbered(window: Window, indices: list[int]) -> Window:
@@ -111,7 +127,8 @@ class Transcriber:
         todo, alone = list(range(len(audios))), []
         for round_no in range(2):
             lengths = [len(audios[i]) / ASR_RATE for i in todo]
-            windows = pack_windows(lengths, self.config.pack_seconds, self.config.pack_gap_seconds)
+            windows = pack_windows(lengths, self.config.pack_seconds, self.config.pack_gap_seconds,
+                                   self.config.pack_open_windows)
             alone += [todo[w.placed[0].index] for w in windows if len(w.placed) == 1]
             shared = [_renumbered(w, todo) for w in windows if len(w.placed) > 1]
             todo = self._transcribe_packed(shared, audios, results, journal, f"packed{round_no}")[::-1]
@@ -220,12 +237,11 @@ class Transcriber:
 
     def _generate(self, audios: list[np.ndarray]):
         """One encoder pass and one batched greedy/beam decode (no timestamps) for <=30 s clips."""
-        from faster_whisper.audio import pad_or_trim
         from faster_whisper.tokenizer import Tokenizer
         from faster_whisper.transcribe import get_suppressed_tokens
 
         model = self.model
-        features = np.stack([pad_or_trim(model.feature_extractor(a)[..., :-1]) for a in audios])
+        features = np.stack([_features(model, a) for a in audios])
         started = time.perf_counter()
         encoded = model.encode(features)
         self.counts["encode_seconds"] += time.perf_counter() - started  # per-window cost, for plans

@@ -64,12 +64,23 @@ def open_executor(config: JobConfig) -> Executor:
     return executor_class(config.engine.executor)(config)
 
 
+# Without a GPU, CTranslate2 gains 1.42x from a second thread on one model (benchmarks/RESULTS.md,
+# "Peers on CPU"): two one-thread actors transcribe 1.34x the speech of one two-thread actor. So a CPU
+# node runs an actor per core, up to this many (each holds its own copy of the model).
+CPU_ASR_ACTORS_PER_NODE = 8
+
+
 def resources_for(cpus: int, gpus: int, config: EngineConfig, nodes: int = 1) -> Resources:
     """How a job spreads over a cluster, by the stages' declared cores; the estimator models the
-    same split. One ASR actor per GPU; without GPUs, one per node; prep tasks on the cores left."""
-    asr = config.asr_actors or (gpus if gpus else max(1, nodes))
-    prep = config.prep_workers or max(1, int((cpus - asr * ASR.cpus) // PREP.cpus))
-    return Resources(cpus, gpus, prep, asr)
+    same split. One ASR actor per GPU; without GPUs, an actor per core of each node (at most
+    CPU_ASR_ACTORS_PER_NODE), sharing the node's cores between their threads; prep tasks on the
+    cores left: without GPUs, a node's actors declare ASR.cpus between them (`executor.ray.asr_cpus`)."""
+    nodes = max(1, nodes)
+    per_node = min(CPU_ASR_ACTORS_PER_NODE, max(1, cpus // nodes))
+    asr = config.asr_actors or (gpus if gpus else nodes * per_node)
+    asr_cores = asr * ASR.cpus if gpus else nodes * ASR.cpus
+    prep = config.prep_workers or max(1, int((cpus - asr_cores) // PREP.cpus))
+    return Resources(cpus, gpus, prep, asr, nodes)
 
 
 @dataclass

@@ -255,6 +255,16 @@ def gpu_shares(config: JobConfig, resources: Resources) -> tuple[float, float]:
     return share, ASR.gpu_share - PREP.gpu_share
 
 
+def asr_cpus(resources: Resources) -> float:
+    """The cores each ASR actor asks Ray for. On a GPU, ASR.cpus. Without one, the actors of a node
+    share ASR.cpus between them, and their threads split the node's cores
+    (`executor.base.resources_for`). So Ray leaves as many cores to prep tasks as with one actor."""
+    if resources.gpus:
+        return ASR.cpus
+    nodes = max(1, resources.nodes)
+    return max(1e-4, math.floor(ASR.cpus * nodes / resources.asr_actors * 1e4) / 1e4)
+
+
 class _Scheduler:
     """Submits a unit as a prep -> ASR -> commit chain, to the least loaded ASR actor."""
 
@@ -265,33 +275,35 @@ class _Scheduler:
         self.prepare = ray.remote(_prepare).options(num_cpus=PREP.cpus, num_gpus=prep_gpu, num_returns=2,
                                                     max_retries=2)
         self.commit = ray.remote(_commit).options(num_cpus=COMMIT.cpus, max_retries=2)
-        actor = ray.remote(_AsrWorker).options(num_cpus=ASR.cpus, num_gpus=asr_gpu, max_restarts=2,
+        actor = ray.remote(_AsrWorker).options(num_cpus=asr_cpus(resources), num_gpus=asr_gpu, max_restarts=2,
                                                max_task_retries=2, scheduling_strategy="SPREAD")
         threads = max(1, resources.cpus // resources.asr_actors)
         self.actors = [actor.remote(config.asr, threads) for _ in range(resources.asr_actors)]
-        self.load = Counter({i: 0 for i in range(len(self.actors))})
+        self.load = Counter({i: 0 for i in range(len(self.actors))})  # parts queued or running, per actor
         warm = ray.remote(_warm).options(num_cpus=PREP.cpus, num_gpus=prep_gpu)
         # model loads and the prep workers' set-up count as start-up
         ray.get([a.ready.remote() for a in self.actors] + [warm.remote(config) for _ in range(resources.prep_workers)])
 
     def submit(self, unit: WorkUnit):
-        """The unit's parts (`unit_parts`) as prep tasks, each transcribed by one actor as soon as it
-        is prepared, and one commit of them all."""
+        """The unit's parts (`unit_parts`) as prep tasks, each transcribed as soon as it is prepared by the
+        actor with the fewest parts queued (one long unit keeps every actor busy), and one commit of
+        them all. Returns the commit and the actors its parts went to."""
         journal = journal_url(self.config.output, unit.index, unit.digest)  # prepared parts and ASR batches
-        slot = min(self.load, key=self.load.__getitem__)
-        self.load[slot] += 1
         parts = unit_parts(unit.files)
-        prepared, transcribed = [], []
+        prepared, transcribed, slots = [], [], []
         for n, files in enumerate(parts):
             url = storage.join(journal, f"part-{n:04d}")
             keep_prep = url if self.config.engine.journal_prepared else None
             audios, part = self.prepare.remote(self.config, unit.index, files, keep_prep)
+            slot = min(self.load, key=self.load.__getitem__)
+            self.load[slot] += 1
+            slots.append(slot)
             prepared.append(part)
             transcribed.append(self.actors[slot].transcribe.remote(audios, url))
-        return self.commit.remote(self.config, unit.digest, len(parts), *prepared, *transcribed), slot
+        return self.commit.remote(self.config, unit.digest, len(parts), *prepared, *transcribed), slots
 
-    def release(self, slot: int) -> None:
-        self.load[slot] -= 1
+    def release(self, slots: list[int]) -> None:
+        self.load.subtract(slots)
 
     def close(self) -> None:
         for actor in self.actors:
@@ -321,13 +333,13 @@ class RayExecutor:
         try:
             while True:
                 while len(running) < resources.max_in_flight and (unit := next(pending, None)) is not None:
-                    ref, slot = scheduler.submit(unit)
-                    running[ref] = (unit, slot)
+                    ref, slots = scheduler.submit(unit)
+                    running[ref] = (unit, slots)
                 if not running:
                     return
                 ready, _ = ray.wait(list(running), num_returns=1)
-                unit, slot = running.pop(ready[0])
-                scheduler.release(slot)
+                unit, slots = running.pop(ready[0])
+                scheduler.release(slots)
                 try:
                     outcome: Outcome = ray.get(ready[0])
                 except Exception as err:  # noqa: BLE001 - the unit's failure, for the shared loop to record

@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipelines.asr.base import build_backend
-from pipelines.executor.base import open_executor, run_units
+from pipelines.executor.base import open_executor, resources_for, run_units
 from pipelines.metrics.cost import DNSMOS_COST, priced
 from pipelines.plan.estimator import QUICK_BOUND, _duration_bucket
 from pipelines.plan.load import read_load
@@ -271,6 +271,9 @@ def _units(sample: list[SourceFile], count: int) -> list[WorkUnit]:
 def machine_key(config: JobConfig, gpus: int) -> str:
     parts = [gpu_name() if gpus else cpu_model(), config.asr.model or "tiny.en", config.asr.compute_type,
              f"{gpus}gpu" if gpus else f"{_cpu_count()}cpu"]
+    if not gpus:  # a CPU actor's speed is its threads': costs measured with other threads are another machine's
+        cpus = _cpu_count()
+        parts.append(f"{max(1, cpus // resources_for(cpus, 0, config.engine).asr_actors)}t")
     if config.asr.backend != AsrConfig().backend:  # another backend's costs are its own (the default's keys stay)
         parts.insert(1, config.asr.backend)
     slug = re.sub(r"[^A-Za-z0-9]+", "-", "-".join(parts)).strip("-").lower()[:80]

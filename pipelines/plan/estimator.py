@@ -226,18 +226,22 @@ def pieces(audio_seconds: float, units: int) -> float:
 
 
 def asr_loss_beside_prep(hardware: HardwareProfile, resources: dict) -> float:
-    """The share of its speed a CPU ASR actor loses while prep is busy. The actor runs a thread on
-    every core of its node; the prep workers hold a core each, so while they are busy the actor
-    has the rest: over prep's busy time beside it (not its fill or tail) ASR is stretched by that
-    time x this share. The probe measures the actor's speed on the cores left (`asr_speed_beside_prep`:
-    CTranslate2 does not scale linearly, so losing half the cores costs it ~30%, not 50%); without
-    that measurement, prep workers / cores. The prep workers keep their speed: scoring ran as fast
-    beside ASR as alone in the accuracy runs (benchmarks/RESULTS.md). With GPUs, nothing."""
+    """The share of their speed a node's CPU ASR actors lose while prep is busy. Their threads take
+    every core of the node; the prep workers hold a core each, so while they are busy ASR has the
+    rest: over prep's busy time beside it (not its fill or tail) ASR is stretched by that time x
+    this share. With threads to spare, the probe measures an actor's speed on the cores left
+    (`asr_speed_beside_prep`: CTranslate2 does not scale linearly, so losing half the cores costs
+    it ~30%, not 50%). One-thread actors (the default: an actor per core) have none to spare: the
+    cores are time-shared between their threads and the prep workers. The prep workers keep their
+    speed: scoring ran as fast beside ASR as alone in the accuracy runs (benchmarks/RESULTS.md).
+    With GPUs, nothing."""
     if resources.get("gpus"):
         return 0.0
     if hardware.asr_speed_beside_prep is not None:
         return max(0.0, 1.0 - hardware.asr_speed_beside_prep)
-    return resources["prep_workers"] / max(1, resources["cpus"])
+    prep, cpus = resources["prep_workers"], max(1, resources["cpus"])
+    threads = max(cpus, resources["asr_actors"])  # the actors' threads split the cores
+    return prep / (prep + threads)
 
 
 def _fill_and_tail(bottleneck: str, one_piece: dict[str, float]) -> float:

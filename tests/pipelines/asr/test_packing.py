@@ -19,6 +19,19 @@ def test_windows_fill_up_to_capacity_with_gaps_and_keep_order():
     ]
 
 
+def test_open_windows_let_a_later_short_segment_fill_an_earlier_tail():
+    lengths = [20.0, 15.0, 5.0, 15.0, 3.0, 9.0]
+    strict = pack_windows(lengths, capacity=29.0, gap=1.0)
+    assert [[p.index for p in w.placed] for w in strict] == [[0], [1, 2], [3, 4, 5]]
+    # two open windows: the 5 s segment fills the first window's tail (20 + 1 + 5 <= 29); the 3 s one
+    # joins the 15 s one, as the first window is no longer open once the third opens
+    windows = pack_windows(lengths, capacity=29.0, gap=1.0, open_windows=2)
+    layouts = [[(p.index, p.start, p.end) for p in w.placed] for w in windows]
+    assert layouts == [[(0, 0.0, 20.0), (2, 21.0, 26.0)], [(1, 0.0, 15.0), (4, 16.0, 19.0), (5, 20.0, 29.0)],
+                       [(3, 0.0, 15.0)]]
+    assert sum(p.end - p.start for w in windows for p in w.placed) == sum(lengths)  # each segment once
+
+
 def test_window_audio_places_samples_with_silence_between():
     audios = [np.ones(4, np.float32), np.full(2, 2.0, np.float32)]
     (window,) = pack_windows([0.4, 0.2], capacity=29.0, gap=0.3)

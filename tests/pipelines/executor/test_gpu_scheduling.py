@@ -14,7 +14,7 @@ import textwrap
 import pytest
 
 from pipelines.executor.base import resources_for
-from pipelines.executor.ray import gpu_shares
+from pipelines.executor.ray import asr_cpus, gpu_shares
 from pipelines.stages.resources import ASR, PREP
 from schemas.config import load_job_config
 
@@ -45,7 +45,10 @@ def test_the_split_follows_the_stages_declarations():
     assert not PREP.uses_gpu(load_job_config("/in", "/out", overrides={"audio.resampler": "soxr",
                                                                         "quality.dnsmos_device": "cpu"}))
     assert resources_for(16, 2, config.engine).prep_workers == 16 - 2 * ASR.cpus  # one core per prep task
-    assert resources_for(8, 0, config.engine, nodes=2).asr_actors == 2  # no GPU: one ASR actor per node
+    cpu_cluster = resources_for(8, 0, config.engine, nodes=2)  # no GPU: an ASR actor per core of each node
+    assert (cpu_cluster.asr_actors, cpu_cluster.prep_workers) == (8, 6)  # a node's actors declare 1 core between them
+    assert asr_cpus(cpu_cluster) == 0.25 and asr_cpus(resources_for(16, 2, config.engine)) == ASR.cpus
+    assert resources_for(64, 0, config.engine).asr_actors == 8  # at most 8 a node: each holds a model
 
 
 @pytest.mark.slow

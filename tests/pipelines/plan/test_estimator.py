@@ -81,13 +81,15 @@ def test_more_gpus_move_the_bottleneck_to_the_cpus(config):
 
 
 def test_on_cpus_alone_prep_slows_asr_down_and_keeps_its_own_speed(config):
-    """No GPU: the ASR actor's threads use every core, so ASR runs slower while prep is busy, by
-    prep's busy time (all but the first 5-min piece's) x prep workers / cores; the prep workers
-    keep a core each (scoring ran as fast beside ASR as alone in the accuracy runs)."""
+    """No GPU: the ASR actors' threads use every core, so ASR runs slower while prep is busy, by
+    prep's busy time (all but the first 5-min piece's) x its share of the time-shared cores
+    (prep workers / (prep workers + ASR threads)); the prep workers keep a core each (scoring ran
+    as fast beside ASR as alone in the accuracy runs)."""
     size = size_from_manifest(_manifest([3600.0] * 10))
     cpu = _hardware(name="cpu", cpus=2, gpus=0, gpu_name=None, device="cpu", compute_type="int8")
-    resources = resources_for(cpus=2, gpus=0, config=config.engine)  # 1 ASR actor, 1 prep worker
-    asr = 36000 * 0.5 * 0.25 * 0.5  # the actor's busy seconds, a tenth of them per unit
+    resources = resources_for(cpus=2, gpus=0, config=config.engine)  # 2 one-thread ASR actors, 1 prep worker
+    assert (resources.asr_actors, resources.prep_workers) == (2, 1)
+    asr = 36000 * 0.5 * 0.25 * 0.5 / 2  # each actor's busy seconds
     heavy_prep = predict(config, size, cpu.model_copy(update={"prep_seconds_per_input_second": 0.2}), DATA, resources)
     stages = {s.name: s.seconds for s in heavy_prep.stages}
     assert heavy_prep.bottleneck == "prep"
@@ -95,7 +97,7 @@ def test_on_cpus_alone_prep_slows_asr_down_and_keeps_its_own_speed(config):
     light_prep = predict(config, size, cpu, DATA, resources)
     stages = {s.name: s.seconds for s in light_prep.stages}
     assert light_prep.bottleneck == "asr"  # the first unit's prep is the fill
-    assert stages["asr"] == pytest.approx(asr + (36000 * 0.01 - 300 * 0.01 + 10 * 1.0) / 2)
+    assert stages["asr"] == pytest.approx(asr + (36000 * 0.01 - 300 * 0.01 + 10 * 1.0) / 3)
 
 
 def test_sampled_headers_extrapolate_with_an_interval_that_holds_the_truth():
@@ -126,10 +128,11 @@ def test_deadline_mode_finds_the_fewest_gpus(config):
 
 def test_deadline_on_a_cpu_profile_counts_whole_nodes(config):
     cpu = _hardware(gpus=0, gpu_name=None, device="cpu", cpus=2, asr_seconds_per_segment=1.0)
-    size = size_from_manifest(_manifest([3600.0] * 10))
-    plan = fit_deadline(config, size, cpu, DATA, HOUR)  # 4,500 s of ASR on one node
-    nodes = plan.resources["asr_actors"]
-    assert plan.resources["cpus"] == 2 * nodes and plan.wall_seconds <= HOUR
+    size = size_from_manifest(_manifest([3600.0] * 20))
+    plan = fit_deadline(config, size, cpu, DATA, HOUR)  # 9,000 s of ASR: 4,500 s on a node's two actors
+    nodes = plan.resources["nodes"]
+    assert plan.resources["cpus"] == 2 * nodes and plan.resources["asr_actors"] == 2 * nodes
+    assert plan.wall_seconds <= HOUR
     assert nodes > 1 and predict(config, size, cpu, DATA, resources_for(2 * (nodes - 1), 0, config.engine,
                                                                          nodes - 1)).wall_seconds > HOUR
 
@@ -201,21 +204,22 @@ def test_plan_json_round_trips(config):
 
 
 def test_cpu_asr_shares_its_cores_with_prep(config):
-    """On a CPU-only profile the ASR actor threads over every core, so prep's CPU time lengthens
-    the ASR stage by that time spread over the cores; with a GPU it does not."""
+    """On a CPU-only profile the ASR actors (one a core) thread over every core, so prep's CPU time
+    lengthens the ASR stage by its share of the time-shared cores; with a GPU it does not."""
     size = size_from_manifest(_manifest([3600.0] * 10))
     cpu = _hardware(name="test-cpu", gpus=0, gpu_name=None, device="cpu", cpus=4)
-    plan = predict(config, size, cpu, DATA, resources_for(cpus=4, gpus=0, config=config.engine))
-    asr_alone = 36000 * 0.5 * 0.25 * 0.5  # one actor on the node
-    taken = (36000 * 0.01 - 300 * 0.01 + 10 * 1.0) / 4  # prep (but the first piece's) + write CPU-seconds over 4 cores
+    resources = resources_for(cpus=4, gpus=0, config=config.engine)
+    assert (resources.asr_actors, resources.prep_workers) == (4, 3)
+    plan = predict(config, size, cpu, DATA, resources)
+    busy = 36000 * 0.5 * 0.25 * 0.5  # ASR's busy seconds, shared by the actors
+    prep_busy = (36000 * 0.01 - 300 * 0.01 + 10 * 1.0) / 3  # per prep worker (but the first piece's), + write
     stages = {s.name: s for s in plan.stages}
-    assert stages["asr"].seconds == pytest.approx(asr_alone + taken)
+    assert stages["asr"].seconds == pytest.approx(busy / 4 + prep_busy * 3 / (3 + 4))
     gpu = predict(config, size, _hardware(), DATA, resources_for(cpus=4, gpus=1, config=config.engine))
-    assert {s.name: s for s in gpu.stages}["asr"].seconds == pytest.approx(asr_alone)
-    # measured: the probe found ASR keeps 80% of its speed on the cores 3 prep workers leave it
-    measured = predict(config, size, cpu.model_copy(update={"asr_speed_beside_prep": 0.8}), DATA,
-                       resources_for(cpus=4, gpus=0, config=config.engine))
-    assert {s.name: s for s in measured.stages}["asr"].seconds == pytest.approx(asr_alone + taken * 4 / 3 * 0.2)
+    assert {s.name: s for s in gpu.stages}["asr"].seconds == pytest.approx(busy)  # one actor, on the GPU
+    # measured: the probe found ASR keeps 80% of its speed on the cores the prep workers leave it
+    measured = predict(config, size, cpu.model_copy(update={"asr_speed_beside_prep": 0.8}), DATA, resources)
+    assert {s.name: s for s in measured.stages}["asr"].seconds == pytest.approx(busy / 4 + prep_busy * 0.2)
 
 
 def test_a_small_asr_probe_widens_the_interval_until_history_narrows_it(config):

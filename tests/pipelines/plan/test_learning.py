@@ -89,7 +89,8 @@ def test_a_small_job_learns_its_profile_from_its_runs_and_plans_only_new_files(c
 def test_a_profile_measured_on_too_little_audio_is_topped_up(clips, local_ray, tmp_path):
     """A trusted profile is used as saved; an untrusted one is topped up by a calibration on an
     input worth one (here: above a lowered plan.calibrate_above_seconds)."""
-    config = _config(tmp_path, clips, **{"plan.calibrate_above_seconds": 30})
+    # one two-thread actor: the probe can time it on the thread prep leaves (one-thread actors have none)
+    config = _config(tmp_path, clips, **{"plan.calibrate_above_seconds": 30, "engine.asr_actors": 1})
     quick, _ = plan_job(config.model_copy(update={"plan": config.plan.model_copy(
         update={"calibrate_above_seconds": 1e9})}))
     thin = quick.hardware.model_copy(update={"source": "calibration", "measured_on_seconds": 4.0,
