@@ -1,7 +1,8 @@
 """Packing VAD segments into shared Whisper windows: variants against each segment decoded alone.
 
     python -m benchmarks.packing --corpus /tmp/h1/mixed30 \
-        --variant now: --variant gap0.5:asr.pack_gap_seconds=0.5
+        --variant now: --variant gap0.5:asr.pack_gap_seconds=0.5 \
+        --variant before:asr.pack_open_windows=1,_zero_frames=true --no-alone
 
 The corpus's segments are cut once by the real prep stage (decode, resample, VAD; cached as .npz
 beside the results), then decoded alone, one window each: the texts packing must reproduce. Each
@@ -62,9 +63,20 @@ class TimestampedPrompt(Transcriber):
         return prompt
 
 
+SILENCE_PADDED = whisper._features
+
+
+def zero_padded_frames(model, audio: np.ndarray) -> np.ndarray:
+    """faster-whisper's padding (`_zero_frames=true`): the clip's log-mel frames, then zero frames to 30 s."""
+    from faster_whisper.audio import pad_or_trim
+
+    return pad_or_trim(model.feature_extractor(audio)[..., :-1])
+
+
 def decode(asr: AsrConfig, audios: list[np.ndarray], timestamps: bool = False, keep_neighbours: bool = False,
-           across_gap: bool = True) -> dict:
+           across_gap: bool = True, zero_frames: bool = False) -> dict:
     whisper.split_words = partial(packing.split_words, beside_empty=not keep_neighbours, across_gap=across_gap)
+    whisper._features = zero_padded_frames if zero_frames else SILENCE_PADDED
     transcriber = (TimestampedPrompt if timestamps else Transcriber)(asr)
     transcriber.setup()
     transcriber([audios[0]])  # first call allocates
@@ -96,17 +108,20 @@ def main() -> None:
     ap.add_argument("--corpus", type=Path, required=True)
     ap.add_argument("--variant", action="append", default=[], help="NAME:KEY=VALUE,KEY=VALUE (asr.* keys)")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/voxmill-packing"))
+    ap.add_argument("--no-alone", action="store_true", help="skip the lone decodes (and the WER against them)")
+    ap.add_argument("--threads", type=int, default=0, help="CTranslate2 threads (asr.cpu_threads); 0 = its default")
     args = ap.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     audios, names = segments(args.corpus, args.workdir / "segments.npz")
     speech = sum(len(a) for a in audios) / 16000
     print(f"{len(audios)} segments, {speech / 60:.1f} min of speech")
     solo_path = args.workdir / "solo.json"
-    if not solo_path.exists():
+    if not solo_path.exists() and not args.no_alone:
         solo_path.write_text(json.dumps(decode(AsrConfig(pack_seconds=0), audios)))
-    solo = json.loads(solo_path.read_text())
-    print(f"{'alone':12} {solo['seconds']:7.1f} s  windows {solo['counts'].get('windows', 0):4}  "
-          f"{wer_by_file(args.corpus, solo['texts'], names)}")
+    solo = json.loads(solo_path.read_text()) if solo_path.exists() else None
+    if solo:
+        print(f"{'alone':12} {solo['seconds']:7.1f} s  windows {solo['counts'].get('windows', 0):4}  "
+              f"{wer_by_file(args.corpus, solo['texts'], names)}")
     rows = {}
     for spec in args.variant or ["now:"]:
         name, _, settings = spec.partition(":")
@@ -114,14 +129,15 @@ def main() -> None:
         timestamps = json.loads(changes.pop("_timestamps", "false"))
         keep = json.loads(changes.pop("_keep_neighbours", "false"))
         across = not json.loads(changes.pop("_trust_across_gap", "false"))
-        asr = AsrConfig(**{k.removeprefix("asr."): json.loads(v) for k, v in changes.items()})
-        got = decode(asr, audios, timestamps, keep, across)
-        got["wer_vs_alone"] = wer(got["texts"], solo["texts"])
+        zero_frames = json.loads(changes.pop("_zero_frames", "false"))
+        asr = AsrConfig(**{"cpu_threads": args.threads, **{k.removeprefix("asr."): json.loads(v) for k, v in changes.items()}})
+        got = decode(asr, audios, timestamps, keep, across, zero_frames)
+        got["wer_vs_alone"] = wer(got["texts"], solo["texts"]) if solo else None
         got.update(wer_by_file(args.corpus, got["texts"], names))
         rows[name] = {k: v for k, v in got.items() if k != "texts"}
         counts = got["counts"]
         print(f"{name:12} {got['seconds']:7.1f} s  windows {counts.get('windows', 0):4}  "
-              f"again {counts.get('fallback', 0):4}  WER vs alone {got['wer_vs_alone']:.3f}  "
+              f"again {counts.get('fallback', 0):4}  WER vs alone {got['wer_vs_alone'] or float('nan'):.3f}  "
               f"WER {got['wer']} (real {got['wer_real']}, espeak {got['wer_espeak']})  {counts}")
     (args.workdir / "packing.json").write_text(json.dumps(rows, indent=1))
 

@@ -84,7 +84,9 @@ def test_plan_json_what_if_and_history(clips, tmp_path):
     assert what_if.returncode == 0, what_if.stderr[-3000:]
     bigger = json.loads(what_if.stdout)
     stage = lambda p, name: next(s for s in p["stages"] if s["name"] == name)  # noqa: E731
-    assert bigger["resources"]["asr_actors"] == stage(bigger, "asr")["workers"] == 4
+    actors = plan["resources"]["asr_actors"]  # an actor per core of each node
+    assert bigger["resources"]["asr_actors"] == stage(bigger, "asr")["workers"] == 4 * actors
+    assert bigger["resources"]["nodes"] == 4
     per_actor = stage(bigger, "asr")["seconds"] * 4 / bigger["data"]["speech_fraction"]
     assert per_actor == pytest.approx(stage(plan, "asr")["seconds"] / plan["data"]["speech_fraction"], rel=0.3)
     shown = _run("plan", "--config", str(job), "--history")

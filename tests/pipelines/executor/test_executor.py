@@ -136,4 +136,4 @@ def test_a_job_on_another_executor_never_imports_ray(clips, tmp_path):
     summary = got["summary"]
     assert not got["ray"]
     assert summary["complete"] and summary["counts"]["units_processed"] >= 3 and summary["counts"]["samples"] >= 5
-    assert summary["resources"] == {"cpus": 1, "gpus": 0, "prep_workers": 1, "asr_actors": 1}
+    assert summary["resources"] == {"cpus": 1, "gpus": 0, "prep_workers": 1, "asr_actors": 1, "nodes": 1}

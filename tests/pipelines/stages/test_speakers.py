@@ -180,6 +180,14 @@ def test_a_plan_prices_the_stage_per_window_and_a_run_teaches_its_cost(clips, lo
     assert learned.hardware.speakers_seconds_per_input_second == pytest.approx(
         per_window * learned.data.speaker_windows_per_input_second)
     assert not any("speakers priced at" in note for note in learned.notes)
-    off, _ = plan_job(config.model_copy(update={**more, "speakers": config.speakers.model_copy(update={"enabled": False})}))
+    # the same machine reading for both plans (a plan scales its costs by the load it reads)
+    from pipelines.plan import planning
+    from pipelines.plan.load import read_load
+
+    reading = read_load()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(planning, "read_load", lambda: reading)
+        on, _ = plan_job(config.model_copy(update=more))
+        off, _ = plan_job(config.model_copy(update={**more, "speakers": config.speakers.model_copy(update={"enabled": False})}))
     assert off.hardware.speakers_seconds_per_input_second == 0.0
-    assert _prep_seconds(off) < _prep_seconds(learned)
+    assert _prep_seconds(off) < _prep_seconds(on)

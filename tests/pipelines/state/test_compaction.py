@@ -190,7 +190,7 @@ def test_noop_rerun_starts_nothing_and_reads_the_compacted_output(finished_job, 
     assert summary["complete"] and summary["counts"]["units_processed"] == 0
     assert summary["counts"]["samples"] == first["counts"]["samples"]
     # the executor never started: no CPUs, no ASR actor, no startup time
-    assert summary["resources"] == {"cpus": 0, "gpus": 0, "prep_workers": 0, "asr_actors": 0}
+    assert summary["resources"] == {"cpus": 0, "gpus": 0, "prep_workers": 0, "asr_actors": 0, "nodes": 1}
     assert summary["startup_seconds"] == 0
     assert not list((out / "index").glob("part-*")) and (out / "_ledger" / "units.parquet").exists()
     assert read_index(str(out)).sort_by("key").equals(index_before)
