@@ -18,6 +18,7 @@ import json
 import time
 from functools import partial
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -32,13 +33,14 @@ from pipelines.stages.prepare import Preparer
 from schemas.config import AsrConfig, load_job_config
 
 
-def segments(corpus: Path, cache: Path) -> tuple[list[np.ndarray], list[str]]:
-    """The corpus's kept VAD segments at 16 kHz, in input order, and the file each is from (cached)."""
+def segments(corpus: Path, cache: Path, prep: Optional[dict] = None) -> tuple[list[np.ndarray], list[str]]:
+    """The corpus's kept VAD segments at 16 kHz, in input order, and the file each is from (cached;
+    `prep`: job settings for cutting them, e.g. {"vad.merge_gap_seconds": 2.0}: give each its own cache)."""
     files_cache = cache.with_suffix(".json")
     if cache.exists() and files_cache.exists():
         with np.load(cache) as saved:
             return [saved[f"s{i:05d}"] for i in range(len(saved.files))], json.loads(files_cache.read_text())
-    config = load_job_config(str(corpus), "/tmp/unused", overrides={"quality.enabled": False})
+    config = load_job_config(str(corpus), "/tmp/unused", overrides={"quality.enabled": False, **(prep or {})})
     discover = Discover(config.discover)
     fs, found = discover.list_audio(str(corpus))
     rows = discover.manifest(fs, found).to_pylist()
@@ -108,11 +110,14 @@ def main() -> None:
     ap.add_argument("--corpus", type=Path, required=True)
     ap.add_argument("--variant", action="append", default=[], help="NAME:KEY=VALUE,KEY=VALUE (asr.* keys)")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/voxmill-packing"))
+    ap.add_argument("--prep-set", action="append", default=[],
+                    help="a job setting for cutting the segments, e.g. vad.max_seconds=29 (use a fresh --workdir)")
     ap.add_argument("--no-alone", action="store_true", help="skip the lone decodes (and the WER against them)")
     ap.add_argument("--threads", type=int, default=0, help="CTranslate2 threads (asr.cpu_threads); 0 = its default")
     args = ap.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
-    audios, names = segments(args.corpus, args.workdir / "segments.npz")
+    prep = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.prep_set)}
+    audios, names = segments(args.corpus, args.workdir / "segments.npz", prep)
     speech = sum(len(a) for a in audios) / 16000
     print(f"{len(audios)} segments, {speech / 60:.1f} min of speech")
     solo_path = args.workdir / "solo.json"

@@ -43,7 +43,7 @@ class HardwareProfile(BaseModel):
     dnsmos_seconds_per_window: Optional[float] = None  # one 9.01 s DNSMOS window on one core: prices quality per input
     speakers_seconds_per_input_second: Optional[float] = None  # the speaker stage's part of prep (None: not measured)
     speaker_seconds_per_window: Optional[float] = None  # one 1.6 s speaker window on one core: prices the stage per input
-    asr_seconds_per_segment: float  # one ASR actor (a GPU, or the CPU pool), in the calibration run
+    asr_seconds_per_segment: float  # one ASR actor (a GPU, or its threads of a CPU node), in the calibration run
     asr_seconds_per_speech_second: Optional[float] = None  # one ASR actor at full batches (the probe)
     asr_probe_segments: Optional[int] = None  # distinct segments the probe saw: how far to trust it
     asr_speed_beside_prep: Optional[float] = None  # CPU ASR on the cores busy prep workers leave it / alone (probe)

@@ -312,7 +312,7 @@ class _Scheduler:
 
 class RayExecutor:
     """The `ray` executor (`executor.base.Executor`): a local Ray, or the cluster at
-    `engine.ray_address` / RAY_ADDRESS; prep tasks, one ASR actor per GPU (or node), commit tasks."""
+    `engine.ray_address` / RAY_ADDRESS; prep tasks, one ASR actor per GPU (or per core of a CPU node), commit tasks."""
 
     def __init__(self, config: JobConfig):
         self.config = config

@@ -29,7 +29,8 @@ class UnmeasuredModel(ValueError):
 
 
 class AsrCost(BaseModel):
-    """One ASR actor (all of a CPU machine's cores, or one GPU) on this model, as measured."""
+    """One ASR actor (`cpus` threads of a CPU machine, or one GPU) on this model, as measured. Plans use
+    a CPU figure as a ratio to tiny.en's, so it carries to actors with fewer threads."""
 
     seconds_per_speech_second: float = Field(gt=0)
     device: Literal["cpu", "cuda"]
