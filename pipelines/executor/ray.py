@@ -29,7 +29,7 @@ from pipelines.stages.commit import UnitCommitter
 from pipelines.stages.prepare import Preparer
 from pipelines.stages.resources import ASR, COMMIT, PREP
 from pipelines.state.journal import AsrJournal, PrepJournal, journal_url
-from pipelines.state.units import PART_SECONDS, WorkUnit
+from pipelines.state.units import PART_SECONDS, WorkUnit, part_shares
 from schemas.config import AsrConfig, EngineConfig, JobConfig
 
 log = logging.getLogger("voxmill")
@@ -190,8 +190,12 @@ class _AsrWorker:
     def ready(self) -> bool:
         return True
 
-    def transcribe(self, audios, journal: Optional[str] = None) -> tuple[list[AsrResult], float, dict]:
+    def transcribe(self, audios, journal: Optional[str] = None, share: tuple[int, int] = (0, 1)
+                   ) -> tuple[list[AsrResult], float, dict]:
+        """`share` (i, k): the i-th of k runs of consecutive segments (see `part_shares`)."""
         started, before = time.perf_counter(), Counter(self.transcriber.counts)
+        index, count = share
+        audios = audios[index * len(audios) // count:(index + 1) * len(audios) // count]
         results = self.transcriber(audios, AsrJournal(journal) if journal else None)
         counts = Counter(self.transcriber.counts)
         counts.subtract(before)
@@ -230,7 +234,8 @@ def _merged(parts: list[PreparedUnit]) -> PreparedUnit:
 
 
 def _commit(config: JobConfig, digest: str, count: int, *parts) -> dict:
-    """`parts`: the unit's `count` prepared parts, then their `count` ASR results."""
+    """`parts`: the unit's `count` prepared parts, then their ASR results in segment order (each
+    part's shares one after another: `part_shares`)."""
     prepared = _merged(list(parts[:count]))
     results, asr_counts = [], Counter()
     for part_results, asr_seconds, counts in parts[count:]:
@@ -286,20 +291,24 @@ class _Scheduler:
 
     def submit(self, unit: WorkUnit):
         """The unit's parts (`unit_parts`) as prep tasks, each transcribed as soon as it is prepared by the
-        actor with the fewest parts queued (one long unit keeps every actor busy), and one commit of
-        them all. Returns the commit and the actors its parts went to."""
+        actor with the fewest parts queued (one long unit keeps every actor busy; `part_shares` splits
+        the parts of a unit with fewer parts than actors), and one commit of them all. Returns the
+        commit and the actors its parts went to."""
         journal = journal_url(self.config.output, unit.index, unit.digest)  # prepared parts and ASR batches
         parts = unit_parts(unit.files)
+        shares = part_shares(sum(f.length or f.duration or 0.0 for f in unit.files), len(self.actors))
         prepared, transcribed, slots = [], [], []
         for n, files in enumerate(parts):
             url = storage.join(journal, f"part-{n:04d}")
             keep_prep = url if self.config.engine.journal_prepared else None
             audios, part = self.prepare.remote(self.config, unit.index, files, keep_prep)
-            slot = min(self.load, key=self.load.__getitem__)
-            self.load[slot] += 1
-            slots.append(slot)
             prepared.append(part)
-            transcribed.append(self.actors[slot].transcribe.remote(audios, url))
+            for share in range(shares):  # in segment order: the commit joins the results as they come
+                slot = min(self.load, key=self.load.__getitem__)
+                self.load[slot] += 1
+                slots.append(slot)
+                share_url = url if shares == 1 else f"{url}-asr{share}of{shares}"
+                transcribed.append(self.actors[slot].transcribe.remote(audios, share_url, (share, shares)))
         return self.commit.remote(self.config, unit.digest, len(parts), *prepared, *transcribed), slots
 
     def release(self, slots: list[int]) -> None:

@@ -304,13 +304,14 @@ def _cpu_count() -> int:
 
 
 # Costs of the bundled tiny.en (int8, batch 16) on one core of a 2-core x86 server (AMD EPYC), per
-# stage: the profile four runs taught on a quiet machine (load ~1, CPU share 100%), the newcomer
-# sequence of benchmarks/estimator_accuracy.py (990 s of audio); with a GPU, ASR at about 20x that.
+# stage, ASR per one-thread actor: the profile four runs taught on a quiet machine (load ~1, CPU
+# share 100%), the newcomer sequence of benchmarks/estimator_accuracy.py (990 s of audio; ASR again
+# after the actors became one a core, at d3245f2); with a GPU, ASR at about 20x that.
 # Only a bound: the interval of a plan on it is wide (estimator.QUICK_SPREAD), and the plan scales
 # these to the CPU share it reads.
 QUICK_COSTS = dict(prep_seconds_per_input_second=0.033, quality_seconds_per_input_second=0.030,
                    dnsmos_seconds_per_window=0.165,
-                   asr_seconds_per_speech_second=0.032, write_seconds_per_unit=0.03,
+                   asr_seconds_per_speech_second=0.028, write_seconds_per_unit=0.03,
                    ray_start_seconds=1.9, model_load_seconds=3.5)
 QUIET = LoadReading(load=0.0, cores=2.0, cpu_share=1.0)  # the machine QUICK_COSTS were measured on
 

@@ -19,7 +19,7 @@ from pipelines.executor.base import resources_for
 from pipelines.plan.load import differs
 from pipelines.records import Resources
 from pipelines.stages.resources import ASR, PREP
-from pipelines.state.units import FALLBACK_BYTES_PER_SECOND, PART_SECONDS
+from pipelines.state.units import FALLBACK_BYTES_PER_SECOND, PART_SECONDS, part_shares
 from schemas.config import JobConfig
 from schemas.plan import DataProfile, HardwareProfile, InputSize, JobPlan, LoadReading, StagePlan
 
@@ -136,6 +136,8 @@ def predict(config: JobConfig, size: InputSize, hardware: HardwareProfile, data:
     hardware = _priced_for(config, _at_share(hardware, slowdown), data)
     work = _stage_work(size.audio_seconds, units, hardware, data)
     one_piece = _stage_work(size.audio_seconds / pieces(size.audio_seconds, units), 1, hardware, data)
+    # a unit of fewer parts than actors splits each part's ASR between them (`units.part_shares`)
+    one_piece["asr"] /= part_shares(size.audio_seconds / units, resources.asr_actors)
     # while prep runs, ASR has all but the last piece to do (that one is the tail)
     prep_beside_asr = max(0.0, work["prep"] + work["write"] - one_piece["prep"]) / resources.prep_workers
     seconds = {

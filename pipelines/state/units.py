@@ -23,6 +23,17 @@ from schemas.config import EngineConfig
 from schemas.tables import UNIT_FILE_SCHEMA, UNIT_SCHEMA
 
 PART_SECONDS = 300.0  # audio per prep task within a unit (executor/ray.py): ASR starts once the first part is cut
+
+
+def part_shares(unit_seconds: float, actors: int) -> int:
+    """How many actors transcribe each part of a unit: one, unless the unit holds fewer parts' worth
+    of audio than there are actors (a small job, or one long file), when each part's segments are
+    split between them; else one part would run on one actor's thread while the other cores idle.
+    By audio, not by part count: a unit of 302 s is cut 300 + 2, one part's worth. It depends on
+    the unit and the actor count alone, so a rerun on the same cluster journals the same shares."""
+    return max(1, actors // max(1, round(unit_seconds / PART_SECONDS)))
+
+
 FALLBACK_BYTES_PER_SECOND = 32000  # 16 kHz 16-bit mono: a guess when a header gave no duration
 VAD_STEP = 0.032  # Silero reads 512-sample windows at 16 kHz: excerpt edges sit on that grid
 EXCERPT_CONTEXT = 32.0  # seconds decoded past each excerpt edge (> the longest segment, on the grid)

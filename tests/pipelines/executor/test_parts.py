@@ -40,3 +40,30 @@ def test_a_unit_in_parts_gives_the_output_of_the_whole_unit(clips, local_ray, tm
     assert [len(p) for p in parts] == [1, len(CLIPS)]  # one part per clip in the second run
     assert _rows(outputs["parts"]) == _rows(outputs["whole"]) and len(_rows(outputs["whole"])) >= len(CLIPS)
     assert not list((outputs["parts"] / "_ledger" / "asr").glob("*"))  # the parts' journals went at commit
+
+
+def test_part_shares_split_a_unit_of_fewer_parts_than_actors():
+    from pipelines.state.units import part_shares
+
+    assert part_shares(300.5, 2) == 2  # one long file: one part, split between two one-thread actors
+    assert part_shares(302.0, 2) == 2  # cut 300 + 2 s: one part's worth of audio
+    assert part_shares(1800.0, 2) == 1 and part_shares(600.0, 8) == 4 and part_shares(30.0, 1) == 1
+
+
+def test_a_part_split_between_actors_gives_the_output_of_one_actor(clips, local_ray, tmp_path, monkeypatch):
+    """Each actor transcribes a run of the part's segments; the commit joins them in order."""
+    source = tmp_path / "in"
+    source.mkdir()
+    for name in CLIPS:
+        shutil.copy(clips / name, source / name)
+    shares, decided = ray_executor.part_shares, []
+    monkeypatch.setattr(ray_executor, "part_shares", lambda *a: decided.append(shares(*a)) or decided[-1])
+    outputs = {}
+    for actors in (1, 2):
+        outputs[actors] = tmp_path / f"actors{actors}"
+        config = small_units_config(str(source), str(outputs[actors]),
+                                    **{"engine.unit_minutes": 60, "engine.asr_actors": actors})
+        summary = run_job(config)
+        assert summary["complete"] and summary["resources"]["asr_actors"] == actors
+    assert decided == [1, 2]
+    assert _rows(outputs[2]) == _rows(outputs[1]) and len(_rows(outputs[1])) >= len(CLIPS)
