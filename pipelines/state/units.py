@@ -25,13 +25,19 @@ from schemas.tables import UNIT_FILE_SCHEMA, UNIT_SCHEMA
 PART_SECONDS = 300.0  # audio per prep task within a unit (executor/ray.py): ASR starts once the first part is cut
 
 
+SHARE_MIN_SECONDS = 120.0  # the least audio a share of a part is given: each share packs its own windows
+
+
 def part_shares(unit_seconds: float, actors: int) -> int:
     """How many actors transcribe each part of a unit: one, unless the unit holds fewer parts' worth
     of audio than there are actors (a small job, or one long file), when each part's segments are
     split between them; else one part would run on one actor's thread while the other cores idle.
-    By audio, not by part count: a unit of 302 s is cut 300 + 2, one part's worth. It depends on
-    the unit and the actor count alone, so a rerun on the same cluster journals the same shares."""
-    return max(1, actors // max(1, round(unit_seconds / PART_SECONDS)))
+    By audio, not by part count: a unit of 302 s is cut 300 + 2, one part's worth. Each share gets at
+    least SHARE_MIN_SECONDS: a share packs its segments on its own, and one of a few seconds loses
+    its neighbours' context (tiny.en misheard JFK's "so my fellow" in a 15 s unit split in two). It
+    depends on the unit and the actor count alone, so a rerun on the same cluster journals the same shares."""
+    by_parts = actors // max(1, round(unit_seconds / PART_SECONDS))
+    return max(1, min(by_parts, int(unit_seconds // SHARE_MIN_SECONDS)))
 
 
 FALLBACK_BYTES_PER_SECOND = 32000  # 16 kHz 16-bit mono: a guess when a header gave no duration

@@ -3,6 +3,7 @@ output is the one unit prepared whole gives."""
 import shutil
 
 import pyarrow.parquet as pq
+import pytest
 
 from pipelines.executor import ray as ray_executor
 from pipelines.job import run_job
@@ -24,11 +25,17 @@ def _rows(output) -> list[tuple]:
     return sorted(zip(*(table[c].to_pylist() for c in ("key", "text", "source_uri"))))
 
 
-def test_a_unit_in_parts_gives_the_output_of_the_whole_unit(clips, local_ray, tmp_path, monkeypatch):
-    source = tmp_path / "in"
-    source.mkdir()
+@pytest.fixture
+def source(clips, tmp_path):
+    """Three clips in a folder of their own: one unit."""
+    folder = tmp_path / "in"
+    folder.mkdir()
     for name in CLIPS:
-        shutil.copy(clips / name, source / name)
+        shutil.copy(clips / name, folder / name)
+    return folder
+
+
+def test_a_unit_in_parts_gives_the_output_of_the_whole_unit(source, local_ray, tmp_path, monkeypatch):
     split, parts = ray_executor.unit_parts, []
     outputs = {}
     for name, part_seconds in (("whole", 1e9), ("parts", 1.0)):
@@ -48,14 +55,14 @@ def test_part_shares_split_a_unit_of_fewer_parts_than_actors():
     assert part_shares(300.5, 2) == 2  # one long file: one part, split between two one-thread actors
     assert part_shares(302.0, 2) == 2  # cut 300 + 2 s: one part's worth of audio
     assert part_shares(1800.0, 2) == 1 and part_shares(600.0, 8) == 4 and part_shares(30.0, 1) == 1
+    assert part_shares(15.0, 2) == 1 and part_shares(250.0, 8) == 2  # a share gets at least 120 s of audio
 
 
-def test_a_part_split_between_actors_gives_the_output_of_one_actor(clips, local_ray, tmp_path, monkeypatch):
+def test_a_part_split_between_actors_gives_the_output_of_one_actor(source, local_ray, tmp_path, monkeypatch):
     """Each actor transcribes a run of the part's segments; the commit joins them in order."""
-    source = tmp_path / "in"
-    source.mkdir()
-    for name in CLIPS:
-        shutil.copy(clips / name, source / name)
+    from pipelines.state import units
+
+    monkeypatch.setattr(units, "SHARE_MIN_SECONDS", 1.0)  # the three clips are ~30 s: let them split
     shares, decided = ray_executor.part_shares, []
     monkeypatch.setattr(ray_executor, "part_shares", lambda *a: decided.append(shares(*a)) or decided[-1])
     outputs = {}
