@@ -81,7 +81,7 @@ def _token_notice_to_log(local: bool) -> Iterator[None]:
 
 
 _RAY_WATCHDOG = r"""
-import os, select, signal, sys, time
+import os, re, select, signal, sys, time
 for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
     signal.signal(sig, signal.SIG_IGN)
 driver, grace = int(sys.argv[1]), float(sys.argv[2])
@@ -93,16 +93,19 @@ def stat(pid):
     except (OSError, IndexError, ValueError):
         return None
 
-def is_ray(pid):
+def cmdline(pid):
     try:
-        line = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace")
+        return open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
-        return False
+        return ""
+
+def is_ray(pid):
+    line = cmdline(pid)
     return line.startswith("ray::") or "/ray/" in line
 
-def ray_descendants():
+def ray_descendants(roots):
     parents = {int(n): st for n in os.listdir("/proc") if n.isdigit() and (st := stat(int(n)))}
-    found, frontier = {}, [driver]
+    found, frontier = {}, list(roots)
     while frontier:
         parent = frontier.pop()
         children = [pid for pid, (ppid, _) in parents.items() if ppid == parent]
@@ -110,13 +113,29 @@ def ray_descendants():
         frontier += children
     return {pid: start for pid, start in found.items() if pid != os.getpid() and is_ray(pid)}
 
-seen, started = ray_descendants(), time.monotonic()
+def alive(pid, start):
+    try:
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    except OSError:
+        return False
+    return fields[0] != "Z" and int(fields[19]) == start
+
+driver_start = stat(driver)[1]
+seen, started = ray_descendants([driver]), time.monotonic()
 while True:  # Ray starts its processes in the first seconds: look often then, rarely later
     ready, _, _ = select.select([sys.stdin], [], [], 0.25 if time.monotonic() - started < 60 else 2.0)
-    if ready and not os.read(sys.stdin.fileno(), 1):
-        break  # the driver is gone: exit, crash or kill -9 (the pipe closes in every case)
-    seen.update(ray_descendants())  # merged: a scan racing the driver's death finds nothing
+    if ready and not os.read(sys.stdin.fileno(), 1) or not alive(driver, driver_start):
+        break  # the driver is gone: exit, crash or kill -9 (the pipe closes, unless a process forked
+        # from the driver still holds it: so the driver's own /proc entry is watched too)
+    seen.update(ray_descendants([driver]))  # merged: a scan racing the driver's death finds nothing
 time.sleep(grace)  # a clean shutdown has ended everything by now; a killed driver has not
+# workers the raylet forked just before the driver died: orphaned before any scan saw them, they
+# would wait out their own timeout on the dead raylet (~25 s). The local session's folder is named
+# after the driver's pid, and every worker's command line names it.
+session = re.compile(r"/session_[^/\s]*_%d(/|\s|$)" % driver)
+for pid in (int(n) for n in os.listdir("/proc") if n.isdigit()):
+    if pid not in seen and (st := stat(pid)) and is_ray(pid) and session.search(cmdline(pid)):
+        seen[pid] = st[1]
 for pid, start in seen.items():
     if (now := stat(pid)) and now[1] == start:
         try:
