@@ -50,7 +50,7 @@ def _features(model, audio: np.ndarray) -> np.ndarray:
     faster-whisper pads the log-mel frames with zeros instead: a level well above the clip's own
     silence floor (log-mel is normalised to the clip's loudest frame), which Whisper never saw in
     training, where audio was zero-padded. Behind a packed window's last segment tiny.en then often
-    stopped early or skipped a segment: real silence cut the segments decoded again by 2.9x and
+    stopped early or skipped a segment: real silence cut the segments decoded again by 2.4x and
     the ASR stage's time by 10% (benchmarks/RESULTS.md, "Peers on CPU").
     """
     from faster_whisper.audio import pad_or_trim

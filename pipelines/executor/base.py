@@ -64,7 +64,7 @@ def open_executor(config: JobConfig) -> Executor:
     return executor_class(config.engine.executor)(config)
 
 
-# Without a GPU, CTranslate2 gains 1.42x from a second thread on one model (benchmarks/RESULTS.md,
+# Without a GPU, CTranslate2 gains 1.43x from a second thread on one model (benchmarks/RESULTS.md,
 # "Peers on CPU"): two one-thread actors transcribe 1.34x the speech of one two-thread actor. So a CPU
 # node runs an actor per core, up to this many (each holds its own copy of the model).
 CPU_ASR_ACTORS_PER_NODE = 8

@@ -89,7 +89,7 @@ driver, grace = int(sys.argv[1]), float(sys.argv[2])
 def stat(pid):
     try:
         fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-        return int(fields[1]), int(fields[19])
+        return int(fields[1]), int(fields[19]), fields[0]
     except (OSError, IndexError, ValueError):
         return None
 
@@ -108,19 +108,15 @@ def ray_descendants(roots):
     found, frontier = {}, list(roots)
     while frontier:
         parent = frontier.pop()
-        children = [pid for pid, (ppid, _) in parents.items() if ppid == parent]
+        children = [pid for pid, (ppid, *_) in parents.items() if ppid == parent]
         found.update({pid: parents[pid][1] for pid in children})
         frontier += children
     return {pid: start for pid, start in found.items() if pid != os.getpid() and is_ray(pid)}
 
 def alive(pid, start):
-    try:
-        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    except OSError:
-        return False
-    return fields[0] != "Z" and int(fields[19]) == start
+    return bool(now := stat(pid)) and now[1] == start and now[2] != "Z"
 
-driver_start = stat(driver)[1]
+driver_start = (stat(driver) or (0, -1, "Z"))[1]  # -1: gone before this started
 seen, started = ray_descendants([driver]), time.monotonic()
 while True:  # Ray starts its processes in the first seconds: look often then, rarely later
     ready, _, _ = select.select([sys.stdin], [], [], 0.25 if time.monotonic() - started < 60 else 2.0)
