@@ -19,6 +19,11 @@ class SourceFile:
     length: float = 0.0  # planned seconds, for scheduling (a guess from bytes when no duration)
 
     @property
+    def planned_seconds(self) -> float:
+        """What scheduling counts this file as: its planned length, else its header's duration."""
+        return self.length or self.duration or 0.0
+
+    @property
     def decode_from(self) -> float:
         return max(0.0, self.offset - self.context)
 

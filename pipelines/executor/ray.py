@@ -226,7 +226,7 @@ def unit_parts(files: list[SourceFile], seconds: Optional[float] = None) -> list
     parts: list[list[SourceFile]] = [[]]
     total = 0.0
     for source in files:
-        length = source.length or source.duration or 0.0
+        length = source.planned_seconds
         if parts[-1] and total + length > seconds:
             parts.append([])
             total = 0.0
@@ -311,7 +311,7 @@ class _Scheduler:
         commit and the actors its parts went to."""
         journal = journal_url(self.config.output, unit.index, unit.digest)  # prepared parts and ASR batches
         parts = unit_parts(unit.files)
-        shares = part_shares(sum(f.length or f.duration or 0.0 for f in unit.files), len(self.actors))
+        shares = part_shares(sum(f.planned_seconds for f in unit.files), len(self.actors))
         prepared, transcribed, slots = [], [], []
         for n, files in enumerate(parts):
             url = storage.join(journal, f"part-{n:04d}")

@@ -57,7 +57,7 @@ class Preparer:
             prepared.stage_seconds.clear()  # those were the killed run's
             prepared.stage_seconds["journal"] = time.perf_counter() - clock
         else:
-            journal.started("segment", SEGMENTED, sum(f.length or f.duration or 0.0 for f in files))
+            journal.started("segment", SEGMENTED, sum(f.planned_seconds for f in files))
             asr_audio, prepared = self._segment_unit(unit, files)
             with _Clock(prepared.stage_seconds)("journal"):
                 journal.put_segmented(asr_audio, prepared)
@@ -125,11 +125,11 @@ class Preparer:
         groups: list[list[SourceFile]] = [[]]
         seconds = 0.0
         for source in files:
-            if groups[-1] and seconds + (source.length or source.duration or 0.0) > BATCH_SECONDS:
+            if groups[-1] and seconds + source.planned_seconds > BATCH_SECONDS:
                 groups.append([])
                 seconds = 0.0
             groups[-1].append(source)
-            seconds += source.length or source.duration or 0.0
+            seconds += source.planned_seconds
         return groups
 
     def _prepare_group(self, group: list[SourceFile], out: PreparedUnit) -> list[np.ndarray]:
